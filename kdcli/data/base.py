@@ -1,0 +1,103 @@
+"""The in-memory data set every stage trains on, and the registry of data set loaders.
+
+A loader returns a `DataSet`: the training pool (train + validation, split by a seed) and the
+held-out test set, as whole tensors. Images stay uint8 (N, C, H, W) until a batch is cut;
+`prepare` scales and normalizes a batch on its device. The test set is only ever reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from kdcli.registry import Registry
+
+DATASETS: Registry = Registry("data set")
+
+
+@dataclass
+class DataSet:
+    """Training pool + test set, held as tensors.
+
+    x_pool: (N, C, H, W) uint8 images or (N, F) float32 features; y_pool: (N,) int64 labels or
+    (N,) / (N, D) float32 targets. train_idx / val_idx index the pool. `fingerprint` hashes the
+    ordered pool, labels and split, and ties logit tables to exactly this data.
+    """
+
+    name: str
+    task: str  # "classification" or "regression"
+    x_pool: torch.Tensor
+    y_pool: torch.Tensor
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_outputs: int  # classes, or regression targets
+    scale: float = 1.0  # multiply raw values by this first (1/255 for uint8 images)
+    mean: tuple[float, ...] = ()  # per-channel (or per-feature) normalization after scaling
+    std: tuple[float, ...] = ()
+    default_augment: tuple[str, ...] = ()  # e.g. ("crop:4", "flip") for CIFAR
+    class_names: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+    def __post_init__(self):
+        if not self.fingerprint:
+            self.fingerprint = fingerprint(self.x_pool, self.y_pool, self.train_idx, self.val_idx)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_pool.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.x_pool.dim() == 4
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw batch (any device) -> float32 normalized model input of the same shape."""
+        x = x.float()
+        if self.scale != 1.0:
+            x = x * self.scale
+        if self.mean:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            mean = torch.tensor(self.mean, device=x.device).view(shape)
+            std = torch.tensor(self.std, device=x.device).view(shape)
+            x = (x - mean) / std
+        return x
+
+    def describe(self) -> dict:
+        return {"name": self.name, "task": self.task, "input_shape": list(self.input_shape),
+                "num_outputs": self.num_outputs, "train": len(self.train_idx), "val": len(self.val_idx),
+                "test": len(self.y_test), "fingerprint": self.fingerprint}
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def split_pool(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded train/validation split of range(n): the same indices torch.utils.data.random_split
+    gives for lengths [int((1 - val_fraction) * n), rest] with Generator().manual_seed(split_seed)."""
+    generator = torch.Generator().manual_seed(split_seed)
+    order = torch.randperm(n, generator=generator)
+    n_train = int((1 - val_fraction) * n)
+    return order[:n_train], order[n_train:]
+
+
+@dataclass
+class DataSpec:
+    """What to load: registry name (+ argument after ':'), where from, and how to split the pool."""
+
+    name: str
+    arg: str = ""
+    data_dir: str | None = None
+    download: bool = False
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    extra: dict = field(default_factory=dict)  # loader-specific: n_samples, n_features, noise, target

@@ -1,0 +1,352 @@
+"""Content-addressed artifact store (DVC style).
+
+Layout under the root (default ./artifacts, or --store / KDCLI_STORE):
+
+    objects/sha256/ab/cdef....safetensors   tensors + manifest (safetensors metadata "kdcli")
+    objects/sha256/ab/cdef....json          readable mirror of the manifest
+    refs/NAME                               human name -> artifact id
+    tags/TAG/ID                             tag membership (empty files)
+    runs/KEY.json                           run cache: stage key -> artifact id
+    locks/, tmp/, checkpoints/              working files
+
+An artifact id is the sha256 of its .safetensors file. Writes go to tmp/ first and are renamed
+into place, so a reader never sees half an object; reads re-hash the file and refuse a mismatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from kdcli import __version__
+from kdcli.errors import KdcliError, UsageError
+
+KINDS = ("model", "logits", "run", "sweep", "report")
+MIN_PREFIX = 8
+_HEX = re.compile(r"^[0-9a-f]+$")
+_REF_NAME = re.compile(r"^[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*$")
+_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64,
+                 "I32": np.int32, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "BOOL": np.bool_}
+
+
+class CorruptArtifact(KdcliError):
+    """An object whose bytes no longer hash to its id."""
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("KDCLI_STORE", "artifacts"))
+
+
+def canonical_json(obj) -> str:
+    """Deterministic JSON: sorted keys, no whitespace; the input of every cache key."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def versions() -> dict:
+    return {"kdcli": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _read_header(path: Path) -> tuple[int, dict]:
+    """Return (data offset, header dict) of a safetensors file."""
+    with open(path, "rb") as handle:
+        raw = handle.read(8)
+        if len(raw) < 8:
+            raise CorruptArtifact(f"artifact file {path} is truncated")
+        (size,) = struct.unpack("<Q", raw)
+        header = handle.read(size)
+    if len(header) < size:
+        raise CorruptArtifact(f"artifact file {path} is truncated")
+    return 8 + size, json.loads(header)
+
+
+@dataclass
+class Artifact:
+    """A verified object in the store: its id, file and manifest. Tensors load on demand."""
+
+    id: str
+    path: Path
+    manifest: dict
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    def tensor_names(self) -> list[str]:
+        _, header = _read_header(self.path)
+        return sorted(k for k in header if k != "__metadata__")
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One tensor, memory-mapped copy-on-write: pages are read only when touched."""
+        offset, header = _read_header(self.path)
+        if name not in header or name == "__metadata__":
+            raise KdcliError(f"artifact {self.id[:12]} has no tensor {name!r}")
+        info = header[name]
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if info["dtype"] not in _NUMPY_DTYPES or end == start:
+            return self.tensors()[name]
+        array = np.memmap(self.path, dtype=_NUMPY_DTYPES[info["dtype"]], mode="c",
+                          offset=offset + start, shape=shape)
+        return torch.from_numpy(array)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.path))
+
+
+class Store:
+    """The artifact store rooted at `root`. Every method is safe to call from several processes."""
+
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root) if root is not None else default_root()
+
+    # -- paths ---------------------------------------------------------------
+    def object_path(self, artifact_id: str) -> Path:
+        return self.root / "objects" / "sha256" / artifact_id[:2] / f"{artifact_id[2:]}.safetensors"
+
+    def _dir(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _atomic_write_text(self, path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._dir("tmp"), prefix=path.name + ".")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """An exclusive inter-process lock (flock) named `name`."""
+        path = self._dir("locks") / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".lock")
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- objects ---------------------------------------------------------------
+    def put(self, kind: str, tensors: dict[str, torch.Tensor], manifest: dict) -> Artifact:
+        """Write an artifact atomically and return it; writing the same bytes twice is a no-op."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown artifact kind {kind!r}")
+        manifest = {"kind": kind, **manifest, "versions": versions(), "created": _now()}
+        prepared, seen = {}, set()
+        for key, value in tensors.items():
+            value = value.detach().cpu().contiguous()
+            if value.data_ptr() in seen and value.numel():
+                value = value.clone()
+            seen.add(value.data_ptr())
+            prepared[key] = value
+        fd, tmp = tempfile.mkstemp(dir=self._dir("tmp"), suffix=".safetensors")
+        os.close(fd)
+        try:
+            save_file(prepared, tmp, metadata={"kdcli": canonical_json(manifest)})
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            artifact_id = sha256_of_file(Path(tmp))
+            final = self.object_path(artifact_id)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise KdcliError(f"could not write artifact to {self.root}: {exc.strerror or exc}") from exc
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        self._atomic_write_text(final.with_suffix(".json"), json.dumps(manifest, indent=2, default=str))
+        return Artifact(artifact_id, final, manifest)
+
+    def get(self, ref: str, kind: str | None = None) -> Artifact:
+        """Resolve `ref`, re-hash its file and return it; corrupt or wrong-kind objects are refused."""
+        artifact_id = self.resolve(ref)
+        path = self.object_path(artifact_id)
+        actual = sha256_of_file(path)
+        if actual != artifact_id:
+            raise CorruptArtifact(
+                f"artifact {artifact_id[:12]} is corrupt ({path} hashes to {actual[:12]}); "
+                "run 'kdcli artifacts verify' and recreate it")
+        try:
+            _, header = _read_header(path)
+            manifest = json.loads(header["__metadata__"]["kdcli"])
+        except (KeyError, ValueError) as exc:
+            raise CorruptArtifact(f"artifact {artifact_id[:12]} has no readable manifest ({path})") from exc
+        if kind is not None and manifest.get("kind") != kind:
+            raise UsageError(f"{ref!r} is a {manifest.get('kind')} artifact, expected a {kind}")
+        return Artifact(artifact_id, path, manifest)
+
+    def ids(self) -> list[str]:
+        base = self.root / "objects" / "sha256"
+        if not base.is_dir():
+            return []
+        return sorted(p.parent.name + p.stem for p in base.glob("*/*.safetensors"))
+
+    def resolve(self, ref: str) -> str:
+        """A name, a full id or a unique id prefix (>= 8 hex chars) -> the full id."""
+        ref = ref.strip()
+        ref_file = self.root / "refs" / ref
+        if _REF_NAME.match(ref) and ref_file.is_file():
+            artifact_id = ref_file.read_text().strip()
+            if not self.object_path(artifact_id).is_file():
+                raise KdcliError(f"name {ref!r} points to {artifact_id[:12]}, which is missing from the store")
+            return artifact_id
+        lowered = ref.lower()
+        if _HEX.match(lowered) and len(lowered) >= MIN_PREFIX:
+            if len(lowered) == 64 and self.object_path(lowered).is_file():
+                return lowered
+            shard = self.root / "objects" / "sha256" / lowered[:2]
+            matches = sorted(lowered[:2] + p.stem for p in shard.glob(f"{lowered[2:]}*.safetensors"))
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise UsageError(f"ambiguous artifact prefix {ref!r}: matches {', '.join(m[:12] for m in matches)}")
+        names = self.refs()
+        import difflib
+
+        close = difflib.get_close_matches(ref, names, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UsageError(f"unknown artifact {ref!r} in store {self.root}{hint}")
+
+    def read_manifest(self, artifact_id: str) -> dict:
+        """The readable .json mirror (fast, unverified): for listings only."""
+        mirror = self.object_path(artifact_id).with_suffix(".json")
+        try:
+            return json.loads(mirror.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    # -- refs and tags ----------------------------------------------------------
+    def set_ref(self, name: str, artifact_id: str) -> None:
+        if not _REF_NAME.match(name) or ".." in name.split("/"):
+            raise UsageError(f"invalid name {name!r}: use letters, digits, '.', '_', '-', '@', '+' and '/'")
+        self._atomic_write_text(self.root / "refs" / name, artifact_id + "\n")
+
+    def refs(self) -> dict[str, str]:
+        base = self.root / "refs"
+        if not base.is_dir():
+            return {}
+        return {p.relative_to(base).as_posix(): p.read_text().strip() for p in sorted(base.rglob("*")) if p.is_file()}
+
+    def add_tag(self, tag: str, artifact_id: str) -> None:
+        if not _REF_NAME.match(tag) or "/" in tag:
+            raise UsageError(f"invalid tag {tag!r}")
+        path = self.root / "tags" / tag / artifact_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+
+    def tagged(self, tag: str) -> list[str]:
+        base = self.root / "tags" / tag
+        return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
+
+    def tags(self) -> dict[str, list[str]]:
+        base = self.root / "tags"
+        return {p.name: self.tagged(p.name) for p in sorted(base.iterdir())} if base.is_dir() else {}
+
+    # -- run cache ----------------------------------------------------------------
+    @staticmethod
+    def cache_key(stage: str, config: dict, inputs: dict) -> str:
+        payload = {"stage": stage, "config": config, "inputs": inputs, "kdcli": __version__}
+        return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+    def lookup_run(self, key: str) -> dict | None:
+        """The run-cache entry for `key`, or None when unknown or its artifact is gone."""
+        path = self.root / "runs" / f"{key}.json"
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return entry if self.object_path(entry["artifact"]).is_file() else None
+
+    def record_run(self, key: str, stage: str, artifact_id: str) -> None:
+        entry = {"key": key, "stage": stage, "artifact": artifact_id, "created": _now()}
+        self._atomic_write_text(self.root / "runs" / f"{key}.json", json.dumps(entry, indent=2))
+
+    def runs(self) -> list[dict]:
+        base = self.root / "runs"
+        entries = []
+        for path in sorted(base.glob("*.json")) if base.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError):
+                entries.append(json.loads(path.read_text()))
+        return entries
+
+    # -- maintenance ----------------------------------------------------------------
+    def verify(self) -> list[str]:
+        """Re-hash every object; return the ids whose bytes do not match."""
+        return [i for i in self.ids() if sha256_of_file(self.object_path(i)) != i]
+
+    def reachable(self) -> set[str]:
+        """Ids reachable from refs, tags and the run cache, following manifest parents."""
+        roots = list(self.refs().values()) + [e["artifact"] for e in self.runs()]
+        roots += [i for ids in self.tags().values() for i in ids]
+        seen: set[str] = set()
+        while roots:
+            current = roots.pop()
+            if current in seen or not self.object_path(current).is_file():
+                continue
+            seen.add(current)
+            parents = self.read_manifest(current).get("parents") or {}
+            roots.extend(p for p in _flatten(parents) if isinstance(p, str))
+        return seen
+
+    def gc(self, dry_run: bool = False) -> list[str]:
+        """Remove objects nothing reaches (and stale tmp files); return the removed ids."""
+        keep = self.reachable()
+        doomed = [i for i in self.ids() if i not in keep]
+        if not dry_run:
+            for artifact_id in doomed:
+                path = self.object_path(artifact_id)
+                for victim in (path, path.with_suffix(".json")):
+                    with contextlib.suppress(FileNotFoundError):
+                        victim.unlink()
+            cutoff = time.time() - 3600  # a tmp file this old belongs to no live writer
+            for stale in (self.root / "tmp").glob("*"):
+                with contextlib.suppress(OSError):
+                    if stale.stat().st_mtime < cutoff:
+                        stale.unlink()
+        return doomed
+
+
+def _flatten(value) -> list:
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in _flatten(v)]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _flatten(v)]
+    return [value]
