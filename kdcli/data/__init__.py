@@ -1,6 +1,11 @@
 """Data sets: importing this package registers every loader."""
 
-from kdcli.data import digits  # noqa: F401  (registers loaders)
+from kdcli.data import (
+    digits,  # noqa: F401  (registers loaders)
+    imagefolder,  # noqa: F401  (registers loaders)
+    regression,  # noqa: F401  (registers loaders)
+    vision,  # noqa: F401  (registers loaders)
+)
 from kdcli.data.base import DATASETS, DataSet, DataSpec, fingerprint, split_pool
 
 __all__ = ["DATASETS", "DataSet", "DataSpec", "fingerprint", "split_pool", "load_dataset"]
