@@ -3,6 +3,7 @@
 from kdcli.data import (
     digits,  # noqa: F401  (registers loaders)
     imagefolder,  # noqa: F401  (registers loaders)
+    regression,  # noqa: F401  (registers loaders)
     vision,  # noqa: F401  (registers loaders)
 )
 from kdcli.data.base import DATASETS, DataSet, DataSpec, fingerprint, split_pool

@@ -1,6 +1,6 @@
 """Model zoo: importing this package registers every model."""
 
-from kdcli.models import small_cnn  # noqa: F401  (registers models)
+from kdcli.models import mlp, small_cnn  # noqa: F401  (registers models)
 from kdcli.models.registry import MODELS, build_model, parameter_count, state_hash
 
 __all__ = ["MODELS", "build_model", "parameter_count", "state_hash"]
