@@ -285,3 +285,17 @@ def test_feature_width_by_probe():
     assert objective.projectors[0].linear.in_features == 9 and objective.projectors[0].linear.out_features == 12
     _, terms = objective(wrapped, x, y)
     assert _has_param_grad(terms["feat"], wrapped)
+
+
+def test_engine_batch_calling_convention():
+    from types import SimpleNamespace
+
+    student, teacher, x, y = _pair()
+    objective = RegressionObjective(student, teacher, w_hard=0.3, w_hp=0.7)
+    with torch.no_grad():
+        out, terms = objective(student, SimpleNamespace(x=x, y=y, idx=None, views=None), False)
+    expected_out, expected = objective(student, x, y, train=False)
+    torch.testing.assert_close(out, expected_out)
+    torch.testing.assert_close(terms["loss"], expected["loss"])
+    _, trained = objective(student, SimpleNamespace(x=x, y=y), True)
+    assert trained["loss"].requires_grad

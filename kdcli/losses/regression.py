@@ -196,6 +196,8 @@ def _flat_outputs(outputs: torch.Tensor) -> torch.Tensor:
 class RegressionObjective(nn.Module):
     """Weighted seed 001 terms for a student on a batch: objective(model, x, y, train) -> (y_s, terms).
 
+    Also callable as the engine's objective, objective(model, batch, train), with batch.x, batch.y.
+
     x (N, F) model inputs, y (N,) targets; returns the student's predictions (N,) (a (N, 1) model
     output is squeezed) and a dict of scalar terms: "hard" always (it is the task loss and the
     metric, and needs no teacher), "hp" / "feat" / "gr" only when their weight is non-zero, and
@@ -251,8 +253,12 @@ class RegressionObjective(nn.Module):
             if parameter is not None:
                 self.projectors.to(parameter.device)
 
-    def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    def forward(self, model: nn.Module, x, y: torch.Tensor | bool | None = None,
                 train: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if hasattr(x, "x") and hasattr(x, "y"):  # the engine's objective(model, batch, train)
+            if isinstance(y, bool):
+                train = y
+            x, y = x.x, x.y
         w = self.weights
         if y.dim() == 2 and y.shape[1] == 1:
             y = y.squeeze(1)
