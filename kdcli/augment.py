@@ -1,0 +1,100 @@
+"""Batched, on-device image augmentation as a finite set of discrete views.
+
+A view is (flip, dy, dx): an optional horizontal flip, then a translation by (dy, dx) pixels
+with zero fill. Random crop with padding p (torchvision RandomCrop(size, padding=p)) is exactly
+a uniform draw of a translation in [-p, p]^2, so training augmentation and the views of
+`cache-logits --views` are one mechanism: draw view ids per sample, apply them to the batch.
+Because the view set is finite, a teacher's logits can be cached for every view and looked up
+for exactly the view the student sees (Beyer et al. 2022, "Knowledge distillation: a good
+teacher is patient and consistent").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kdcli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ViewSet:
+    """All combinations of flip in {no, yes} (if `flip`) and translations in [-shift, shift]^2."""
+
+    flip: bool = False
+    shift: int = 0
+
+    @classmethod
+    def parse(cls, spec: str) -> ViewSet:
+        """'flip,translate:2' / 'crop:4,flip' / 'none' -> ViewSet. crop:p and translate:p are the same."""
+        flip, shift = False, 0
+        for part in (p.strip() for p in spec.split(",")):
+            if part in ("", "none"):
+                continue
+            name, _, value = part.partition(":")
+            if name == "flip" and not value:
+                flip = True
+            elif name in ("crop", "translate"):
+                try:
+                    shift = int(value)
+                except ValueError:
+                    raise UsageError(f"augmentation {part!r}: expected {name}:PIXELS, e.g. {name}:2") from None
+                if shift < 0:
+                    raise UsageError(f"augmentation {part!r}: pixels must be >= 0")
+            else:
+                raise UsageError(f"unknown augmentation {part!r}; use flip, crop:P or translate:P")
+        return cls(flip, shift)
+
+    def spec(self) -> str:
+        parts = (["flip"] if self.flip else []) + ([f"translate:{self.shift}"] if self.shift else [])
+        return ",".join(parts) or "none"
+
+    @property
+    def count(self) -> int:
+        return (2 if self.flip else 1) * (2 * self.shift + 1) ** 2
+
+    @property
+    def identity(self) -> int:
+        """The id of the clean view (no flip, no shift)."""
+        return self.shift * (2 * self.shift + 1) + self.shift
+
+    def decode(self, view_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """view ids (B,) -> flip (B,) bool, dy (B,), dx (B,) in [-shift, shift]."""
+        side = 2 * self.shift + 1
+        flip = view_ids >= side * side
+        rest = view_ids % (side * side)
+        return flip, rest // side - self.shift, rest % side - self.shift
+
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """n uniformly drawn view ids (B,), int64."""
+        ids = torch.randint(self.count, (n,), generator=generator)
+        return ids.to(device) if device is not None else ids
+
+    def apply(self, images: torch.Tensor, view_ids: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W), any dtype, view ids (B,) -> the viewed images (B, C, H, W)."""
+        if self.count == 1:
+            return images
+        flip, dy, dx = (t.to(images.device) for t in self.decode(view_ids))
+        if self.flip:
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+        if not self.shift:
+            return images
+        batch, channels, height, width = images.shape
+        p = self.shift
+        padded = torch.nn.functional.pad(images, (p, p, p, p))
+        rows = (p - dy).view(-1, 1) + torch.arange(height, device=images.device)  # (B, H)
+        cols = (p - dx).view(-1, 1) + torch.arange(width, device=images.device)  # (B, W)
+        b = torch.arange(batch, device=images.device).view(-1, 1, 1, 1)
+        c = torch.arange(channels, device=images.device).view(1, -1, 1, 1)
+        return padded[b, c, rows.view(batch, 1, height, 1), cols.view(batch, 1, 1, width)]
+
+
+def resolve_augment(spec: str, default: tuple[str, ...], is_image: bool) -> ViewSet:
+    """'auto' picks the data set's default augmentation; anything else is parsed."""
+    if spec == "auto":
+        spec = ",".join(default) if is_image else "none"
+    views = ViewSet.parse(spec)
+    if views.count > 1 and not is_image:
+        raise UsageError(f"augmentation {spec!r} needs image data")
+    return views

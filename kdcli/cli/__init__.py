@@ -1,0 +1,31 @@
+"""The `kdcli` command: one module per command group; stage commands are generated from their configs."""
+
+from __future__ import annotations
+
+import typer
+
+from kdcli.cli import artifacts
+from kdcli.cli.common import stage_command
+from kdcli.stages.cache_logits import cache_logits
+from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, TeacherConfig
+from kdcli.stages.train import baseline, distill, train_teacher
+
+app = typer.Typer(
+    name="kdcli", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    help="Knowledge distillation with cached, content-addressed stages and paired statistics.",
+)
+app.add_typer(artifacts.app, name="artifacts")
+
+stage_command(app, "train-teacher", TeacherConfig, train_teacher,
+              "Train a teacher with cross-entropy (MSE for regression) and early stopping.")
+stage_command(app, "cache-logits", CacheLogitsConfig, cache_logits,
+              "Store the teacher's logits for every training image (and view) as a logits artifact.",
+              positional="teacher")
+stage_command(app, "baseline", BaselineConfig, baseline,
+              "Train the student from scratch on the labels alone.")
+stage_command(app, "distill", DistillConfig, distill,
+              "Train the student on the teacher's soft targets (online teacher or cached logits).")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,285 @@
+"""The one training engine behind every stage.
+
+The whole data set sits on the training device as tensors (uint8 images); a batch is cut by
+index, augmented as a whole on the device (kdcli.augment), normalized, and handed to an
+objective `(model, batch, train) -> (outputs, terms)`. Early stopping watches the validation
+loss and restores the best weights (seed 000). Each epoch ends with a resumable checkpoint, so
+a killed run restarts from its last completed epoch with the same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdcli.augment import ViewSet
+from kdcli.data import DataSet
+from kdcli.errors import KdcliError
+from kdcli.reporting import Reporter
+
+
+@dataclass
+class Batch:
+    """x: prepared input (B, ...); y: targets (B,); idx: pool indices (B,); views: view ids (B,) or None."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+    views: torch.Tensor | None = None
+
+
+Objective = Callable[[nn.Module, Batch, bool], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+    resumed_from: int = 0
+
+
+class DeviceData:
+    """The data set's tensors moved once to `device` (uint8 images stay uint8)."""
+
+    def __init__(self, data: DataSet, device: torch.device):
+        self.data = data
+        self.device = device
+        self.x_pool = data.x_pool.to(device)
+        self.y_pool = data.y_pool.to(device)
+        self.x_test = data.x_test.to(device)
+        self.y_test = data.y_test.to(device)
+
+    def batch(self, idx: torch.Tensor, views: ViewSet, view_ids: torch.Tensor | None) -> Batch:
+        idx_dev = idx.to(self.device, non_blocking=True)
+        x = self.x_pool[idx_dev]
+        if view_ids is not None:
+            x = views.apply(x, view_ids)
+        return Batch(self.data.prepare(x), self.y_pool[idx_dev], idx, view_ids)
+
+
+def autocast(device: torch.device, precision: str):
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer, cfg):
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.scheduler == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def task_metrics(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Summable per-batch sums: correct predictions (classification) or squared error (regression)."""
+    if task == "classification":
+        return {"correct": (outputs.argmax(1) == targets).sum().float()}
+    return {"sq_err": ((outputs.reshape(targets.shape).float() - targets.float()) ** 2).sum()}
+
+
+class Checkpoint:
+    """Resumable training state at one path: written atomically after every epoch."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged checkpoint is ignored: training restarts from scratch
+            return None
+
+    def save(self, state: dict) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def run_epoch_eval(model: nn.Module, dd: DeviceData, idx: torch.Tensor, objective: Objective, views: ViewSet,
+                   batch_size: int, precision: str) -> dict[str, float]:
+    """Mean objective terms and task metrics over pool indices `idx` on clean images."""
+    model.eval()
+    totals: dict[str, torch.Tensor] = {}
+    clean = torch.full((batch_size,), views.identity, dtype=torch.long) if views.count > 1 else None
+    with torch.no_grad():
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size]
+            batch = dd.batch(chunk, ViewSet(), None)
+            batch.views = None if clean is None else clean[: len(chunk)]
+            with autocast(dd.device, precision):
+                outputs, terms = objective(model, batch, False)
+            for key, value in {**terms, **task_metrics(dd.data.task, outputs, batch.y)}.items():
+                weight = len(chunk) if key in terms else 1
+                totals[key] = totals.get(key, 0) + value.detach().float() * weight
+    n = max(len(idx), 1)
+    return {k: float(v) / n for k, v in totals.items()}
+
+
+def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: ViewSet, reporter: Reporter,
+        checkpoint: Checkpoint | None = None) -> FitResult:
+    """Train `model` in place with `objective`; restore the weights of the best validation epoch."""
+    data = dd.data
+    device = dd.device
+    checkpoint = checkpoint or Checkpoint(None)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    result = FitResult()
+    best_state = _state_copy(model)
+    bad_epochs, start_epoch = 0, 0
+
+    saved = checkpoint.load()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        best_state, bad_epochs = saved["best_state"], saved["bad_epochs"]
+        result.history, result.best_epoch = saved["history"], saved["best_epoch"]
+        result.best_val_loss = saved["best_val_loss"]
+        start_epoch = result.resumed_from = saved["epoch"]
+        reporter.info(f"resuming from the checkpoint after epoch {start_epoch}")
+
+    train_idx = data.train_idx
+    n_batches = math.ceil(len(train_idx) / cfg.batch_size)
+    use_val = len(data.val_idx) > 0
+    with reporter.progress(f"{cfg.epochs} epochs", total=(cfg.epochs - start_epoch) * n_batches) as advance:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            started = time.perf_counter()
+            model.train()
+            order = train_idx[torch.randperm(len(train_idx), generator=generator)]
+            sums: dict[str, torch.Tensor] = {}
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                view_ids = views.sample(len(idx), generator) if views.count > 1 else None
+                batch = dd.batch(idx, views, view_ids)
+                with autocast(device, cfg.precision):
+                    outputs, terms = objective(model, batch, True)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(terms["loss"]).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0) + value.detach().float() * len(idx)
+                advance(1)
+            train = {k: float(v) / len(order) for k, v in sums.items()}
+            bad_terms = [k for k, v in train.items() if not math.isfinite(v)]
+            if bad_terms:
+                raise KdcliError(
+                    f"non-finite loss in epoch {epoch} (term {', '.join(sorted(bad_terms))}); "
+                    f"the checkpoint after epoch {epoch - 1} is kept; try a lower --lr")
+            entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                     **{f"train_{k}": v for k, v in train.items()}}
+            if use_val:
+                val = run_epoch_eval(model, dd, data.val_idx, objective, views, cfg.eval_batch_size, cfg.precision)
+                entry.update({f"val_{k}": v for k, v in val.items() if k not in ("correct", "sq_err")})
+                if "correct" in val:
+                    entry["val_acc"] = 100.0 * val["correct"]
+                if "sq_err" in val:
+                    entry["val_mse"] = val["sq_err"]
+            scheduler.step()
+            entry["seconds"] = round(time.perf_counter() - started, 3)
+            result.history.append(entry)
+            monitored = entry.get("val_loss", entry["train_loss"])
+            if monitored < result.best_val_loss:
+                result.best_val_loss, result.best_epoch, bad_epochs = monitored, epoch, 0
+                best_state = _state_copy(model)
+            else:
+                bad_epochs += 1
+            reporter.epoch(entry, improved=bad_epochs == 0)
+            stop = cfg.patience > 0 and bad_epochs >= cfg.patience
+            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                             "torch_rng": torch.get_rng_state(), "best_state": best_state,
+                             "bad_epochs": bad_epochs, "history": result.history,
+                             "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                             "epoch": epoch})
+            if stop:
+                result.stopped_early = True
+                reporter.info(f"early stopping after epoch {epoch}: no validation improvement in {cfg.patience} epochs")
+                break
+    model.load_state_dict(best_state)
+    return result
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: DataSet, x_raw: torch.Tensor, batch_size: int, device: torch.device,
+            precision: str = "fp32") -> torch.Tensor:
+    """Model outputs for raw inputs x_raw (N, ...) on any device -> float32 (N, K) on the CPU."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(x_raw), batch_size):
+        chunk = data.prepare(x_raw[start:start + batch_size].to(device))
+        with autocast(device, precision):
+            outputs.append(model(chunk).float().cpu())
+    if not outputs:
+        return torch.empty(0)
+    return torch.cat(outputs)
+
+
+def test_metrics(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Held-out metrics: accuracy and CE loss, or MSE and R^2. outputs (N, K) / (N, 1), targets (N,)."""
+    if task == "classification":
+        return {"test_acc": 100.0 * float((outputs.argmax(1) == targets).float().mean()),
+                "test_loss": float(nn.functional.cross_entropy(outputs, targets))}
+    predictions = outputs.reshape(targets.shape)
+    mse = float(((predictions - targets) ** 2).mean())
+    variance = float(((targets - targets.mean()) ** 2).mean())
+    return {"test_mse": mse, "test_r2": 1.0 - mse / variance if variance > 0 else float("nan")}
+
+
+def prepare_model(model: nn.Module, device: torch.device, compile_model: bool) -> nn.Module:
+    """Move to `device`; channels_last for conv nets on CUDA; optionally torch.compile."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if compile_model:
+        model = torch.compile(model)
+    return model
+
+
+def clone_frozen(model: nn.Module) -> nn.Module:
+    """An eval-mode copy with gradients off: a teacher that cannot drift."""
+    teacher = copy.deepcopy(model).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher

@@ -1,0 +1,154 @@
+"""What every stage shares: the run context, the cached-stage runner, data and model artifacts."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdcli.config import key_dict, parse_kv, to_dict
+from kdcli.data import DataSet, DataSpec, load_dataset
+from kdcli.errors import KdcliError, UsageError
+from kdcli.models import build_model
+from kdcli.reporting import Reporter
+from kdcli.store import Artifact, CorruptArtifact, Store
+
+
+@dataclass
+class RunContext:
+    """Everything a stage needs besides its config: where to store, where to compute, how to talk."""
+
+    store: Store
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    reporter: Reporter = field(default_factory=Reporter)
+    force: bool = False
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StageResult:
+    artifact: Artifact
+    skipped: bool
+
+    @property
+    def id(self) -> str:
+        return self.artifact.id
+
+    @property
+    def metrics(self) -> dict:
+        return self.artifact.manifest.get("metrics", {})
+
+
+Produce = Callable[[str], tuple[str, dict[str, torch.Tensor], dict]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise UsageError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_cached(ctx: RunContext, stage: str, config, inputs: dict[str, str], produce: Produce,
+               seed: int | None = None) -> StageResult:
+    """Run `produce(cache_key)` unless the same (stage, config, inputs, version) already ran.
+
+    One process at a time runs a given key (a file lock); the others wait and then reuse its result.
+    """
+    store = ctx.store
+    key = store.cache_key(stage, key_dict(config), inputs)
+    with store.lock(f"stage-{key}"):
+        entry = None if ctx.force else store.lookup_run(key)
+        if entry is not None:
+            try:
+                artifact = store.get(entry["artifact"])
+                ctx.reporter.info(
+                    f"skipped {stage}: same config and inputs as {artifact.id[:12]} ({entry['created']}, "
+                    f"key {key[:12]}); --force reruns")
+                return _finish(ctx, StageResult(artifact, skipped=True))
+            except CorruptArtifact as exc:
+                ctx.reporter.warn(f"{exc}; rerunning {stage}")
+        if ctx.force and store.lookup_run(key) is not None:
+            ctx.reporter.info(f"running {stage} again (--force)")
+        kind, tensors, manifest = produce(key)
+        manifest = {"stage": stage, "config": to_dict(config), "parents": inputs, "cache_key": key,
+                    "seed": seed, **manifest}
+        artifact = store.put(kind, tensors, manifest)
+        store.record_run(key, stage, artifact.id)
+    return _finish(ctx, StageResult(artifact, skipped=False))
+
+
+def _finish(ctx: RunContext, result: StageResult) -> StageResult:
+    if ctx.name:
+        ctx.store.set_ref(ctx.name, result.id)
+    for tag in ctx.tags:
+        ctx.store.add_tag(tag, result.id)
+    return result
+
+
+def load_data(cfg) -> DataSet:
+    """Load the data set a DataConfig describes."""
+    extra = {k: getattr(cfg, k) for k in ("n_samples", "n_features", "noise", "target", "image_size")
+             if getattr(cfg, k, None) is not None}
+    spec = DataSpec(name=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
+                    split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, extra=extra)
+    return load_dataset(spec)
+
+
+def model_spec(name: str, args: dict, data: DataSet) -> dict:
+    return {"name": name, "args": args, "input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
+
+
+def build_from_config(cfg, data: DataSet) -> tuple[nn.Module, dict]:
+    """A fresh registry model for `data` (seed it first) and its rebuildable spec."""
+    args = parse_kv(cfg.model_args)
+    spec = model_spec(cfg.model, args, data)
+    return build_model(cfg.model, data.input_shape, data.num_outputs, **args), spec
+
+
+def load_model(store: Store, ref: str) -> tuple[nn.Module, Artifact]:
+    """Rebuild a model artifact's architecture from its manifest and load its weights."""
+    artifact = store.get(ref, kind="model")
+    spec = artifact.manifest["model"]
+    model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_outputs"], **spec.get("args", {}))
+    try:
+        model.load_state_dict(artifact.tensors())
+    except RuntimeError as exc:
+        raise KdcliError(f"model artifact {artifact.id[:12]} does not fit {spec['name']}: {exc}") from None
+    return model.eval(), artifact
+
+
+def check_fits(artifact: Artifact, data: DataSet, role: str) -> None:
+    """A model trained for other inputs or another class count is refused with one line."""
+    spec = artifact.manifest["model"]
+    if tuple(spec["input_shape"]) != data.input_shape or spec["num_outputs"] != data.num_outputs:
+        raise UsageError(
+            f"{role} {artifact.id[:12]} ({spec['name']}) takes inputs {tuple(spec['input_shape'])} with "
+            f"{spec['num_outputs']} outputs, but {data.name} has inputs {data.input_shape} with {data.num_outputs}")
+
+
+def check_logits_fit(artifact: Artifact, data: DataSet) -> None:
+    """A logits table is tied to the exact data (pool, labels and split) it was computed on."""
+    theirs = artifact.manifest.get("data_fingerprint", "")
+    if theirs != data.fingerprint:
+        raise UsageError(
+            f"logits table {artifact.id[:12]} was computed on data {theirs[:12]} but this run's data is "
+            f"{data.fingerprint[:12]} ({data.name}); rerun cache-logits with the same --dataset and split options")

@@ -1,0 +1,120 @@
+"""Config dataclasses of the training stages; every default is commented through its help text.
+
+Defaults fit the embedded digits demo; the Makefile's seed targets pass the seeds' values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdcli.config import opt
+from kdcli.errors import UsageError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("constant", "cosine", "step", "multistep")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = opt("digits", "data set: digits, mnist, fashion-mnist, cifar10, cifar100, imagefolder:PATH, "
+                                 "synthetic-regression, diabetes, csv:PATH")
+    data_dir: str = opt("data", "directory holding downloaded data sets", key=False)
+    download: bool = opt(False, "download the data set if missing (needs network)", key=False)
+    split_seed: int = opt(0, "seed of the train/validation split of the training pool")
+    val_fraction: float = opt(0.1, "fraction of the training pool held out for validation (model selection)")
+    n_samples: int | None = opt(None, "synthetic-regression: number of samples (default 2000)")
+    n_features: int | None = opt(None, "synthetic-regression: number of features (default 10)")
+    noise: float | None = opt(None, "synthetic-regression: Gaussian noise std (default 0.1)")
+    target: str | None = opt(None, "csv:PATH: name of the target column")
+    image_size: int | None = opt(None, "imagefolder:PATH: resize images to this square size (default 32)")
+
+    def validate(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class TrainConfig(DataConfig):
+    model: str = opt("digits-student", "registry model name (see 'kdcli models')")
+    model_args: list[str] = opt([], "model argument key=value (repeatable)", flag="--model-arg")
+    epochs: int = opt(30, "maximum number of epochs")
+    batch_size: int = opt(64, "training batch size")
+    optimizer: str = opt("adam", "adam, adamw or sgd")
+    lr: float = opt(1e-3, "learning rate")
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(0.0, "weight decay")
+    scheduler: str = opt("constant", "learning-rate schedule: constant, cosine, step or multistep")
+    step_size: int = opt(30, "step schedule: epochs between decays")
+    gamma: float = opt(0.1, "step/multistep schedule: decay factor")
+    milestones: list[int] = opt([], "multistep schedule: epochs at which to decay (comma separated)")
+    patience: int = opt(5, "early stopping: epochs without validation-loss improvement (0 = off)")
+    augment: str = opt("auto", "augmentation: auto (the data set's default), none, or e.g. crop:4,flip")
+    seed: int = opt(0, "seed of weights initialization, batch order and augmentation draws")
+    precision: str = opt("fp32", "fp32, or bf16/fp16 autocast on CUDA")
+    compile: bool = opt(False, "torch.compile the model (CUDA)", key=False)
+    eval_batch_size: int = opt(512, "batch size for validation, test and logit caching", key=False)
+
+    def validate(self) -> None:
+        super().validate()
+        for name, value, low in (("epochs", self.epochs, 0), ("batch_size", self.batch_size, 1),
+                                 ("patience", self.patience, 0), ("eval_batch_size", self.eval_batch_size, 1)):
+            if value < low:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("scheduler", self.scheduler, SCHEDULERS)
+        check_choice("precision", self.precision, PRECISIONS)
+
+
+@dataclass
+class TeacherConfig(TrainConfig):
+    model: str = opt("digits-teacher", "registry model name (see 'kdcli models')")
+
+
+@dataclass
+class BaselineConfig(TrainConfig):
+    loss: str = opt("ce", "hard-label loss: ce or mse-onehot (seed 003)")
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    teacher: str | None = opt(None, "teacher model artifact, run online (needed by feature methods)", key=False)
+    logits: str | None = opt(None, "cached teacher-logits artifact (from cache-logits)", key=False)
+    method: str = opt("kd", "distillation loss (see 'kdcli methods')")
+    alpha: float = opt(0.5, "weight of the hard-label cross-entropy; 0 = labels unused (seed 002)")
+    temperature: float = opt(4.0, "softmax temperature T")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.temperature <= 0:
+            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.alpha <= 1:
+            raise UsageError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if not self.teacher and not self.logits:
+            raise UsageError("distill needs a teacher: --teacher MODEL_REF or --logits LOGITS_REF")
+
+
+@dataclass
+class CacheLogitsConfig(DataConfig):
+    teacher: str = opt("", "teacher model artifact", key=False)
+    views: str = opt("none", "discrete augmented views to cache, e.g. flip,translate:2 (none = clean images)")
+    topk: int = opt(0, "keep only the top-k probabilities per view, the rest spread evenly (0 = full logits)")
+    dtype: str = opt("float16", "storage dtype: float16 or float32")
+    eval_batch_size: int = opt(512, "batch size for the teacher's forward passes", key=False)
+    precision: str = opt("fp32", "fp32, or bf16/fp16 autocast on CUDA")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.teacher:
+            raise UsageError("cache-logits needs --teacher MODEL_REF")
+        check_choice("dtype", self.dtype, ("float16", "float32"))
+        check_choice("precision", self.precision, PRECISIONS)
+        if self.topk < 0:
+            raise UsageError(f"--topk must be >= 0, got {self.topk}")

@@ -1,0 +1,93 @@
+"""Objectives for the engine, `(model, batch, train) -> (outputs, terms)`, and teacher signals.
+
+A teacher signal gives teacher logits (B, K) for a batch: `OnlineTeacher` runs the teacher on
+exactly the student's input; `CachedLogits` looks them up in a logits table by pool index and
+view id, so a cached run and an online run on the same batches see the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdcli.engine import Batch, Objective
+from kdcli.losses import LOSSES
+
+
+class OnlineTeacher:
+    """Teacher forward pass on the student's (already augmented, normalized) batch."""
+
+    def __init__(self, teacher: nn.Module):
+        self.teacher = teacher.eval()
+        for parameter in self.teacher.parameters():
+            parameter.requires_grad_(False)
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        with torch.no_grad():
+            return self.teacher(batch.x).float()
+
+
+class CachedLogits:
+    """Lookup in a logits table (N_pool, V, K) (memory-mapped) by pool index and view id.
+
+    A top-k table holds probabilities (N_pool, V, k) and class indices instead; the rest of the
+    probability mass is spread evenly over the other classes (FKD, Shen & Xing 2022), and log
+    probabilities stand in for logits (softmax(log p / T) is the tempered distribution).
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], num_classes: int, identity_view: int,
+                 device: torch.device):
+        self.logits = tensors.get("logits")
+        self.topk_probs = tensors.get("topk_probs")
+        self.topk_index = tensors.get("topk_index")
+        self.num_classes = num_classes
+        self.identity_view = identity_view
+        self.device = device
+        self.views_in_table = (self.logits if self.logits is not None else self.topk_probs).shape[1]
+
+    def lookup(self, idx: torch.Tensor, views: torch.Tensor | None) -> torch.Tensor:
+        """Pool indices (B,), view ids (B,) or None (clean) -> teacher logits (B, K) float32.
+
+        A clean-image table (one view) answers every view with the clean logits, as seed 000 does.
+        """
+        idx = idx.cpu()
+        if views is None or self.views_in_table == 1:
+            views = torch.full_like(idx, self.identity_view if self.views_in_table > 1 else 0)
+        views = views.cpu()
+        if self.logits is not None:
+            return self.logits[idx, views].to(self.device, non_blocking=True).float()
+        probs = self.topk_probs[idx, views].float()
+        index = self.topk_index[idx, views].long()
+        k = probs.shape[1]
+        rest = (1.0 - probs.sum(1, keepdim=True)).clamp_min(0) / max(self.num_classes - k, 1)
+        full = rest.expand(-1, self.num_classes).clone().scatter_(1, index, probs)
+        return full.clamp_min(1e-8).log().to(self.device)
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        return self.lookup(batch.idx, batch.views)
+
+
+def hard_label_objective(task: str, loss_name: str = "ce") -> Objective:
+    """Training on labels alone: a registered hard-label loss, or MSE for regression."""
+    loss_fn = LOSSES.get(loss_name) if task == "classification" else None
+
+    def objective(model, batch: Batch, train: bool):
+        outputs = model(batch.x)
+        if loss_fn is None:
+            mse = F.mse_loss(outputs.reshape(batch.y.shape).float(), batch.y.float())
+            return outputs, {"mse": mse, "loss": mse}
+        return outputs, loss_fn(outputs.float(), None, batch.y)
+
+    return objective
+
+
+def logit_distill_objective(method: str, params: dict, teacher_signal) -> Objective:
+    """A registered logit-distillation loss against teacher logits from `teacher_signal`."""
+    loss_fn = LOSSES.get(method)
+
+    def objective(model, batch: Batch, train: bool):
+        outputs = model(batch.x)
+        return outputs, loss_fn(outputs.float(), teacher_signal(batch), batch.y, **params)
+
+    return objective

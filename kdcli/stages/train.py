@@ -1,0 +1,148 @@
+"""The training stages: train-teacher, baseline and distill. One function trains; they differ
+only in their objective and their parent artifacts.
+
+Fairness: a student's initial weights, batch order and augmentation draws depend on --seed alone,
+so a baseline and a distilled student with the same seed start from bit-identical weights (the
+manifest records the hash of the initial weights) and see the same batches.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from kdcli.augment import ViewSet, resolve_augment
+from kdcli.data import DataSet
+from kdcli.engine import Checkpoint, DeviceData, Objective, fit, predict, prepare_model, test_metrics
+from kdcli.errors import UsageError
+from kdcli.losses import LOSSES
+from kdcli.models import parameter_count, state_hash
+from kdcli.stages.common import (
+    RunContext,
+    StageResult,
+    build_from_config,
+    check_fits,
+    check_logits_fit,
+    load_data,
+    load_model,
+    run_cached,
+    seed_everything,
+)
+from kdcli.stages.configs import BaselineConfig, DistillConfig, TeacherConfig, TrainConfig
+from kdcli.stages.objectives import CachedLogits, OnlineTeacher, hard_label_objective, logit_distill_objective
+
+# builds the objective once the student exists and the data sits on the device
+ObjectiveFactory = Callable[[nn.Module, DeviceData], Objective]
+
+
+def latency_ms(model: nn.Module, data: DataSet, device: torch.device, batch: int = 64) -> float:
+    """Median wall time of one forward pass on a batch of `batch` inputs, in milliseconds."""
+    x = data.prepare(data.x_test[:batch].to(device))
+    model.eval()
+    timings = []
+    with torch.no_grad():
+        for _ in range(6):
+            started = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            timings.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(timings[1:]), 3)
+
+
+def train_model(stage: str, cfg: TrainConfig, ctx: RunContext, data: DataSet, parents: dict[str, str],
+                make_objective: ObjectiveFactory, views: ViewSet, teacher_test_logits=None,
+                extra_manifest: dict | None = None) -> StageResult:
+    """Seed, build, fit with early stopping, evaluate on the test set, store the model artifact."""
+
+    def produce(key: str):
+        seed_everything(cfg.seed)
+        student, spec = build_from_config(cfg, data)
+        initial_hash = state_hash(student)
+        device_data = DeviceData(data, ctx.device)
+        model = prepare_model(student, ctx.device, cfg.compile)
+        objective = make_objective(model, device_data)
+        checkpoint = Checkpoint(ctx.store.root / "checkpoints" / f"{key}.pt")
+        ctx.reporter.info(f"{stage}: {cfg.model} ({parameter_count(student):,} params) on {data.name} "
+                          f"[{len(data.train_idx)} train / {len(data.val_idx)} val], {ctx.device}")
+        result = fit(model, device_data, objective, cfg, views, ctx.reporter, checkpoint)
+        outputs = predict(model, data, device_data.x_test, cfg.eval_batch_size, ctx.device, cfg.precision)
+        metrics = test_metrics(data.task, outputs, data.y_test)
+        state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
+        metrics.update({
+            "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+            "best_val_loss": result.best_val_loss, "params": parameter_count(student),
+            "size_bytes": sum(t.numel() * t.element_size() for t in state.values()),
+            "latency_ms_per_batch64": latency_ms(model, data, ctx.device),
+        })
+        if teacher_test_logits is not None and data.task == "classification":
+            agree = (outputs.argmax(1) == teacher_test_logits.argmax(1)).float().mean()
+            metrics["teacher_agreement"] = 100.0 * float(agree)
+        checkpoint.remove()
+        manifest = {"model": spec, "metrics": metrics, "history": result.history,
+                    "initial_weights_sha256": initial_hash, "data_fingerprint": data.fingerprint,
+                    "data": data.describe(), "device": str(ctx.device), "augment": views.spec(),
+                    **(extra_manifest or {})}
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("test_"))
+        ctx.reporter.info(f"{stage}: best epoch {result.best_epoch}; {summary}")
+        return "model", state, manifest
+
+    return run_cached(ctx, stage, cfg, {"data": data.fingerprint, **parents}, produce, seed=cfg.seed)
+
+
+def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> StageResult:
+    """Cross-entropy (or MSE for regression) training of a teacher."""
+    data = load_data(cfg)
+    views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
+    return train_model("train-teacher", cfg, ctx, data, {},
+                       lambda model, dd: hard_label_objective(data.task), views)
+
+
+def baseline(cfg: BaselineConfig, ctx: RunContext) -> StageResult:
+    """The student from scratch on the labels alone (cross-entropy, or seed 003's MSE on one-hot)."""
+    data = load_data(cfg)
+    if data.task == "classification" and LOSSES.get(cfg.loss).needs_teacher:
+        raise UsageError(f"--loss {cfg.loss} needs a teacher; use 'kdcli distill'")
+    views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
+    return train_model("baseline", cfg, ctx, data, {},
+                       lambda model, dd: hard_label_objective(data.task, cfg.loss), views)
+
+
+def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
+    """A student trained on the teacher's outputs: online (--teacher) or from a cached table (--logits)."""
+    data = load_data(cfg)
+    store = ctx.store
+    params = {"alpha": cfg.alpha, "temperature": cfg.temperature}
+    if data.task != "classification":
+        raise UsageError("regression distillation needs the regression objective (w_hard/w_hp/...)")
+    if not LOSSES.get(cfg.method).needs_teacher:
+        raise UsageError(f"--method {cfg.method} does not use a teacher; use 'kdcli baseline --loss {cfg.method}'")
+    if cfg.logits:
+        table = store.get(cfg.logits, kind="logits")
+        check_logits_fit(table, data)
+        views = ViewSet.parse(table.manifest["views"])
+        if views.count == 1:
+            views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
+        else:
+            ctx.reporter.info(f"student views follow the logits table: {views.spec()} ({views.count} views)")
+        tensors = {name: table.tensor(name) for name in table.tensor_names() if name != "test"}
+        table_views = ViewSet.parse(table.manifest["views"])
+
+        def make_objective(model, dd):
+            signal = CachedLogits(tensors, data.num_outputs, table_views.identity, ctx.device)
+            return logit_distill_objective(cfg.method, params, signal)
+
+        return train_model("distill", cfg, ctx, data, {"logits": table.id}, make_objective, views,
+                           teacher_test_logits=table.tensor("test").float())
+    teacher, teacher_artifact = load_model(store, cfg.teacher)
+    check_fits(teacher_artifact, data, "teacher")
+    teacher = prepare_model(teacher, ctx.device, False)
+    views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
+    test_logits = predict(teacher, data, data.x_test, cfg.eval_batch_size, ctx.device, cfg.precision)
+    return train_model("distill", cfg, ctx, data, {"teacher": teacher_artifact.id},
+                       lambda model, dd: logit_distill_objective(cfg.method, params, OnlineTeacher(teacher)),
+                       views, teacher_test_logits=test_logits)
