@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 from dataclasses import dataclass
 from urllib.error import URLError
 
@@ -22,39 +21,12 @@ from kdcli.errors import KdcliError, UsageError
 
 DEFAULT_DATA_DIR = "./data"
 
-# torchvision's compiled ops that `import torchvision` registers fakes for without checking that
-# its extension loaded (torchvision/_meta_registrations.py).
-_UNGUARDED_OPS = {
-    "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-}
-_op_stubs: list = []  # keeps the stub Library alive (its registrations die with it)
-
-
 def import_torchvision():
-    """`import torchvision`, also when its compiled ops do not match the installed torch.
-
-    A CUDA torchvision wheel next to a CPU torch cannot load its extension, and then fails at import
-    with "operator torchvision::nms does not exist". Data sets need none of those ops, so the two
-    unguarded op schemas are declared (without kernels) and the import is retried; torchvision.ops
-    then still fails loudly if called. Nothing is changed when torchvision imports cleanly.
-    """
+    """`import torchvision`, or one clear line when it is missing."""
     try:
         import torchvision
-        return torchvision
     except ImportError as exc:
         raise KdcliError(f"torchvision is not installed ({exc}); pip install torchvision") from exc
-    except RuntimeError as exc:
-        if "torchvision::" not in str(exc) or "does not exist" not in str(exc):
-            raise
-    for module in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        del sys.modules[module]
-    library = torch.library.Library("torchvision", "FRAGMENT")
-    for op, schema in _UNGUARDED_OPS.items():
-        if not hasattr(torch.ops.torchvision, op):
-            library.define(schema)
-    _op_stubs.append(library)
-    import torchvision
     return torchvision
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +41,8 @@ class HFClassifier(nn.Module):
         return out.logits if hasattr(out, "logits") else out[0]
 
 
-def _hide_broken_torchvision() -> None:
-    """transformers imports torchvision whenever it is installed; a build that cannot load (e.g. the
-    CUDA wheel beside a CPU-only torch) would break every model import, so treat it as absent."""
-    if "torchvision" in sys.modules:
-        return
-    try:
-        import torchvision  # noqa: F401
-    except Exception as exc:
-        for name in [n for n in sys.modules if n.startswith("torchvision.")]:
-            del sys.modules[name]
-        sys.modules["torchvision"] = None  # find_spec -> None, import -> ImportError
-        warnings.warn(f"torchvision is installed but cannot load ({_first_line(exc)}); "
-                      "transformers will run without it", RuntimeWarning, stacklevel=3)
-
-
 def import_transformers():
-    """`import transformers`, first hiding a torchvision that cannot load; KdcliError if missing."""
-    _hide_broken_torchvision()
+    """`import transformers`, or KdcliError if it is missing."""
     try:
         import transformers
     except ImportError as exc:
