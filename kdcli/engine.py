@@ -74,8 +74,22 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+def objective_parameters(objective) -> list[nn.Parameter]:
+    """Trainable parameters an objective owns besides the model's (a feature projector, a FitNet
+    regressor): anything exposing `.parameters()`, as an nn.Module does; plain functions own none."""
+    parameters = getattr(objective, "parameters", None)
+    return [p for p in parameters() if p.requires_grad] if callable(parameters) else []
+
+
+def make_optimizer(model: nn.Module, cfg, extra_params=()) -> torch.optim.Optimizer:
+    """The optimizer over the model's trainable parameters plus `extra_params` (the objective's own,
+    see `objective_parameters`); one parameter group, so lr, weight decay and schedule are shared."""
     params = [p for p in model.parameters() if p.requires_grad]
+    seen = {id(p) for p in params}
+    for p in extra_params:
+        if p.requires_grad and id(p) not in seen:
+            params.append(p)
+            seen.add(id(p))
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -158,7 +172,11 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
     data = dd.data
     device = dd.device
     checkpoint = checkpoint or Checkpoint(None)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, objective_parameters(objective))
+    # an objective with trainable state (nn.Module) is checkpointed beside the model so a resumed run
+    # continues with the same projector weights
+    objective_state = getattr(objective, "state_dict", None) if objective_parameters(objective) else None
+    objective_state = objective_state if callable(objective_state) else None
     scheduler = make_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
     generator = torch.Generator().manual_seed(cfg.seed + 1)
@@ -169,6 +187,8 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
     saved = checkpoint.load()
     if saved is not None:
         model.load_state_dict(saved["model"])
+        if objective_state is not None and "objective" in saved:
+            objective.load_state_dict(saved["objective"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
@@ -228,6 +248,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
             reporter.epoch(entry, improved=bad_epochs == 0)
             stop = cfg.patience > 0 and bad_epochs >= cfg.patience
             checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             **({"objective": objective_state()} if objective_state is not None else {}),
                              "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                              "torch_rng": torch.get_rng_state(), "best_state": best_state,
                              "bad_epochs": bad_epochs, "history": result.history,
