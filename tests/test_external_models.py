@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch
@@ -20,10 +19,6 @@ from kdcli.models.external import (
     load_torchhub,
     rebuild_hf_classifier,
 )
-
-with warnings.catch_warnings():  # hide a torchvision that cannot load; its warning is expected here
-    warnings.simplefilter("ignore", RuntimeWarning)
-    import_transformers()
 
 
 def _tiny_vit(tmp_path, image_size=32):

@@ -7,7 +7,8 @@ import typer
 from kdcli.cli import artifacts
 from kdcli.cli.common import stage_command
 from kdcli.stages.cache_logits import cache_logits
-from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, TeacherConfig
+from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, ImportConfig, TeacherConfig
+from kdcli.stages.import_teacher import import_teacher
 from kdcli.stages.train import baseline, distill, train_teacher
 
 app = typer.Typer(
@@ -25,6 +26,9 @@ stage_command(app, "baseline", BaselineConfig, baseline,
               "Train the student from scratch on the labels alone.")
 stage_command(app, "distill", DistillConfig, distill,
               "Train the student on the teacher's soft targets (online teacher or cached logits).")
+stage_command(app, "import-teacher", ImportConfig, import_teacher,
+              "Import a pretrained teacher (hf:, torchhub:, or a checkpoint file) and report its test accuracy.",
+              positional="source")
 
 
 def main() -> None:

@@ -246,7 +246,12 @@ def load_checkpoint_into(model: nn.Module, path) -> nn.Module:
     or under 'state_dict' / 'model'; 'module.' prefixes are stripped. Any mismatch is a UsageError.
     """
     path = Path(path)
-    state = _strip_prefixes(_read_state_dict(path))
+    return load_state_into(model, _read_state_dict(path), f"checkpoint {str(path)!r}")
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> nn.Module:
+    """Load a state_dict strictly (after stripping 'module.'-style prefixes); mismatches -> UsageError."""
+    state = _strip_prefixes(state)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
@@ -260,6 +265,6 @@ def load_checkpoint_into(model: nn.Module, path) -> nn.Module:
     if wrong:
         problems.append(f"shape mismatch {_some(wrong)} (checkpoint vs model)")
     if problems:
-        raise UsageError(f"checkpoint {str(path)!r} does not fit the model: {'; '.join(problems)}")
+        raise UsageError(f"{origin} does not fit the model: {'; '.join(problems)}")
     model.load_state_dict(state, strict=False)
     return model

@@ -118,3 +118,23 @@ class CacheLogitsConfig(DataConfig):
         check_choice("precision", self.precision, PRECISIONS)
         if self.topk < 0:
             raise UsageError(f"--topk must be >= 0, got {self.topk}")
+
+
+@dataclass
+class ImportConfig(DataConfig):
+    source: str = opt("", "hf:ID_OR_DIR, torchhub:OWNER/REPO:ENTRY, or a checkpoint file (.pt, .pth, .safetensors)",
+                      key=False)
+    model: str | None = opt(None, "registry model to load torch.hub or checkpoint weights into (e.g. resnet56)")
+    model_args: list[str] = opt([], "model argument key=value (repeatable)", flag="--model-arg")
+    image_size: int | None = opt(None, "hf: resize inputs to this size (default: what the model's config says)")
+    trust_remote_code: bool = opt(False, "allow torch.hub code and Hugging Face remote code to run", key=False)
+    eval_batch_size: int = opt(256, "batch size for the test-set evaluation", key=False)
+    precision: str = opt("fp32", "fp32, or bf16/fp16 autocast on CUDA")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.source:
+            raise UsageError("import-teacher needs a SOURCE: hf:ID_OR_DIR, torchhub:OWNER/REPO:ENTRY or a file")
+        if not self.source.startswith("hf:") and not self.model:
+            raise UsageError("--model names the registry model that receives torch.hub or checkpoint weights")
+        check_choice("precision", self.precision, PRECISIONS)
