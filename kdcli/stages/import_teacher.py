@@ -22,7 +22,7 @@ from kdcli.stages.configs import ImportConfig
 def load_source(cfg: ImportConfig, data):
     """-> (module, rebuildable model spec) for the configured source."""
     if cfg.source.startswith("hf:"):
-        model, spec = load_hf_classifier(cfg.source[3:], cfg.trust_remote_code, image_size=cfg.image_size)
+        model, spec = load_hf_classifier(cfg.source[3:], cfg.trust_remote_code, image_size=cfg.hf_image_size)
         return model, model_spec("hf", spec, data)
     args = parse_kv(cfg.model_args)
     model = build_model(cfg.model, data.input_shape, data.num_outputs, **args)
