@@ -126,7 +126,7 @@ class ImportConfig(DataConfig):
                       key=False)
     model: str | None = opt(None, "registry model to load torch.hub or checkpoint weights into (e.g. resnet56)")
     model_args: list[str] = opt([], "model argument key=value (repeatable)", flag="--model-arg")
-    image_size: int | None = opt(None, "hf: resize inputs to this size (default: what the model's config says)")
+    hf_image_size: int | None = opt(None, "hf: resize inputs to this size (default: what the model's config says)")
     trust_remote_code: bool = opt(False, "allow torch.hub code and Hugging Face remote code to run", key=False)
     eval_batch_size: int = opt(256, "batch size for the test-set evaluation", key=False)
     precision: str = opt("fp32", "fp32, or bf16/fp16 autocast on CUDA")
