@@ -1,0 +1,106 @@
+"""The method registry: every registered loss is finite, has gradients and meets its limit case; DKD's
+decomposition of KD holds; logit standardization ignores the teacher's logit scale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdcli.losses import LOSSES
+from kdcli.losses.kd import soft_kl
+from kdcli.losses.logit_methods import dkd_parts, standardize
+
+TEACHER_LOSSES = [n for n in LOSSES.names() if LOSSES.get(n).needs_teacher]
+
+# params that switch the hard-label term off, leaving only the distillation terms
+PURE = {"kd": {"alpha": 0.0}, "kd-ls": {"alpha": 0.0}, "dkd": {"ce_weight": 0.0},
+        "dkd-ls": {"ce_weight": 0.0}, "deit": {"alpha": 0.0}}
+
+
+def batch(n=16, k=10, seed=0, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    student = (torch.randn(n, k, generator=g) * scale).requires_grad_(True)
+    teacher = torch.randn(n, k, generator=g) * scale
+    labels = torch.randint(0, k, (n,), generator=g)
+    return student, teacher, labels
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_finite_with_gradients(name):
+    student, teacher, labels = batch()
+    fn = LOSSES.get(name)
+    terms = fn(student, teacher if fn.needs_teacher else None, labels)
+    assert "loss" in terms and all(t.dim() == 0 and torch.isfinite(t) for t in terms.values()), terms
+    terms["loss"].backward()
+    assert student.grad is not None and torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", TEACHER_LOSSES)
+def test_extreme_logits_stay_finite(name):
+    student, teacher, labels = batch(scale=300.0)
+    terms = LOSSES.get(name)(student, teacher, labels)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"]) and torch.isfinite(student.grad).all()
+
+
+@pytest.mark.parametrize("name", TEACHER_LOSSES)
+def test_limit_case_student_equals_teacher(name):
+    """With the hard-label term off, a student equal to its teacher has zero loss (DeiT: when the
+    teacher's argmax is the label, the loss is plain cross-entropy)."""
+    assert name in PURE, f"add {name}'s label-free params to PURE"
+    student, _, labels = batch()
+    teacher = student.detach().clone()
+    fn = LOSSES.get(name)
+    if name == "deit":
+        labels = teacher.argmax(1)
+        terms = fn(student, teacher, labels, alpha=0.3)
+        torch.testing.assert_close(terms["loss"], F.cross_entropy(student, labels))
+        return
+    terms = fn(student, teacher, labels, **PURE[name])
+    assert abs(terms["loss"].item()) < 1e-5
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_dkd_decomposes_classical_kd(temperature):
+    """Zhao et al. 2022, eq. 1: KD = TCKD + (1 - p_t^T) * NCKD, per sample."""
+    student, teacher, labels = batch(n=32, seed=1)
+    tckd, nckd, p_t = dkd_parts(student, teacher, labels, temperature)
+    kd = F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher / temperature, 1),
+                  reduction="none", log_target=True).sum(1) * temperature**2
+    torch.testing.assert_close(tckd + (1 - p_t) * nckd, kd, rtol=1e-4, atol=1e-5)
+    # so DKD with alpha = 1 and beta = 1 - p_t (one sample at a time) is classical KD
+    dkd = LOSSES.get("dkd")
+    for i in range(3):
+        one = slice(i, i + 1)
+        terms = dkd(student[one], teacher[one], labels[one], ce_weight=0.0, dkd_alpha=1.0,
+                    dkd_beta=float(1 - p_t[i]), temperature=temperature)
+        torch.testing.assert_close(terms["loss"], soft_kl(student[one], teacher[one], temperature),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_dkd_warmup_scales_only_the_distillation_terms():
+    student, teacher, labels = batch()
+    dkd = LOSSES.get("dkd")
+    full, half = dkd(student, teacher, labels), dkd(student, teacher, labels, warmup_factor=0.5)
+    torch.testing.assert_close(full["loss"] - full["ce"], 2 * (half["loss"] - half["ce"]))
+
+
+@pytest.mark.parametrize("name", ["kd-ls", "dkd-ls"])
+def test_logit_standardization_ignores_teacher_scale_and_shift(name):
+    student, teacher, labels = batch()
+    fn = LOSSES.get(name)
+    a = fn(student, teacher, labels)["loss"]
+    b = fn(student, teacher * 7.5 + 3.0, labels)["loss"]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # the plain methods do depend on the teacher's scale
+    plain = LOSSES.get(name.removesuffix("-ls"))
+    with torch.no_grad():
+        assert abs((plain(student, teacher, labels)["loss"] - plain(student, teacher * 7.5, labels)["loss"]).item()) > 1e-2
+
+
+def test_standardize_is_z_score():
+    z = torch.tensor([[1.0, 2.0, 3.0, 6.0]])
+    out = standardize(z)
+    torch.testing.assert_close(out.mean(1), torch.zeros(1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.std(1), torch.ones(1), atol=1e-5, rtol=0)
