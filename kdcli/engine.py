@@ -205,6 +205,10 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
     with reporter.progress(f"{cfg.epochs} epochs", total=(cfg.epochs - start_epoch) * n_batches) as advance:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             started = time.perf_counter()
+            # per-epoch hook: an objective with a schedule (temperature, alpha, warm-up) updates itself
+            # and returns the values it now uses, which the history records
+            set_epoch = getattr(objective, "set_epoch", None)
+            scheduled = (set_epoch(epoch, cfg.epochs) or {}) if callable(set_epoch) else {}
             model.train()
             order = train_idx[torch.randperm(len(train_idx), generator=generator)]
             sums: dict[str, torch.Tensor] = {}
@@ -227,7 +231,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                 raise KdcliError(
                     f"non-finite loss in epoch {epoch} (term {', '.join(sorted(bad_terms))}); "
                     f"the checkpoint after epoch {epoch - 1} is kept; try a lower --lr")
-            entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+            entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **scheduled,
                      **{f"train_{k}": v for k, v in train.items()}}
             if use_val:
                 val = run_epoch_eval(model, dd, data.val_idx, objective, views, cfg.eval_batch_size, cfg.precision)
