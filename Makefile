@@ -1,32 +1,143 @@
-# kdcli: every experiment of the seed documents is a target here.
+# kdcli: the demo, the tests, and one target per experiment of the seed documents.
 # `make demo` and `make test` work on a fresh clone with only python3 and make.
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-KDCLI  := $(BIN)/kdcli
-STAMP  := $(VENV)/.installed
+# Seed targets read data sets from DATA_DIR (add DOWNLOAD=--download on a machine with network)
+# and need a GPU to finish in reasonable time; without the data they stop with a one-line message.
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
 DATA_DIR ?= data
+DOWNLOAD ?=
+DEVICE   ?= auto
+SEEDS    ?= 0 1 2 3 4
 REPORTS  ?= reports
 export KDCLI_STORE ?= artifacts
 
-.PHONY: install demo test lint bench clean
+KD   := $(BIN)/kdcli
+DATA  = --data-dir $(DATA_DIR) $(DOWNLOAD) --device $(DEVICE)
+
+.PHONY: install demo test lint clean \
+        seed000-cifar10 seed000-cifar100 seed000-cifar100-resnet18 seed002-hinton seed003-kl seed004-mnist
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
-
-demo: install
-	$(BIN)/python -m kdcli.recipes demo
 
 test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check kdcli tests bench
+	$(BIN)/ruff check kdcli tests
 
 clean:
 	rm -rf $(VENV) artifacts $(REPORTS)
+
+# The main job on the embedded digits data: teacher, logit table, baseline and distilled student
+# over five seeds (same seed = same initial weights), then the paired comparison.
+demo: install
+	@set -e; \
+	echo "== teacher"; $(KD) train-teacher --name demo/teacher -q --device $(DEVICE); \
+	echo "== logits";  $(KD) cache-logits demo/teacher --name demo/logits -q --device $(DEVICE); \
+	for s in $(SEEDS); do \
+	  echo "== seed $$s: baseline and distilled student"; \
+	  $(KD) baseline --seed $$s --name demo/baseline-s$$s -q --device $(DEVICE) >/dev/null; \
+	  $(KD) distill --logits demo/logits --seed $$s --name demo/kd-s$$s -q --device $(DEVICE) >/dev/null; \
+	done; \
+	$(KD) compare 'demo/baseline-s*' 'demo/kd-s*' --label baseline --label distilled --reference demo/teacher
+
+# Seed 000, CIFAR-10: pretrained ResNet-56 (chenyaofo) -> small CNN, Adam 1e-3, batch 64, T=10,
+# alpha=0.2 (CE weight), early stopping patience 5 on a 45k/5k split; no augmentation; paired t-test.
+# TEACHER may name a local checkpoint in chenyaofo's key layout instead of torch.hub.
+TEACHER_C10 ?= torchhub:chenyaofo/pytorch-cifar-models:cifar10_resnet56 --trust-remote-code
+S000 = --optimizer adam --lr 0.001 --batch-size 64 --patience 5 --augment none --split-seed 0
+seed000-cifar10: install
+	@set -e; \
+	$(KD) import-teacher $(TEACHER_C10) --model resnet56 --dataset cifar10 $(DATA) --name s000c10/teacher; \
+	$(KD) cache-logits s000c10/teacher --dataset cifar10 $(DATA) --name s000c10/logits; \
+	for s in $(SEEDS); do \
+	  $(KD) baseline --dataset cifar10 --model cnn-small --epochs 20 $(S000) --seed $$s $(DATA) --name s000c10/baseline-s$$s; \
+	  $(KD) distill --dataset cifar10 --model cnn-small --epochs 20 $(S000) --seed $$s $(DATA) \
+	    --logits s000c10/logits --temperature 10 --alpha 0.2 --name s000c10/kd-s$$s; \
+	done; \
+	$(KD) compare 's000c10/baseline-s*' 's000c10/kd-s*' --label baseline --label kd --reference s000c10/teacher
+
+# Seed 000, CIFAR-100: HF ResNet-50 teacher (inputs resized to 224) -> logit lookup table ->
+# small CNN (32/64, fc 512), 30 epochs, patience 5, split seed 80.
+TEACHER_C100 ?= hf:jialicheng/cifar100-resnet-50
+seed000-cifar100: install
+	@set -e; \
+	$(KD) import-teacher $(TEACHER_C100) --dataset cifar100 --split-seed 80 $(DATA) --name s000c100/teacher; \
+	$(KD) cache-logits s000c100/teacher --dataset cifar100 --split-seed 80 $(DATA) --name s000c100/logits; \
+	for s in $(SEEDS); do \
+	  $(KD) baseline --dataset cifar100 --model cnn-medium --epochs 30 $(S000) --split-seed 80 --seed $$s $(DATA) \
+	    --name s000c100/baseline-s$$s; \
+	  $(KD) distill --dataset cifar100 --model cnn-medium --epochs 30 $(S000) --split-seed 80 --seed $$s $(DATA) \
+	    --logits s000c100/logits --temperature 10 --alpha 0.2 --name s000c100/kd-s$$s; \
+	done; \
+	$(KD) compare 's000c100/baseline-s*' 's000c100/kd-s*' --label baseline --label kd --reference s000c100/teacher
+
+# Seed 000, CIFAR-100 with a ResNet-18 student (CIFAR stem): crop+flip augmentation on the fly with
+# the clean-image table, cosine LR over 1000 epochs, patience 10, split seed 45.
+S000R18 = --model resnet18 --epochs 1000 --patience 10 --scheduler cosine --optimizer adam --lr 0.001 \
+          --batch-size 64 --augment crop:4,flip --split-seed 45
+seed000-cifar100-resnet18: install
+	@set -e; \
+	$(KD) import-teacher $(TEACHER_C100) --dataset cifar100 --split-seed 45 $(DATA) --name s000r18/teacher; \
+	$(KD) cache-logits s000r18/teacher --dataset cifar100 --split-seed 45 $(DATA) --name s000r18/logits; \
+	for s in $(SEEDS); do \
+	  $(KD) baseline --dataset cifar100 $(S000R18) --seed $$s $(DATA) --name s000r18/baseline-s$$s; \
+	  $(KD) distill --dataset cifar100 $(S000R18) --seed $$s $(DATA) --logits s000r18/logits \
+	    --temperature 10 --alpha 0.2 --name s000r18/kd-s$$s; \
+	done; \
+	$(KD) compare 's000r18/baseline-s*' 's000r18/kd-s*' --label baseline --label kd --reference s000r18/teacher
+
+# Seed 002, Hinton's soft-label-only student: ResNet-18 teacher on CIFAR-10 for 10 epochs, then a
+# ResNet-18 student trained on the teacher's logits alone (alpha=0: labels never used), 10 epochs.
+# The seed gives no optimizer or temperature: Adam 1e-3 and T=4 are kdcli's choices.
+S002 = --dataset cifar10 --model resnet18 --epochs 10 --patience 0 --optimizer adam --lr 0.001 --batch-size 128
+seed002-hinton: install
+	@set -e; \
+	$(KD) train-teacher $(S002) $(DATA) --name s002/teacher; \
+	$(KD) cache-logits s002/teacher --dataset cifar10 $(DATA) --name s002/logits; \
+	for s in $(SEEDS); do \
+	  $(KD) distill $(S002) --logits s002/logits --alpha 0 --temperature 4 --seed $$s $(DATA) --name s002/soft-only-s$$s; \
+	done
+
+# Seed 003: 3-block CNN teacher (SGD momentum 0.9, weight decay 5e-4, cosine LR) on CIFAR-10; the
+# student trained with MSE on one-hot labels vs with KD (CE + T^2 KL). Epochs, lr, T and alpha are
+# not in the seed: 30 epochs, lr 0.01 (teacher) / Adam 1e-3 (students), T=2, alpha=0.5 are kdcli's.
+S003T = --dataset cifar10 --model cnn3-teacher --epochs 30 --optimizer sgd --lr 0.01 --momentum 0.9 \
+        --weight-decay 5e-4 --scheduler cosine
+S003S = --dataset cifar10 --model cnn3-student --epochs 30 --optimizer adam --lr 0.001
+seed003-kl: install
+	@set -e; \
+	$(KD) train-teacher $(S003T) $(DATA) --name s003/teacher; \
+	$(KD) cache-logits s003/teacher --dataset cifar10 $(DATA) --name s003/logits; \
+	for s in $(SEEDS); do \
+	  $(KD) baseline $(S003S) --loss mse-onehot --seed $$s $(DATA) --name s003/mse-s$$s; \
+	  $(KD) distill $(S003S) --logits s003/logits --temperature 2 --alpha 0.5 --seed $$s $(DATA) --name s003/kd-s$$s; \
+	done; \
+	$(KD) compare 's003/mse-s*' 's003/kd-s*' --label mse-onehot --label kd --reference s003/teacher
+
+# Seed 004, MNIST: TeacherNet (64/128/256) vs StudentNet (16/32), Adam 1e-3, batch 128, 10 epochs,
+# T=3, alpha=0.5; soft targets only (alpha=0) vs hard targets only (baseline) vs both; and the
+# temperature sweep T in 1,2,3,5,10 at 5 epochs each.
+S004 = --dataset mnist --epochs 10 --patience 0 --optimizer adam --lr 0.001 --batch-size 128
+seed004-mnist: install
+	@set -e; \
+	$(KD) train-teacher $(S004) --model mnist-teacher $(DATA) --name s004/teacher; \
+	$(KD) cache-logits s004/teacher --dataset mnist $(DATA) --name s004/logits; \
+	for s in $(SEEDS); do \
+	  $(KD) baseline $(S004) --model mnist-student --seed $$s $(DATA) --name s004/hard-s$$s; \
+	  $(KD) distill $(S004) --model mnist-student --logits s004/logits --temperature 3 --alpha 0.5 --seed $$s $(DATA) \
+	    --name s004/kd-s$$s; \
+	  $(KD) distill $(S004) --model mnist-student --logits s004/logits --temperature 3 --alpha 0 --seed $$s $(DATA) \
+	    --name s004/soft-s$$s; \
+	done; \
+	$(KD) compare 's004/hard-s*' 's004/kd-s*' 's004/soft-s*' --label hard --label kd --label soft --reference s004/teacher; \
+	$(KD) sweep --stage distill --set dataset=mnist --set data_dir=$(DATA_DIR) --set model=mnist-student \
+	  --set logits=s004/logits --set epochs=5 --set patience=0 --set batch_size=128 --set alpha=0.5 \
+	  --grid temperature=1,2,3,5,10 --seeds 0-4 --plot-dir $(REPORTS)/seed004 --name s004/temperature-sweep
