@@ -104,3 +104,74 @@ def test_standardize_is_z_score():
     out = standardize(z)
     torch.testing.assert_close(out.mean(1), torch.zeros(1), atol=1e-6, rtol=0)
     torch.testing.assert_close(out.std(1), torch.ones(1), atol=1e-5, rtol=0)
+
+
+# ---- schedules ----------------------------------------------------------------------------------
+
+def test_anneal_linear_and_cosine_hit_both_ends():
+    from kdcli.stages.schemes import anneal
+
+    assert [anneal(4, 1, "linear", e, 4) for e in (1, 2, 3, 4)] == [4, 3, 2, 1]
+    cosine = [anneal(4, 1, "cosine", e, 5) for e in range(1, 6)]
+    assert cosine[0] == 4 and cosine[-1] == pytest.approx(1) and cosine[2] == pytest.approx(2.5)
+    assert all(a > b for a, b in zip(cosine, cosine[1:]))
+    assert anneal(4, 1, "constant", 3, 5) == 4 and anneal(4, 1, "linear", 1, 1) == 4
+
+
+# ---- the CLI on digits --------------------------------------------------------------------------
+
+FAST = ["--epochs", "1", "--device", "cpu", "--json"]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """run(*args) -> parsed --json result of `kdcli ARGS` in a store holding teacher t and its table tl."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from kdcli.cli import app
+
+    root = tmp_path_factory.mktemp("store")
+    runner = CliRunner()
+
+    def run(*args, ok=True):
+        store = () if args[0] == "methods" else ("--store", root)
+        result = runner.invoke(app, [str(a) for a in (*args, *store)], catch_exceptions=False)
+        if not ok:
+            return result
+        assert result.exit_code == 0, result.stderr
+        return json.loads(result.stdout) if "--json" in args else result
+
+    run("train-teacher", *FAST, "--epochs", "2", "--name", "t")
+    run("cache-logits", "t", "--name", "tl", "--device", "cpu", "--json")
+    run.store = root
+    return run
+
+
+@pytest.mark.parametrize("method", ["kd", "dkd", "deit", "kd-ls", "dkd-ls"])
+def test_logit_method_runs_from_the_cached_table(digits, method):
+    out = digits("distill", *FAST, "--logits", "tl", "--method", method)
+    assert out["metrics"]["test_acc"] > 15
+
+
+def test_schedules_reach_the_history(digits):
+    from kdcli.store import Store
+
+    out = digits("distill", *FAST, "--epochs", "3", "--logits", "tl", "--method", "dkd", "--logit-standardize",
+                 "--dkd-warmup", "2", "--temperature-schedule", "linear", "--temperature-end", "1",
+                 "--alpha-schedule", "cosine", "--alpha-end", "0.1", "--patience", "0")
+    history = Store(digits.store).get(out["id"]).manifest["history"]
+    assert [h["temperature"] for h in history] == [4.0, 2.5, 1.0]
+    assert [h["warmup_factor"] for h in history] == [0.5, 1.0, 1.0]
+    assert history[0]["alpha"] == 0.5 and history[-1]["alpha"] == pytest.approx(0.1)
+    assert Store(digits.store).get(out["id"]).manifest["config"]["logit_standardize"] is True
+
+
+def test_methods_command_and_bad_options(digits):
+    listing = digits("methods").stdout
+    assert all(name in listing for name in ("kd", "dkd", "kd-ls", "deit"))
+    result = digits("distill", "--logits", "tl", "--method", "deit", "--logit-standardize", ok=False)
+    assert result.exit_code == 2 and "--logit-standardize works with kd, dkd" in result.stderr
+    result = digits("distill", "--logits", "tl", "--temperature-schedule", "linear", ok=False)
+    assert result.exit_code == 2 and "needs --temperature-end" in result.stderr

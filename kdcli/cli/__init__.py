@@ -31,5 +31,14 @@ stage_command(app, "import-teacher", ImportConfig, import_teacher,
               positional="source")
 
 
+@app.command("methods")
+def methods() -> None:
+    """List the distillation methods 'kdcli distill --method' accepts."""
+    from kdcli.stages.schemes import method_rows
+
+    for name, needs, summary in method_rows():
+        typer.echo(f"{name:<10} {needs:<42} {summary}")
+
+
 def main() -> None:
     app()

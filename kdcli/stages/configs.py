@@ -90,6 +90,19 @@ class DistillConfig(TrainConfig):
     method: str = opt("kd", "distillation loss (see 'kdcli methods')")
     alpha: float = opt(0.5, "weight of the hard-label cross-entropy; 0 = labels unused (seed 002)")
     temperature: float = opt(4.0, "softmax temperature T")
+    # method options (kdcli.losses.logit_methods): defaults are the papers' CIFAR-100 settings
+    ce_weight: float = opt(1.0, "weight of the hard-label CE in additive methods (dkd, feature methods, dml)")
+    dkd_alpha: float = opt(1.0, "dkd: weight of the target-class term TCKD (Zhao et al. 2022)")
+    dkd_beta: float = opt(8.0, "dkd: weight of the non-target-class term NCKD")
+    dkd_warmup: int = opt(20, "dkd: epochs of linear warm-up of the DKD terms (0 = none)")
+    logit_standardize: bool = opt(False, "z-score teacher and student logits in the soft terms of kd/dkd "
+                                         "(Sun et al. 2024)")
+    # schedules over the epochs (kdcli.stages.schemes.anneal)
+    temperature_schedule: str = opt("constant", "temperature schedule: constant, linear or cosine "
+                                                "from --temperature to --temperature-end")
+    temperature_end: float | None = opt(None, "temperature at the last epoch of a linear/cosine schedule")
+    alpha_schedule: str = opt("constant", "alpha schedule: constant, linear or cosine from --alpha to --alpha-end")
+    alpha_end: float | None = opt(None, "alpha at the last epoch of a linear/cosine schedule")
 
     def validate(self) -> None:
         super().validate()
@@ -97,6 +110,18 @@ class DistillConfig(TrainConfig):
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
         if not 0 <= self.alpha <= 1:
             raise UsageError(f"--alpha must be in [0, 1], got {self.alpha}")
+        for name in ("ce_weight", "dkd_alpha", "dkd_beta", "dkd_warmup"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name, end in (("temperature", self.temperature_end), ("alpha", self.alpha_end)):
+            kind = getattr(self, f"{name}_schedule")
+            check_choice(f"{name}_schedule", kind, ("constant", "linear", "cosine"))
+            if kind != "constant" and end is None:
+                raise UsageError(f"--{name}-schedule {kind} needs --{name}-end")
+        if self.temperature_end is not None and self.temperature_end <= 0:
+            raise UsageError(f"--temperature-end must be > 0, got {self.temperature_end}")
+        if self.alpha_end is not None and not 0 <= self.alpha_end <= 1:
+            raise UsageError(f"--alpha-end must be in [0, 1], got {self.alpha_end}")
         if not self.teacher and not self.logits:
             raise UsageError("distill needs a teacher: --teacher MODEL_REF or --logits LOGITS_REF")
 

@@ -33,7 +33,8 @@ from kdcli.stages.common import (
     seed_everything,
 )
 from kdcli.stages.configs import BaselineConfig, DistillConfig, TeacherConfig, TrainConfig
-from kdcli.stages.objectives import CachedLogits, OnlineTeacher, hard_label_objective, logit_distill_objective
+from kdcli.stages.objectives import CachedLogits, OnlineTeacher, hard_label_objective
+from kdcli.stages.schemes import LogitObjective, resolve_method
 
 # builds the objective once the student exists and the data sits on the device
 ObjectiveFactory = Callable[[nn.Module, DeviceData], Objective]
@@ -116,10 +117,10 @@ def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
     """A student trained on the teacher's outputs: online (--teacher) or from a cached table (--logits)."""
     data = load_data(cfg)
     store = ctx.store
-    params = {"alpha": cfg.alpha, "temperature": cfg.temperature}
     if data.task != "classification":
         raise UsageError("regression distillation needs the regression objective (w_hard/w_hp/...)")
-    if not LOSSES.get(cfg.method).needs_teacher:
+    method = resolve_method(cfg)
+    if not LOSSES.get(method).needs_teacher:
         raise UsageError(f"--method {cfg.method} does not use a teacher; use 'kdcli baseline --loss {cfg.method}'")
     if cfg.logits:
         table = store.get(cfg.logits, kind="logits")
@@ -134,7 +135,7 @@ def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
 
         def make_objective(model, dd):
             signal = CachedLogits(tensors, data.num_outputs, table_views.identity, ctx.device)
-            return logit_distill_objective(cfg.method, params, signal)
+            return LogitObjective(cfg, signal, method)
 
         return train_model("distill", cfg, ctx, data, {"logits": table.id}, make_objective, views,
                            teacher_test_logits=table.tensor("test").float())
@@ -144,5 +145,5 @@ def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
     views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
     test_logits = predict(teacher, data, data.x_test, cfg.eval_batch_size, ctx.device, cfg.precision)
     return train_model("distill", cfg, ctx, data, {"teacher": teacher_artifact.id},
-                       lambda model, dd: logit_distill_objective(cfg.method, params, OnlineTeacher(teacher)),
+                       lambda model, dd: LogitObjective(cfg, OnlineTeacher(teacher), method),
                        views, teacher_test_logits=test_logits)
