@@ -66,28 +66,42 @@ class ViewSet:
         rest = view_ids % (side * side)
         return flip, rest // side - self.shift, rest % side - self.shift
 
+    def encode(self, flip: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        """The inverse of `decode`: flip (B,) bool, dy (B,), dx (B,) -> view ids (B,) int64.
+
+        torchvision's RandomCrop(size, padding=p) at (top, left) followed by RandomHorizontalFlip is
+        the view dy = p - top, dx = (left - p if flipped else p - left).
+        """
+        side = 2 * self.shift + 1
+        ids = (torch.as_tensor(dy) + self.shift) * side + torch.as_tensor(dx) + self.shift
+        return (ids + torch.as_tensor(flip).long() * side * side).long()
+
     def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """n uniformly drawn view ids (B,), int64."""
         ids = torch.randint(self.count, (n,), generator=generator)
         return ids.to(device) if device is not None else ids
 
     def apply(self, images: torch.Tensor, view_ids: torch.Tensor) -> torch.Tensor:
-        """images (B, C, H, W), any dtype, view ids (B,) -> the viewed images (B, C, H, W)."""
+        """images (B, C, H, W), any dtype, view ids (B,) -> the viewed images (B, C, H, W).
+
+        out[b, c, h, w] = flip_b(image_b)[c, h - dy_b, w - dx_b], zero outside the image. Flip and
+        translation are one gather from the zero-padded batch (one pass over the output, no
+        per-sample Python): the flat source index is row * padded_width + column.
+        """
         if self.count == 1:
             return images
-        flip, dy, dx = (t.to(images.device) for t in self.decode(view_ids))
-        if self.flip:
-            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
-        if not self.shift:
-            return images
+        flip, dy, dx = self.decode(view_ids.to(images.device))
         batch, channels, height, width = images.shape
         p = self.shift
-        padded = torch.nn.functional.pad(images, (p, p, p, p))
+        padded_width = width + 2 * p
+        padded = torch.nn.functional.pad(images, (p, p, p, p)) if p else images.contiguous()
         rows = (p - dy).view(-1, 1) + torch.arange(height, device=images.device)  # (B, H)
         cols = (p - dx).view(-1, 1) + torch.arange(width, device=images.device)  # (B, W)
-        b = torch.arange(batch, device=images.device).view(-1, 1, 1, 1)
-        c = torch.arange(channels, device=images.device).view(1, -1, 1, 1)
-        return padded[b, c, rows.view(batch, 1, height, 1), cols.view(batch, 1, 1, width)]
+        if self.flip:  # flipping the padded image = padding the flipped one (the padding is symmetric)
+            cols = torch.where(flip.view(-1, 1), padded_width - 1 - cols, cols)
+        index = (rows.view(batch, height, 1) * padded_width + cols.view(batch, 1, width)).view(batch, 1, -1)
+        flat = padded.reshape(batch, channels, -1)
+        return flat.gather(2, index.expand(batch, channels, height * width)).view(batch, channels, height, width)
 
 
 def resolve_augment(spec: str, default: tuple[str, ...], is_image: bool) -> ViewSet:
