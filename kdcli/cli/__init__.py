@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kdcli.cli import artifacts
+from kdcli.cli import artifacts, compare, plot, sweep, visualize
 from kdcli.cli.common import stage_command
 from kdcli.stages.cache_logits import cache_logits
 from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, ImportConfig, TeacherConfig
@@ -16,6 +16,10 @@ app = typer.Typer(
     help="Knowledge distillation with cached, content-addressed stages and paired statistics.",
 )
 app.add_typer(artifacts.app, name="artifacts")
+app.add_typer(plot.app, name="plot")
+app.command("compare")(compare.command)
+app.command("sweep")(sweep.command)
+app.command("visualize-temperature")(visualize.command)
 
 stage_command(app, "train-teacher", TeacherConfig, train_teacher,
               "Train a teacher with cross-entropy (MSE for regression) and early stopping.")

@@ -1,0 +1,101 @@
+"""`kdcli compare GROUP GROUP [GROUP...]`: paired statistics across seeds, as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from kdcli.cli.common import DebugOpt, JsonOpt, QuietOpt, StoreOpt, emit, execute, fail, open_store
+from kdcli.reporting import Reporter
+from kdcli.stages.compare import CompareConfig, compare, write_csv
+
+GROUP_HELP = ("tag:TAG, a ref-name glob (demo/baseline-*), sweep:SWEEP_REF:POINT, or REF[,REF...]; "
+              "runs pair up by seed")
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+def interval(low, high) -> str:
+    return f"[{fmt(low)}, {fmt(high)}]"
+
+
+def groups_table(result: dict, title: str) -> Table:
+    """n, mean ± std and 95% CI per group (plus the reference, if any)."""
+    table = Table(title=title)
+    for column in ("group", "n", "mean ± std", "95% CI"):
+        table.add_column(column)
+    for label, g in result["groups"].items():
+        mark = " (baseline)" if label == result.get("baseline") else ""
+        best = " *" if label == result.get("best") else ""
+        table.add_row(label + mark + best, str(g["n"]), f"{fmt(g['mean'])} ± {fmt(g['std'])}",
+                      interval(g["ci_low"], g["ci_high"]))
+    if result.get("reference"):
+        table.add_row(f"reference {result['reference']['id'][:12]}", "1",
+                      fmt(result["reference"][result["metric"]]), "")
+    return table
+
+
+def comparisons_table(result: dict) -> Table:
+    """Per comparison: mean difference with CI, t, p, Wilcoxon p, d_z, and Holm p with > 1 comparison."""
+    holm = len(result["comparisons"]) > 1
+    better = {"greater": "better", "less": "worse", "two-sided": "different"}[result["alternative"]]
+    table = Table(box=box.SIMPLE_HEAD, title=f"{result['metric']}: group - {result['baseline']}, paired by seed (H1: group {better}; "
+                        f"p: paired t, p (W): Wilcoxon; alpha {result['alpha']:g})")
+    columns = ["group", "diff", "95% CI", "t", "p", "p (W)", "d_z"]
+    for column in columns + (["Holm p", "Holm p (W)"] if holm else []):
+        table.add_column(column)
+    for c in result["comparisons"]:
+        row = [c["a"], fmt(c["mean_diff"]), interval(c["diff_ci_low"], c["diff_ci_high"]),
+               *(fmt(c[k], 3) for k in ("t", "t_p", "wilcoxon_p", "cohens_dz"))]
+        table.add_row(*row, *([fmt(c["t_p_holm"], 3), fmt(c["wilcoxon_p_holm"], 3)] if holm else []))
+    return table
+
+
+def command(
+    groups: Annotated[list[str], typer.Argument(help=GROUP_HELP, show_default=False)],
+    label: Annotated[list[str] | None, typer.Option("--label", help="display label of each group, in order (repeatable)")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="manifest metric (default: test_acc, or test_mse for regression)")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="baseline group: a label or a 0-based index (default: the first)")] = None,
+    alternative: Annotated[str, typer.Option("--alternative", help="H1 about each group vs the baseline: greater (better: higher accuracy, lower MSE), less (worse) or two-sided")] = "greater",
+    alpha: Annotated[float, typer.Option("--alpha", help="significance level")] = 0.05,
+    require_significant: Annotated[bool, typer.Option("--require-significant", help="exit 1 unless the last group vs the baseline is significant at --alpha (paired t-test in the --alternative direction, Holm-adjusted with > 2 groups)")] = False,
+    reference: Annotated[str | None, typer.Option("--reference", help="teacher artifact: its metric as a reference line and row")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="write the box plot of per-seed values here (PNG)")] = None,
+    csv: Annotated[Path | None, typer.Option("--csv", help="write the per-group and per-comparison summary here")] = None,
+    store: StoreOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
+):
+    """Paired statistics of groups of runs across seeds; prints the report artifact id.
+
+    Per group: n, mean, std, 95% CI. Per group vs the baseline: mean difference with its CI, paired t-test,
+    Wilcoxon signed-rank test, Cohen's d_z, and Holm-adjusted p-values with more than two groups.
+    """
+
+    def run():
+        cfg = CompareConfig(groups=list(groups), labels=list(label or []), metric=metric, baseline=baseline,
+                            alternative=alternative, alpha=alpha, reference=reference,
+                            plot=str(plot) if plot else None)
+        result = compare(cfg, open_store(store))
+        if csv:
+            write_csv(result, csv)
+        console = Reporter().console  # the tables are the result, printed even with -q
+        console.print(groups_table(result, f"{result['metric']} over seeds {','.join(map(str, result['seeds']))}"))
+        console.print(comparisons_table(result))
+        for c in result["comparisons"]:
+            for note in c["notes"]:
+                Reporter(quiet=quiet).info(f"note ({c['a']} - {c['b']}): {note}")
+        emit(result, json_out)
+        return result["decision"]
+
+    decision = execute(run, debug)
+    if require_significant and not decision["significant"]:
+        raise fail(f"{decision['a']} vs {decision['b']}: not significant ({decision['test']} p = "
+                   f"{fmt(decision['p'])} >= alpha {alpha:g})", 1)

@@ -1,0 +1,38 @@
+"""`kdcli plot ...`: figures drawn from stored runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kdcli.cli.common import DebugOpt, JsonOpt, QuietOpt, StoreOpt, emit, execute, open_store
+from kdcli.cli.compare import GROUP_HELP
+from kdcli.reporting import Reporter
+from kdcli.stages.compare import resolve_group
+from kdcli.stages.visualize import training_curves
+
+app = typer.Typer(help="Figures drawn from stored runs, recorded as report artifacts.", no_args_is_help=True)
+
+
+@app.command("curves")
+def curves(
+    runs: Annotated[list[str], typer.Argument(help=f"runs to draw; each a model ref or a group: {GROUP_HELP}", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="PNG to write")] = Path("curves.png"),
+    store: StoreOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
+):
+    """Train/validation loss and validation accuracy (or MSE) per epoch. Prints the report artifact id."""
+
+    def run():
+        st = open_store(store)
+        labelled = {}
+        for spec in runs:
+            found = resolve_group(st, spec)
+            for artifact in found:
+                labelled[spec if len(found) == 1 else f"{spec} seed {artifact.manifest.get('seed')}"] = artifact
+        result = training_curves(labelled, out, st)
+        Reporter(quiet=quiet).info(f"wrote {out}")
+        emit(result, json_out)
+
+    execute(run, debug)

@@ -1,0 +1,69 @@
+"""`kdcli sweep`: a grid of distill/baseline options times seeds, every run an ordinary cached stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from kdcli.cli.common import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, StoreOpt, emit, execute, open_store
+from kdcli.cli.compare import comparisons_table, fmt, interval
+from kdcli.reporting import Reporter
+from kdcli.stages.common import RunContext, resolve_device
+from kdcli.stages.sweep import sweep, sweep_config
+
+
+def summary_table(result: dict) -> Table:
+    """Points sorted by the metric, best first and marked."""
+    table = Table(title=f"sweep {result['id'][:12]}: {result['metric']} per point "
+                        f"({'higher' if result['higher_is_better'] else 'lower'} is better; runs tagged {result['tag']})")
+    for column in ("", "point", "n", "mean ± std", "95% CI"):
+        table.add_column(column)
+    for s in result["summary"]:
+        table.add_row("best" if s["point"] == result["best"] else "", s["point"], str(s["n"]),
+                      f"{fmt(s['mean'])} ± {fmt(s['std'])}", interval(s["ci_low"], s["ci_high"]))
+    return table
+
+
+def command(
+    stage: Annotated[str | None, typer.Option("--stage", help="distill or baseline (default: the spec's, else distill)")] = None,
+    grid: Annotated[list[str] | None, typer.Option("--grid", help="KEY=V1,V2,... over any option of the stage (repeatable)")] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="seeds per point: ranges and lists, e.g. 0-4 or 0,2,5 (default: 0)")] = None,
+    spec: Annotated[Path | None, typer.Option("--spec", help="YAML with stage, grid, seeds, base (fixed options), ...; flags override")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="fixed option KEY=VALUE of every run (repeatable)")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", help="parallel worker processes (CPU threads split; one GPU each, round robin) (default: 1)")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="metric to rank by (default: test_acc, or test_mse for regression)")] = None,
+    baseline_ref: Annotated[str | None, typer.Option("--baseline-ref", help="group (glob, tag:TAG, refs) the best point is paired with and tested against")] = None,
+    reference: Annotated[str | None, typer.Option("--reference", help="teacher artifact drawn as a line (default: --set teacher/logits)")] = None,
+    plot_dir: Annotated[Path | None, typer.Option("--plot-dir", help="write grid_bar_chart.png (and temperature_curve.png) here")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="name the sweep artifact; its runs are tagged sweep-NAME")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="tag the sweep artifact (repeatable)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="rerun every point even if cached")] = False,
+    store: StoreOpt = None, device: DeviceOpt = "auto", json_out: JsonOpt = False, quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+):
+    """Grid of distill/baseline options x seeds, each run cached; prints the sweep artifact id.
+
+    An interrupted sweep resumes (finished runs are cache hits). The summary is printed sorted by the
+    metric with the best point marked, and paired with --baseline-ref when given.
+    """
+
+    def run():
+        cfg = sweep_config(spec, list(grid or []), list(set_ or []), seeds, stage=stage, jobs=jobs, metric=metric,
+                           baseline_ref=baseline_ref, reference=reference,
+                           plot_dir=str(plot_dir) if plot_dir else None)
+        reporter = Reporter(quiet=quiet)
+        ctx = RunContext(store=open_store(store), device=resolve_device(device), reporter=reporter, force=force,
+                         name=name, tags=list(tag or []))
+        result = sweep(cfg, ctx)
+        console = Reporter().console  # the tables are the result, printed even with -q
+        console.print(summary_table(result))
+        if result["baseline_test"]:
+            console.print(comparisons_table(result["baseline_test"]))
+        reporter.info(f"{result['runs']} runs, {result['ran']} trained, {result['runs'] - result['ran']} cached"
+                      + "".join(f"; wrote {p}" for p in result.get("plots", [])))
+        emit(result, json_out)
+
+    execute(run, debug)

@@ -1,0 +1,67 @@
+"""`kdcli visualize-temperature SOURCE`: softmax(z/T) of test samples, as PNGs and as terminal bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from kdcli.cli.common import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, StoreOpt, emit, execute, open_store
+from kdcli.errors import UsageError
+from kdcli.reporting import Reporter
+from kdcli.stages.common import resolve_device
+from kdcli.stages.visualize import TemperatureViewConfig, temperature_view
+
+def bars_table(sample: dict, names: list[str], temperatures: list[float], width: int = 80) -> Table:
+    """One row per class, one column per T: a bar of '█' proportional to the probability; entropy last."""
+    bar = max(4, min(20, (width - 20) // len(temperatures) - 10))
+    true, predicted = sample["true_class"], sample["predicted"]
+    table = Table(title=f"test sample {sample['index']}: true {names[true]}, predicted {names[predicted]}")
+    table.add_column("class")
+    for t in temperatures:
+        table.add_column(f"T={t:g}")
+    for k, name in enumerate(names):
+        mark = " (true)" if k == true else " (predicted)" if k == predicted else ""
+        style = "red" if k == true else "green" if k == predicted else None
+        cells = [f"{'█' * round(probs[k] * bar):<{bar}} {probs[k]:.3f}" for probs in sample["probabilities"]]
+        table.add_row(name + mark, *cells, style=style)
+    table.add_row("entropy (nats)", *(f"{h:.3f}" for h in sample["entropy"]), end_section=True)
+    return table
+
+
+def parse_floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+
+
+def command(
+    source: Annotated[str, typer.Argument(help="a teacher model artifact, or a logits artifact (its cached test logits)", show_default=False)],
+    temperatures: Annotated[str, typer.Option("--temperatures", help="comma-separated T values")] = "1,5,10",
+    index: Annotated[int, typer.Option("--index", help="test-set sample (0-based)")] = 0,
+    count: Annotated[int, typer.Option("--count", help="number of consecutive samples from --index")] = 1,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="model sources: data set to draw from (default: the model's)")] = None,
+    out: Annotated[Path, typer.Option("--out", help="directory of the PNGs")] = Path("figures"),
+    store: StoreOpt = None, device: DeviceOpt = "auto", json_out: JsonOpt = False, quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+):
+    """softmax(z/T) of test samples per temperature, as PNGs and terminal bars; prints the report id.
+
+    The true class and a different predicted class are highlighted; the entropy at each T is shown.
+    """
+
+    def run():
+        cfg = TemperatureViewConfig(source=source, temperatures=parse_floats(temperatures, "--temperatures"),
+                                    index=index, count=count, dataset=dataset, out=str(out))
+        result = temperature_view(cfg, open_store(store), resolve_device(device))
+        reporter = Reporter(quiet=quiet)
+        for sample in result["samples"]:
+            reporter.console.print(bars_table(sample, result["class_names"], result["temperatures"],
+                                              reporter.console.width))
+            reporter.info(f"wrote {sample['figure']}")
+        emit(result, json_out)
+
+    execute(run, debug)

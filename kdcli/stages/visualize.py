@@ -1,0 +1,114 @@
+"""Figures as stage functions: softmax(z/T) of a teacher (model or cached logits) and training curves.
+
+Every figure is written where the caller says and recorded as a "report" artifact: the result JSON in
+the manifest, each PNG as a uint8 tensor named after its file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from kdcli import config as config_mod
+from kdcli import plots, stats
+from kdcli.engine import predict
+from kdcli.errors import UsageError
+from kdcli.stages.common import check_fits, check_logits_fit, load_data, load_model
+from kdcli.stages.configs import DataConfig
+from kdcli.store import Artifact, Store
+
+
+def record_report(store: Store, report: str, result: dict, figures: list[Path], parents: dict) -> Artifact:
+    """Store a report artifact: `result` in the manifest, each PNG's bytes as a uint8 tensor."""
+    tensors = {Path(f).name: torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) for f in figures}
+    return store.put("report", tensors, {"report": report, "result": result, "parents": parents,
+                                         "figures": [str(f) for f in figures]})
+
+
+def data_of(manifest: dict, dataset: str | None = None):
+    """Reload the data set a run's (or logits table's) resolved config names; `dataset` overrides it."""
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    values = {k: v for k, v in (manifest.get("config") or {}).items() if k in known}
+    if dataset:
+        values["dataset"] = dataset
+    return load_data(config_mod.build(DataConfig, None, values))
+
+
+@dataclass
+class TemperatureViewConfig:
+    source: str  # a model artifact (run on the test set) or a logits artifact (its clean "test" logits)
+    temperatures: list[float] = field(default_factory=lambda: [1.0, 5.0, 10.0])  # one panel per T
+    index: int = 0  # first test-set sample
+    count: int = 1  # number of consecutive samples from `index`
+    dataset: str | None = None  # model sources: data set to draw from (default: the model's own)
+    out: str = "figures"  # directory of the PNGs
+
+    def validate(self) -> None:
+        if not self.temperatures:
+            raise UsageError("--temperatures needs at least one value")
+        bad = [t for t in self.temperatures if not t > 0]
+        if bad:
+            raise UsageError(f"--temperatures must all be > 0, got {', '.join(f'{t:g}' for t in bad)}")
+        if self.count < 1:
+            raise UsageError(f"--count must be >= 1, got {self.count}")
+
+
+def _test_logits(cfg: TemperatureViewConfig, store: Store, device: torch.device):
+    """(artifact, data, a function index range -> (n, K) logits) for a model or logits source."""
+    artifact = store.get(cfg.source)
+    if artifact.kind == "logits":
+        if cfg.dataset:
+            raise UsageError("--dataset applies to model sources; a logits table belongs to the data it was cached on")
+        data = data_of(artifact.manifest)
+        check_logits_fit(artifact, data)
+        table = artifact.tensor("test")
+        return artifact, data, lambda lo, hi: table[lo:hi].float()
+    if artifact.kind != "model":
+        raise UsageError(f"{cfg.source!r} is a {artifact.kind} artifact; give a model or a logits artifact")
+    model, artifact = load_model(store, cfg.source)
+    data = data_of(artifact.manifest, cfg.dataset)
+    check_fits(artifact, data, "model")
+    model = model.to(device)
+    return artifact, data, lambda lo, hi: predict(model, data, data.x_test[lo:hi], 512, device)
+
+
+def temperature_view(cfg: TemperatureViewConfig, store: Store, device: torch.device = torch.device("cpu")) -> dict:
+    """softmax(z/T) of test samples `index..index+count-1`: one PNG per sample, and the numbers."""
+    cfg.validate()
+    artifact, data, logits_of = _test_logits(cfg, store, device)
+    if data.task != "classification":
+        raise UsageError(f"visualize-temperature needs a classifier; {data.name} is a {data.task} data set")
+    n = len(data.y_test)
+    if not 0 <= cfg.index or cfg.index + cfg.count > n:
+        raise UsageError(f"--index {cfg.index} with --count {cfg.count} is out of range: the test set of "
+                         f"{data.name} has {n} samples (0..{n - 1})")
+    logits = logits_of(cfg.index, cfg.index + cfg.count)
+    names = data.class_names or [str(k) for k in range(logits.shape[1])]
+    samples, figures = [], []
+    for offset, z in enumerate(logits):
+        index = cfg.index + offset
+        true_class = int(data.y_test[index])
+        out = Path(cfg.out) / f"temperature_{artifact.id[:8]}_{index}.png"
+        plots.temperature_bars(z, cfg.temperatures, true_class, names, out)
+        figures.append(out)
+        samples.append({"index": index, "true_class": true_class, "predicted": int(z.argmax()),
+                        "probabilities": [stats.softmax(z, t).tolist() for t in cfg.temperatures],
+                        "entropy": stats.softmax_entropy(z, cfg.temperatures), "figure": str(out)})
+    result = {"source": artifact.id, "source_kind": artifact.kind, "dataset": data.name, "class_names": names,
+              "temperatures": list(cfg.temperatures), "samples": samples}
+    report = record_report(store, "visualize-temperature", result, figures, {"source": artifact.id})
+    return {"id": report.id, **result}
+
+
+def training_curves(runs: dict[str, Artifact], out: Path, store: Store) -> dict:
+    """Train/validation loss and metric per epoch of each run (label -> model artifact), as one PNG."""
+    missing = [label for label, run in runs.items() if not run.manifest.get("history")]
+    if missing:
+        raise UsageError(f"no training history in {', '.join(missing)} (only trained model artifacts have one)")
+    plots.training_curves({label: run.manifest["history"] for label, run in runs.items()}, out)
+    result = {"out": str(out), "runs": {label: run.id for label, run in runs.items()}}
+    report = record_report(store, "training-curves", result, [out], {"runs": [run.id for run in runs.values()]})
+    return {"id": report.id, **result}

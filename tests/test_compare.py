@@ -1,0 +1,127 @@
+"""`kdcli compare` on real digits runs: statistics against scipy, the alternative's mapping for a
+lower-is-better metric, --require-significant exit codes, and the pairing refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+from typer.testing import CliRunner
+
+from kdcli.cli import app
+from kdcli.store import Store
+
+FAST = ["--device", "cpu", "-q", "--lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """weak/sN (untrained, tagged 'weak'), mid/sN (1 epoch), strong/sN (2 epochs) for seeds 0-2, and
+    split/sN (untrained, another --split-seed, so other data) for seeds 0-2. Returns (store, invoke)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two shared cores: one thread is several times faster than two here
+    store = Store(tmp_path_factory.mktemp("compare") / "store")
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, [*map(str, args), "--store", str(store.root)], catch_exceptions=False)
+
+    for seed in range(3):
+        for name, extra in (("weak", ["--epochs", "0", "--tag", "weak"]), ("mid", ["--epochs", "1"]),
+                            ("strong", ["--epochs", "2"]), ("split", ["--epochs", "0", "--split-seed", "1"])):
+            assert invoke("baseline", *FAST, *extra, "--seed", seed, "--name", f"{name}/s{seed}").exit_code == 0
+    yield store, invoke
+    torch.set_num_threads(threads)
+
+
+def metric(store: Store, group: str, key: str = "test_acc") -> np.ndarray:
+    return np.array([store.get(f"{group}/s{seed}").manifest["metrics"][key] for seed in range(3)])
+
+
+def test_statistics_match_scipy(runs, tmp_path):
+    store, invoke = runs
+    plot, table = tmp_path / "box.png", tmp_path / "summary.csv"
+    result = invoke("compare", "tag:weak", "mid/s0,mid/s1,mid/s2", "strong/*", "--label", "weak",
+                    "--reference", "strong/s0", "--plot", plot, "--csv", table, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    weak, mid, strong = metric(store, "weak"), metric(store, "mid"), metric(store, "strong")
+    assert out["seeds"] == [0, 1, 2] and out["baseline"] == "weak" and out["metric"] == "test_acc"
+    for label, values in (("weak", weak), ("strong/*", strong)):
+        g = out["groups"][label]
+        low, high = sps.t.interval(0.95, 2, loc=values.mean(), scale=sps.sem(values))
+        assert (g["mean"], g["std"], g["ci_low"], g["ci_high"]) == pytest.approx(
+            (values.mean(), values.std(ddof=1), low, high))
+    by_group = {c["a"]: c for c in out["comparisons"]}
+    for label, values in (("mid/s0,mid/s1,mid/s2", mid), ("strong/*", strong)):
+        c, d = by_group[label], values - weak
+        t = sps.ttest_rel(values, weak, alternative="greater")
+        ci = sps.ttest_rel(values, weak).confidence_interval(0.95)
+        assert (c["mean_diff"], c["t"], c["t_p"]) == pytest.approx((d.mean(), t.statistic, t.pvalue))
+        assert (c["diff_ci_low"], c["diff_ci_high"]) == pytest.approx((ci.low, ci.high))
+        assert c["wilcoxon_p"] == pytest.approx(sps.wilcoxon(values, weak, alternative="greater").pvalue)
+        assert c["cohens_dz"] == pytest.approx(d.mean() / d.std(ddof=1))
+    p = sorted(c["t_p"] for c in out["comparisons"])
+    holm = [min(1, 2 * p[0]), max(min(1, 2 * p[0]), p[1])]
+    assert sorted(c["t_p_holm"] for c in out["comparisons"]) == pytest.approx(holm)
+    assert out["reference"]["test_acc"] == strong[0]
+    # the report artifact holds the same result and the PNG's bytes
+    report = store.get(out["id"], kind="report")
+    assert report.manifest["result"]["comparisons"][0]["t_p"] == out["comparisons"][0]["t_p"]
+    png = plot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and bytes(report.tensor("box.png").numpy()) == png
+    rows = list(csv.DictReader(table.open()))
+    assert [r["row"] for r in rows] == ["group"] * 3 + ["comparison"] * 2
+    assert float(rows[1]["mean"]) == pytest.approx(mid.mean())
+
+
+def test_lower_is_better_metric_flips_the_alternative(runs):
+    """--alternative greater means 'better': for a loss, scipy's 'less' on group - baseline."""
+    store, invoke = runs
+    out = json.loads(invoke("compare", "weak/*", "strong/*", "--metric", "test_loss", "--json").stdout)
+    strong, weak = metric(store, "strong", "test_loss"), metric(store, "weak", "test_loss")
+    (c,) = out["comparisons"]
+    assert out["higher_is_better"] is False and out["scipy_alternative"] == "less"
+    assert c["t_p"] == pytest.approx(sps.ttest_rel(strong, weak, alternative="less").pvalue)
+    assert out["best"] == "strong/*"
+
+
+def test_require_significant_exit_codes(runs):
+    _, invoke = runs
+    # trained (~80%) vs untrained (~10%) on every seed: significant
+    assert invoke("compare", "weak/*", "strong/*", "--require-significant").exit_code == 0
+    # reversed: the untrained group is not better than the trained baseline
+    worse = invoke("compare", "strong/*", "weak/*", "--require-significant")
+    assert worse.exit_code == 1
+    assert "weak/* vs strong/*: not significant" in worse.stderr.splitlines()[-1]
+    assert worse.stdout.strip()  # the report is still stored and printed
+    # ... but it is significantly worse, which --alternative less asks about
+    assert invoke("compare", "strong/*", "weak/*", "--alternative", "less", "--require-significant").exit_code == 0
+    # the decision is about the last group: the baseline may be any of them
+    assert invoke("compare", "strong/*", "weak/*", "--baseline", "1", "--require-significant").exit_code == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["strong/s0,strong/s1", "weak/*"], "seeds do not pair up: 'strong/s0,strong/s1' has seeds 0,1, 'weak/*' has 0,1,2"),
+    (["strong/s0", "weak/s0"], "group 'strong/s0' has 1 run(s); each group needs at least 2"),
+    (["split/*", "weak/*"], "were trained on different data"),
+    (["strong/*", "weak/s0,strong/s0,weak/s1"], "several runs with seed 0"),
+    (["strong/*", "nothing/*"], "no artifact names match 'nothing/*'"),
+    (["strong/*", "tag:none"], "no artifacts tagged 'none'"),
+    (["strong/*"], "compare needs at least 2 groups"),
+    (["strong/*", "weak/*", "--baseline", "5"], "--baseline '5' is neither a group label"),
+    (["strong/*", "weak/*", "--alternative", "bigger"], "--alternative must be one of two-sided, less, greater"),
+    (["strong/*", "weak/*", "--alpha", "5"], "--alpha must be between 0 and 1"),
+    (["strong/*", "weak/*", "--label", "a", "--label", "a"], "group labels must differ"),
+    (["strong/*", "weak/*", "--metric", "test_f1"], "has no metric 'test_f1'"),
+    (["sweep:strong/s0:lr=1", "weak/*"], "is a model artifact, expected a sweep"),
+])
+def test_refusals_are_one_line(runs, args, message):
+    _, invoke = runs
+    result = invoke("compare", *args)
+    assert result.exit_code == 2, result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
