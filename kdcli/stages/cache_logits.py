@@ -12,28 +12,39 @@ from __future__ import annotations
 import torch
 
 from kdcli.augment import ViewSet
-from kdcli.engine import autocast, predict, prepare_model, test_metrics
+from kdcli.engine import Prepare, autocast, predict, prepare_model, test_metrics
 from kdcli.errors import UsageError
 from kdcli.stages.common import RunContext, StageResult, check_fits, load_data, load_model, run_cached
 from kdcli.stages.configs import CacheLogitsConfig
 
 
 @torch.no_grad()
-def view_logits(teacher, data, views: ViewSet, batch_size: int, device, precision: str, advance) -> torch.Tensor:
-    """Teacher logits for every pool image under every view: (N_pool, V, K) float32 on the CPU."""
+def view_logits(teacher, data, views: ViewSet, batch_size: int, device, precision: str, advance,
+                dtype: torch.dtype = torch.float32, topk: int = 0) -> dict[str, torch.Tensor]:
+    """Teacher logits for every pool image under every view, as the table's tensors on the CPU:
+    {"logits": (N_pool, V, K) `dtype`}, or with `topk` the `compress_topk` pair.
+
+    Views are applied to the batch on the device (kdcli.augment); each batch is stored in its final
+    format as soon as it is computed, so memory holds the table once, in its stored dtype.
+    """
     n = len(data.x_pool)
-    table = None
+    prepare = Prepare(data, device)
+    tensors: dict[str, torch.Tensor] = {}
     for start in range(0, n, batch_size):
         x = data.x_pool[start:start + batch_size].to(device)
+        outputs = []
         for view in range(views.count):
-            ids = torch.full((len(x),), view, dtype=torch.long)
+            ids = torch.full((len(x),), view, dtype=torch.long, device=device)
             with autocast(device, precision):
-                out = teacher(data.prepare(views.apply(x, ids))).float().cpu()
-            if table is None:
-                table = torch.empty(n, views.count, out.shape[1])
-            table[start:start + len(x), view] = out
+                outputs.append(teacher(prepare(views.apply(x, ids))).float())
+        chunk = torch.stack(outputs, 1).cpu()  # (B, V, K) float32
+        part = compress_topk(chunk, topk) if topk else {"logits": chunk.to(dtype)}
+        for name, value in part.items():
+            if name not in tensors:
+                tensors[name] = torch.empty((n, *value.shape[1:]), dtype=value.dtype)
+            tensors[name][start:start + len(x)] = value
         advance(len(x))
-    return table
+    return tensors
 
 
 def compress_topk(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
@@ -59,12 +70,10 @@ def cache_logits(cfg: CacheLogitsConfig, ctx: RunContext) -> StageResult:
         ctx.reporter.info(f"cache-logits: {len(data.x_pool)} images x {views.count} views with teacher "
                           f"{artifact.id[:12]} on {ctx.device}")
         with ctx.reporter.progress("teacher logits", total=len(data.x_pool)) as advance:
-            table = view_logits(model, data, views, cfg.eval_batch_size, ctx.device, cfg.precision, advance)
+            tensors = view_logits(model, data, views, cfg.eval_batch_size, ctx.device, cfg.precision, advance,
+                                  dtype=torch.float16 if cfg.dtype == "float16" else torch.float32, topk=cfg.topk)
         test = predict(model, data, data.x_test, cfg.eval_batch_size, ctx.device, cfg.precision)
-        if cfg.topk:
-            tensors = compress_topk(table, cfg.topk)
-        else:
-            tensors = {"logits": table.to(torch.float16 if cfg.dtype == "float16" else torch.float32)}
+        shape = tuple(next(iter(tensors.values())).shape)
         table_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
         tensors["test"] = test
         teacher_metrics = {f"teacher_{k}": v for k, v in test_metrics(data.task, test, data.y_test).items()}
@@ -72,7 +81,7 @@ def cache_logits(cfg: CacheLogitsConfig, ctx: RunContext) -> StageResult:
                     "view_count": views.count, "topk": cfg.topk, "dtype": cfg.dtype,
                     "table_bytes": table_bytes, "metrics": teacher_metrics,
                     "teacher_model": artifact.manifest["model"]}
-        ctx.reporter.info(f"cache-logits: table {tuple(table.shape)}, {table_bytes / 2**20:.1f} MiB; "
+        ctx.reporter.info(f"cache-logits: table {shape}, {table_bytes / 2**20:.1f} MiB; "
                           f"teacher test acc {teacher_metrics['teacher_test_acc']:.2f}%")
         return "logits", tensors, manifest
 

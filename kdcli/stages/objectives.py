@@ -51,18 +51,20 @@ class CachedLogits:
 
         A clean-image table (one view) answers every view with the clean logits, as seed 000 does.
         """
+        # only the B rows asked for are read from the memory-mapped table (a CPU gather); the rest
+        # of the work happens on the training device
         idx = idx.cpu()
         if views is None or self.views_in_table == 1:
             views = torch.full_like(idx, self.identity_view if self.views_in_table > 1 else 0)
         views = views.cpu()
         if self.logits is not None:
             return self.logits[idx, views].to(self.device, non_blocking=True).float()
-        probs = self.topk_probs[idx, views].float()
-        index = self.topk_index[idx, views].long()
+        probs = self.topk_probs[idx, views].to(self.device, non_blocking=True).float()
+        index = self.topk_index[idx, views].to(self.device, non_blocking=True).long()
         k = probs.shape[1]
         rest = (1.0 - probs.sum(1, keepdim=True)).clamp_min(0) / max(self.num_classes - k, 1)
         full = rest.expand(-1, self.num_classes).clone().scatter_(1, index, probs)
-        return full.clamp_min(1e-8).log().to(self.device)
+        return full.clamp_min(1e-8).log()
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         return self.lookup(batch.idx, batch.views)
