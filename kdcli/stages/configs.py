@@ -103,6 +103,16 @@ class DistillConfig(TrainConfig):
     temperature_end: float | None = opt(None, "temperature at the last epoch of a linear/cosine schedule")
     alpha_schedule: str = opt("constant", "alpha schedule: constant, linear or cosine from --alpha to --alpha-end")
     alpha_end: float | None = opt(None, "alpha at the last epoch of a linear/cosine schedule")
+    # regression data (seed 001): L = w_hard*MSE(y, y_s) + w_hp*MSE(y_t, y_s) + w_feat*MSE(P(h_s), h_t)
+    #   + w_gr*MSE(grad_x L_s, grad_x L_t); --augment noise:SIGMA / mixup:ALPHA adds teacher-labelled inputs
+    w_hard: float = opt(0.3, "regression: weight of the label term MSE(y, y_s) (seed 001: 0.3)")
+    w_hp: float = opt(0.7, "regression: weight of the prediction term MSE(y_t, y_s) (seed 001: 0.7)")
+    w_feat: float = opt(0.0, "regression: weight of the feature term MSE(P(h_s), h_t), P learned")
+    w_gr: float = opt(0.0, "regression: weight of the input-gradient term (seed 001 part 4: 0.3)")
+    # layer pairs of feature terms, shared by regression's w_feat and the classification feature methods
+    feature_pairs: list[str] = opt([], "feature pair TEACHER_LAYER:STUDENT_LAYER (repeatable), e.g. "
+                                       "hidden.2:hidden.1 for MLPs; default: the method's own choice "
+                                       "(MLPs: the last hidden layers)", flag="--feature-pair")
 
     def validate(self) -> None:
         super().validate()
@@ -122,6 +132,9 @@ class DistillConfig(TrainConfig):
             raise UsageError(f"--temperature-end must be > 0, got {self.temperature_end}")
         if self.alpha_end is not None and not 0 <= self.alpha_end <= 1:
             raise UsageError(f"--alpha-end must be in [0, 1], got {self.alpha_end}")
+        for name in ("w_hard", "w_hp", "w_feat", "w_gr"):
+            if not getattr(self, name) >= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not self.teacher and not self.logits:
             raise UsageError("distill needs a teacher: --teacher MODEL_REF or --logits LOGITS_REF")
 

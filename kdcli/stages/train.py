@@ -117,8 +117,10 @@ def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
     """A student trained on the teacher's outputs: online (--teacher) or from a cached table (--logits)."""
     data = load_data(cfg)
     store = ctx.store
-    if data.task != "classification":
-        raise UsageError("regression distillation needs the regression objective (w_hard/w_hp/...)")
+    if data.task == "regression":  # seed 001's weighted terms with the teacher online (kdcli.stages.regression)
+        from kdcli.stages.regression import distill_regression
+
+        return distill_regression(cfg, ctx, data)
     method = resolve_method(cfg)
     if not LOSSES.get(method).needs_teacher:
         raise UsageError(f"--method {cfg.method} does not use a teacher; use 'kdcli baseline --loss {cfg.method}'")
