@@ -3,11 +3,21 @@ decomposition of KD holds; logit standardization ignores the teacher's logit sca
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kdcli.losses import LOSSES
+from kdcli.losses.feature_methods import (
+    FEATURE_METHODS,
+    HintRegressor,
+    at_loss,
+    crd_contrast_loss,
+    rkd_loss,
+    sp_loss,
+)
 from kdcli.losses.kd import soft_kl
 from kdcli.losses.logit_methods import dkd_parts, standardize
 
@@ -114,7 +124,7 @@ def test_anneal_linear_and_cosine_hit_both_ends():
     assert [anneal(4, 1, "linear", e, 4) for e in (1, 2, 3, 4)] == [4, 3, 2, 1]
     cosine = [anneal(4, 1, "cosine", e, 5) for e in range(1, 6)]
     assert cosine[0] == 4 and cosine[-1] == pytest.approx(1) and cosine[2] == pytest.approx(2.5)
-    assert all(a > b for a, b in zip(cosine, cosine[1:]))
+    assert all(a > b for a, b in zip(cosine, cosine[1:], strict=False))
     assert anneal(4, 1, "constant", 3, 5) == 4 and anneal(4, 1, "linear", 1, 1) == 4
 
 
@@ -175,3 +185,104 @@ def test_methods_command_and_bad_options(digits):
     assert result.exit_code == 2 and "--logit-standardize works with kd, dkd" in result.stderr
     result = digits("distill", "--logits", "tl", "--temperature-schedule", "linear", ok=False)
     assert result.exit_code == 2 and "needs --temperature-end" in result.stderr
+
+
+# ---- feature methods ----------------------------------------------------------------------------
+
+def feature_batch(method, n=12, seed=0):
+    """Student and teacher features of different widths: maps for map methods, else vectors too."""
+    g = torch.Generator().manual_seed(seed)
+    if method.needs_maps or method.name == "fitnet":
+        return torch.randn(n, 8, 4, 4, generator=g).requires_grad_(True), torch.randn(n, 16, 2, 2, generator=g)
+    return torch.randn(n, 24, generator=g).requires_grad_(True), torch.randn(n, 40, generator=g)
+
+
+@pytest.mark.parametrize("name", FEATURE_METHODS.names())
+def test_feature_method_finite_with_gradients(name):
+    method = FEATURE_METHODS.get(name)
+    f_s, f_t = feature_batch(method)
+    torch.manual_seed(0)
+    head = method.make(tuple(f_s.shape[1:]), tuple(f_t.shape[1:]), 50, {"crd_negatives": 20})
+    terms = head(f_s, f_t, torch.arange(len(f_s)), True)
+    assert name in terms and all(t.dim() == 0 and torch.isfinite(t) for t in terms.values()), terms
+    terms[name].backward()
+    assert torch.isfinite(f_s.grad).all() and f_s.grad.abs().sum() > 0
+    for parameter in head.parameters():  # learned parts (FitNet regressor, CRD embeddings) get gradients
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all()
+
+
+def test_feature_limit_cases_identical_features_give_zero():
+    g = torch.Generator().manual_seed(3)
+    maps, vectors = torch.randn(10, 6, 4, 4, generator=g), torch.randn(10, 12, generator=g)
+    assert at_loss(maps, maps.clone()).item() == 0
+    assert at_loss(maps, maps * 3).item() < 1e-12  # attention maps are normalized
+    assert sp_loss(vectors, vectors.clone()).item() < 1e-12
+    assert sp_loss(vectors, 5 * vectors).item() < 1e-12
+    rkd = rkd_loss(vectors, 2 * vectors)  # relations are scale-free
+    assert rkd["rkd_distance"].item() < 1e-8 and rkd["rkd_angle"].item() < 1e-8
+    regressor = HintRegressor((6, 4, 4), (6, 4, 4))
+    with torch.no_grad():
+        regressor.proj.weight.copy_(torch.eye(6)[:, :, None, None])
+        regressor.proj.bias.zero_()
+    assert regressor(maps, maps.clone())["fitnet"].item() < 1e-12
+
+
+def test_crd_contrast_loss_falls_as_the_positive_wins():
+    n_data, k = 1000, 16
+    uniform = torch.full((4, k + 1), -math.log(n_data))  # every pair as likely as noise
+    confident = uniform.clone()
+    confident[:, 0], confident[:, 1:] = 0.0, -30.0
+    assert crd_contrast_loss(confident, n_data).item() < 0.02 < 3 < crd_contrast_loss(uniform, n_data).item()
+
+
+def test_feature_objective_trains_its_regressor_and_keeps_the_teacher_frozen():
+    from types import SimpleNamespace
+
+    from kdcli.engine import Batch, make_optimizer, objective_parameters
+    from kdcli.models import build_model
+    from kdcli.stages.schemes import FeatureObjective
+
+    torch.manual_seed(0)
+    student, teacher = build_model("digits-student", (1, 8, 8), 10), build_model("digits-teacher", (1, 8, 8), 10)
+    cfg = SimpleNamespace(method="fitnet", feature_pairs=["teacher.features.3:student.features.2"], seed=0,
+                          crd_dim=8, crd_negatives=4, feature_weight=None, ce_weight=1.0,
+                          optimizer="adam", lr=1e-2, momentum=0.9, weight_decay=0.0)
+    objective = FeatureObjective(cfg, student, teacher, (1, 8, 8), 32)
+    assert objective.shapes == {"student": [(4, 4, 4)], "teacher": [(32, 4, 4)]}
+    extra = objective_parameters(objective)
+    assert extra and not any(p.requires_grad for p in teacher.parameters())
+    optimizer = make_optimizer(student, cfg, extra)
+    before = objective.heads[0].proj.weight.detach().clone()
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    batch = Batch(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,)), torch.arange(16))
+    _, terms = objective(student, batch, True)
+    terms["loss"].backward()
+    optimizer.step()
+    assert set(terms) == {"ce", "fitnet", "loss"}
+    assert not torch.equal(before, objective.heads[0].proj.weight)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
+
+
+FEATURE_RUNS = {
+    "fitnet": ["--feature-pair", "teacher.features.3:student.features.2"],
+    "at": ["--feature-pair", "teacher.features.7:student.features.2"],
+    "sp": ["--feature-pair", "teacher.features.7:student.features.2", "--feature-pair", "penultimate:penultimate"],
+    "rkd": [],
+    "crd": ["--crd-negatives", "256"],
+}
+
+
+@pytest.mark.parametrize("method", FEATURE_METHODS.names())
+def test_feature_method_runs_through_the_cli(digits, method):
+    out = digits("distill", *FAST, "--teacher", "t", "--method", method, *FEATURE_RUNS[method])
+    assert out["metrics"]["test_acc"] > 10
+
+
+def test_feature_method_errors_are_one_line(digits):
+    cases = [(["--method", "at", "--teacher", "t"], "needs convolutional feature maps"),
+             (["--method", "fitnet", "--logits", "tl"], "needs the teacher's features"),
+             (["--method", "sp", "--teacher", "t", "--feature-pair", "features.9:features.2"], "has no layer 'features.9'"),
+             (["--method", "sp", "--teacher", "t", "--feature-pair", "features.3"], "expects teacher.LAYER:student.LAYER")]
+    for args, message in cases:
+        result = digits("distill", "--epochs", "1", "--device", "cpu", *args, ok=False)
+        assert result.exit_code == 2 and message in result.stderr, (args, result.stderr)

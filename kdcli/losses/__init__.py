@@ -5,7 +5,7 @@
 returning named scalar terms plus "loss", their weighted total. Importing this package registers them.
 """
 
-from kdcli.losses import kd, logit_methods  # noqa: F401  (registers losses)
+from kdcli.losses import feature_methods, kd, logit_methods  # noqa: F401  (registers losses)
 from kdcli.losses.registry import LOSSES
 
 __all__ = ["LOSSES"]

@@ -113,6 +113,11 @@ class DistillConfig(TrainConfig):
     feature_pairs: list[str] = opt([], "feature pair TEACHER_LAYER:STUDENT_LAYER (repeatable), e.g. "
                                        "hidden.2:hidden.1 for MLPs; default: the method's own choice "
                                        "(MLPs: the last hidden layers)", flag="--feature-pair")
+    # feature methods (kdcli.losses.feature_methods; layers from --feature-pair)
+    feature_weight: float | None = opt(None, "weight of a feature method's term (default: the method's own, "
+                                             "fitnet 100, at 1000, sp 3000, rkd 1, crd 0.8)")
+    crd_dim: int = opt(128, "crd: embedding width")
+    crd_negatives: int = opt(16384, "crd: negatives per anchor drawn from the memory bank (capped at N - 1)")
 
     def validate(self) -> None:
         super().validate()
@@ -135,6 +140,10 @@ class DistillConfig(TrainConfig):
         for name in ("w_hard", "w_hp", "w_feat", "w_gr"):
             if not getattr(self, name) >= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.feature_weight is not None and self.feature_weight < 0:
+            raise UsageError(f"--feature-weight must be >= 0, got {self.feature_weight}")
+        if self.crd_dim < 1 or self.crd_negatives < 1:
+            raise UsageError("--crd-dim and --crd-negatives must be >= 1")
         if not self.teacher and not self.logits:
             raise UsageError("distill needs a teacher: --teacher MODEL_REF or --logits LOGITS_REF")
 

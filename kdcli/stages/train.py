@@ -20,6 +20,7 @@ from kdcli.data import DataSet
 from kdcli.engine import Checkpoint, DeviceData, Objective, fit, predict, prepare_model, test_metrics
 from kdcli.errors import UsageError
 from kdcli.losses import LOSSES
+from kdcli.losses.feature_methods import FEATURE_METHODS
 from kdcli.models import parameter_count, state_hash
 from kdcli.stages.common import (
     RunContext,
@@ -34,7 +35,7 @@ from kdcli.stages.common import (
 )
 from kdcli.stages.configs import BaselineConfig, DistillConfig, TeacherConfig, TrainConfig
 from kdcli.stages.objectives import CachedLogits, OnlineTeacher, hard_label_objective
-from kdcli.stages.schemes import LogitObjective, resolve_method
+from kdcli.stages.schemes import LogitObjective, distill_features, resolve_method
 
 # builds the objective once the student exists and the data sits on the device
 ObjectiveFactory = Callable[[nn.Module, DeviceData], Objective]
@@ -121,6 +122,8 @@ def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
         from kdcli.stages.regression import distill_regression
 
         return distill_regression(cfg, ctx, data)
+    if cfg.method in FEATURE_METHODS:  # features need the teacher online (kdcli.stages.schemes)
+        return distill_features(cfg, ctx, data)
     method = resolve_method(cfg)
     if not LOSSES.get(method).needs_teacher:
         raise UsageError(f"--method {cfg.method} does not use a teacher; use 'kdcli baseline --loss {cfg.method}'")
