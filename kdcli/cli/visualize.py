@@ -14,6 +14,7 @@ from kdcli.reporting import Reporter
 from kdcli.stages.common import resolve_device
 from kdcli.stages.visualize import TemperatureViewConfig, temperature_view
 
+
 def bars_table(sample: dict, names: list[str], temperatures: list[float], width: int = 80) -> Table:
     """One row per class, one column per T: a bar of '█' proportional to the probability; entropy last."""
     bar = max(4, min(20, (width - 20) // len(temperatures) - 10))

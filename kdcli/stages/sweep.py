@@ -136,7 +136,8 @@ def _init_worker(counter, jobs: int, device: str) -> None:
     with counter.get_lock():
         index = counter.value
         counter.value += 1
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // jobs))
     if device.startswith("cuda") and torch.cuda.device_count():
         device = f"cuda:{index % torch.cuda.device_count()}"
     _WORKER["device"] = torch.device(device)

@@ -1,0 +1,141 @@
+"""`kdcli sweep`: an interrupted sweep resumes without redoing finished runs; the sweep artifact,
+its tag, its plots and the best point's paired test; a YAML spec with parallel workers; bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import kdcli.stages.sweep as sweep_stage
+import kdcli.stages.train as train
+
+FAST = ["--device", "cpu", "-q"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two shared cores: one thread is several times faster than two here
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_interrupted_sweep_resumes_without_redoing_runs(cli, store, monkeypatch):
+    calls, limit = [], [2]
+    real_fit = train.fit
+
+    def fit(*args, **kwargs):  # counts the runs that really train; "Ctrl-C" after `limit` of them
+        calls.append(1)
+        if limit[0] is not None and len(calls) > limit[0]:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", fit)
+    args = ["sweep", "--stage", "baseline", "--set", "epochs=1", "--grid", "lr=0.01,0.03", "--seeds", "0-1",
+            "--name", "lrs", "--json", *FAST]
+    first = cli(*args)
+    assert first.exit_code == 130 and "interrupted" in first.stderr and len(calls) == 3
+    limit[0] = None
+    calls.clear()
+    second = json.loads(cli(*args).stdout)
+    assert len(calls) == 2 and (second["runs"], second["ran"], second["skipped"]) == (4, 2, False)
+    calls.clear()
+    third = json.loads(cli(*args).stdout)
+    assert calls == [] and (third["ran"], third["skipped"], third["id"]) == (0, True, second["id"])
+
+    manifest = store.get("lrs", kind="sweep").manifest
+    rows = manifest["rows"]
+    assert [(r["point"], r["params"], r["seed"]) for r in rows] == [
+        ("lr=0.01", {"lr": 0.01}, 0), ("lr=0.01", {"lr": 0.01}, 1), ("lr=0.03", {"lr": 0.03}, 0),
+        ("lr=0.03", {"lr": 0.03}, 1)]
+    for row in rows:
+        run = store.get(row["id"]).manifest
+        assert (run["config"]["lr"], run["seed"], run["metrics"]["test_acc"]) == (row["params"]["lr"], row["seed"],
+                                                                                   row["value"])
+    assert sorted(store.tagged("sweep-lrs")) == sorted(r["id"] for r in rows)
+    means = [s["mean"] for s in manifest["summary"]]
+    assert means == sorted(means, reverse=True) and manifest["best"] == manifest["summary"][0]["point"]
+    assert means[0] == pytest.approx(sum(r["value"] for r in rows if r["point"] == manifest["best"]) / 2)
+
+    compared = cli("compare", "sweep:lrs:lr=0.01", "sweep:lrs:lr=0.03", "--json")
+    assert compared.exit_code == 0, compared.stderr
+    assert json.loads(compared.stdout)["groups"]["sweep:lrs:lr=0.03"]["ids"] == [r["id"] for r in rows[2:]]
+
+
+def test_temperature_sweep_plots_and_baseline_test(cli, store, tmp_path, monkeypatch):
+    drawn = {}
+    real_curve = sweep_stage.plots.temperature_curve
+
+    def curve(temperatures, means, stds, metric, out, baseline=None, teacher=None):
+        drawn.update(temperatures=temperatures, means=means, baseline=baseline, teacher=teacher)
+        return real_curve(temperatures, means, stds, metric, out, baseline=baseline, teacher=teacher)
+
+    monkeypatch.setattr(sweep_stage.plots, "temperature_curve", curve)
+    cli("train-teacher", *FAST, "--epochs", "1", "--name", "t")
+    cli("cache-logits", "t", *FAST, "--name", "tl")
+    for seed in (0, 1):
+        cli("baseline", *FAST, "--epochs", "1", "--lr", "0.01", "--seed", seed, "--name", f"b/{seed}")
+    result = cli("sweep", "--set", "logits=tl", "--set", "epochs=1", "--set", "lr=0.01", "--grid", "temperature=1,4",
+                 "--grid", "alpha=0.2,0.8", "--seeds", "0,1", "--baseline-ref", "b/*", "--plot-dir", tmp_path,
+                 "--json", *FAST)
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert "best" in result.stderr and out["runs"] == 8
+    for name in ("grid_bar_chart.png", "temperature_curve.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert store.get(out["plots_report"], kind="report").tensor_names() == ["grid_bar_chart.png", "temperature_curve.png"]
+
+    test = out["baseline_test"]
+    assert list(test["groups"]) == [out["best"], "b/*"] and test["comparisons"][0]["a"] == out["best"]
+    teacher = store.get("tl").manifest["metrics"]["teacher_test_acc"]
+    best_alpha = next(s for s in out["summary"] if s["point"] == out["best"])["params"]["alpha"]
+    line = sorted((s for s in out["summary"] if s["params"]["alpha"] == best_alpha),
+                  key=lambda s: s["params"]["temperature"])
+    assert drawn == {"temperatures": [1.0, 4.0], "means": [s["mean"] for s in line],
+                     "baseline": test["groups"]["b/*"]["mean"], "teacher": teacher}
+    assert out["reference"] == teacher
+
+
+def test_spec_file_and_parallel_workers(cli, store, tmp_path):
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("stage: baseline\ngrid:\n  lr: [0.01, 0.02]\nseeds: 0-3\nbase:\n  epochs: 0\n")
+    parallel = json.loads(cli("sweep", "--spec", spec, "--seeds", "0", "--jobs", "2", "--json", *FAST).stdout)
+    assert (parallel["runs"], parallel["ran"]) == (2, 2)
+    rows = store.get(parallel["id"]).manifest["rows"]
+    assert [(r["params"], r["seed"]) for r in rows] == [({"lr": 0.01}, 0), ({"lr": 0.02}, 0)]
+    assert all(store.get(r["id"]).manifest["config"]["epochs"] == 0 for r in rows)
+    assert sorted(store.tagged(parallel["tag"])) == sorted(r["id"] for r in rows)
+    # the workers' runs are the ordinary cached runs: in-process, nothing trains again
+    again = json.loads(cli("sweep", "--spec", spec, "--seeds", "0", "--json", *FAST).stdout)
+    assert (again["ran"], again["skipped"], again["id"]) == (0, True, parallel["id"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "temprature=1,2", "--set", "logits=x"], "distill has no option 'temprature'; did you mean temperature?"),
+    (["--stage", "foo"], "--stage must be one of distill, baseline"),
+    (["--stage", "baseline", "--seeds", "3-1"], "--seeds expects ranges and lists such as 0-4"),
+    (["--stage", "baseline", "--seeds", "0,0"], "--seeds repeats a seed"),
+    (["--stage", "baseline", "--grid", "seed=1,2"], "seed is not a --grid key"),
+    (["--stage", "baseline", "--grid", "lr"], "--grid expects key=v1,v2,..."),
+    (["--stage", "baseline", "--grid", "lr=fast"], "config key 'lr' expects a number"),
+    (["--stage", "baseline", "--grid", "lr=0.1,0.1"], "--grid repeats a point"),
+    (["--stage", "baseline", "--set", "lr=-1"], "--lr must be > 0"),
+    (["--stage", "baseline", "--set", "lr"], "--set expects key=value"),
+    (["--stage", "baseline", "--jobs", "0"], "--jobs must be >= 1"),
+    (["--stage", "distill"], "distill needs a teacher"),
+    (["--stage", "baseline", "--baseline-ref", "nothing/*"], "no artifact names match 'nothing/*'"),
+    (["--spec", "missing.yaml"], "config file not found: missing.yaml"),
+])
+def test_bad_input_is_one_line(cli, args, message):
+    result = cli("sweep", *args)
+    assert result.exit_code == 2, result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_unknown_spec_key(cli, tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("stage: baseline\ngrids:\n  lr: [0.1]\n")
+    result = cli("sweep", "--spec", spec)
+    assert result.exit_code == 2 and "unknown config key(s) grids" in result.stderr
