@@ -67,7 +67,7 @@ def command(
     baseline: Annotated[str | None, typer.Option("--baseline", help="baseline group: a label or a 0-based index (default: the first)")] = None,
     alternative: Annotated[str, typer.Option("--alternative", help="H1 about each group vs the baseline: greater (better: higher accuracy, lower MSE), less (worse) or two-sided")] = "greater",
     alpha: Annotated[float, typer.Option("--alpha", help="significance level")] = 0.05,
-    require_significant: Annotated[bool, typer.Option("--require-significant", help="exit 1 unless the last group vs the baseline is significant at --alpha (paired t-test in the --alternative direction, Holm-adjusted with > 2 groups)")] = False,
+    require_significant: Annotated[bool, typer.Option("--require-significant", help="exit 1 unless the last group (other than the baseline) vs the baseline is significant at --alpha (paired t-test in the --alternative direction, Holm-adjusted with > 2 groups)")] = False,
     reference: Annotated[str | None, typer.Option("--reference", help="teacher artifact: its metric as a reference line and row")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="write the box plot of per-seed values here (PNG)")] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="write the per-group and per-comparison summary here")] = None,

@@ -92,8 +92,8 @@ def sweep_config(spec: Path | None, grid: list[str], sets: list[str], seeds: str
     spec_grid = raw.get("grid") or {}
     if not isinstance(spec_grid, dict) or not isinstance(raw.get("base") or {}, dict):
         raise UsageError(f"{spec}: grid and base must be mappings")
-    merged_grid = {str(k).replace("-", "_"): v if isinstance(v, list) else parse_grid([f"{k}={v}"])[str(k)]
-                   for k, v in spec_grid.items()}
+    merged_grid = parse_grid([f"{k}={v}" for k, v in spec_grid.items() if not isinstance(v, list)])
+    merged_grid.update({str(k).replace("-", "_"): v for k, v in spec_grid.items() if isinstance(v, list)})
     merged_grid.update(parse_grid(grid))
     base = {**(raw.get("base") or {}), **config_mod.parse_kv(sets, "--set")}
     values = {**raw, "grid": merged_grid, "base": {str(k).replace("-", "_"): v for k, v in base.items()},
@@ -104,7 +104,7 @@ def sweep_config(spec: Path | None, grid: list[str], sets: list[str], seeds: str
 
 def _label(params: dict) -> str:
     def fmt(v):
-        return f"{v:g}" if isinstance(v, float) else ";".join(map(str, v)) if isinstance(v, list) else str(v)
+        return format(v, ".12g") if isinstance(v, float) else ";".join(map(str, v)) if isinstance(v, list) else str(v)
 
     return ",".join(f"{k}={fmt(v)}" for k, v in params.items()) or "base"
 
@@ -205,6 +205,9 @@ def sweep(cfg: SweepConfig, ctx: RunContext) -> dict:
         label, _, seed, _ = tasks[i]
         ctx.reporter.info(f"sweep [{done}/{len(tasks)}] {label} seed {seed}: {'cached' if skipped else 'done'} "
                           f"({run_id[:12]})")
+    if len(set(ids)) < len(ids):
+        ctx.reporter.warn("several points reuse one cached run: a grid key outside the runs' cache key "
+                          "(e.g. compile, eval_batch_size) does not change the result")
     runs = [store.get(run_id, kind="model") for run_id in ids]
     metric = cfg.metric or default_metric(runs)
     higher = higher_is_better(metric)
