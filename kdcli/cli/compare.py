@@ -75,8 +75,7 @@ def command(
 ):
     """Paired statistics of groups of runs across seeds; prints the report artifact id.
 
-    Per group: n, mean, std, 95% CI. Per group vs the baseline: mean difference with its CI, paired t-test,
-    Wilcoxon signed-rank test, Cohen's d_z, and Holm-adjusted p-values with more than two groups.
+    Per group: n, mean, std, 95% CI. Per group vs the baseline: mean difference with its CI, paired t-test, Wilcoxon signed-rank test, Cohen's d_z, and Holm-adjusted p-values with more than two groups.
     """
 
     def run():

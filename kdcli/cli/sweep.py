@@ -46,8 +46,7 @@ def command(
 ):
     """Grid of distill/baseline options x seeds, each run cached; prints the sweep artifact id.
 
-    An interrupted sweep resumes (finished runs are cache hits). The summary is printed sorted by the
-    metric with the best point marked, and paired with --baseline-ref when given.
+    An interrupted sweep resumes (finished runs are cache hits). The summary is printed sorted by the metric with the best point marked, and paired with --baseline-ref when given.
     """
 
     def run():
