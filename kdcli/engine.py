@@ -234,10 +234,9 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
     device = dd.device
     checkpoint = checkpoint or Checkpoint(None)
     optimizer = make_optimizer(model, cfg, objective_parameters(objective))
-    # an objective with trainable state (nn.Module) is checkpointed beside the model so a resumed run
-    # continues with the same projector weights
-    objective_state = getattr(objective, "state_dict", None) if objective_parameters(objective) else None
-    objective_state = objective_state if callable(objective_state) else None
+    # an objective that is an nn.Module (projectors, CRD memory banks, an EMA teacher, a DML peer) is
+    # checkpointed beside the model so a resumed run continues with the same state
+    objective_state = objective.state_dict if isinstance(objective, nn.Module) else None
     scheduler = make_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
     generator = torch.Generator().manual_seed(cfg.seed + 1)

@@ -286,3 +286,75 @@ def test_feature_method_errors_are_one_line(digits):
     for args, message in cases:
         result = digits("distill", "--epochs", "1", "--device", "cpu", *args, ok=False)
         assert result.exit_code == 2 and message in result.stderr, (args, result.stderr)
+
+
+# ---- schemes: ensembles, born-again, DML, EMA ---------------------------------------------------
+
+def test_ensemble_of_a_table_with_itself_is_the_table(digits):
+    from kdcli.store import Store
+
+    store = Store(digits.store)
+    alone = digits("distill", *FAST, "--logits", "tl", "--augment", "none")
+    twice = digits("distill", *FAST, "--logits", "tl", "--augment", "none", "--extra-teacher", "tl")
+    both = digits("distill", *FAST, "--logits", "tl", "--augment", "none", "--extra-teacher", "t")
+    a, b = store.get(alone["id"]), store.get(twice["id"])
+    for key, value in a.tensors().items():
+        torch.testing.assert_close(value, b.tensors()[key])
+    manifest = store.get(both["id"]).manifest
+    assert manifest["parents"]["logits"] == store.resolve("tl") and manifest["parents"]["teacher_2"] == store.resolve("t")
+    assert len(manifest["ensemble"]) == 2
+
+
+def test_born_again_chains_generations(digits):
+    from kdcli.store import Store
+
+    store = Store(digits.store)
+    out = digits("distill", *FAST, "--logits", "tl", "--generations", "3", "--name", "ban")
+    third = store.get(out["id"]).manifest
+    second = store.get(third["parents"]["teacher"]).manifest
+    first = store.get(second["parents"]["teacher"]).manifest
+    assert first["parents"]["logits"] == store.resolve("tl") and store.resolve("ban") == out["id"]
+    assert third["model"] == first["model"]
+
+
+@pytest.mark.parametrize("scheme", ["dml", "ema"])
+def test_teacherless_schemes_run_through_the_cli(digits, scheme):
+    out = digits("distill", *FAST, "--scheme", scheme, "--ema-decay", "0.9")
+    assert out["metrics"]["test_acc"] > 10
+
+
+def test_mutual_learning_trains_both_students_and_ema_follows_the_student():
+    from types import SimpleNamespace
+
+    from kdcli.engine import Batch, make_optimizer, objective_parameters
+    from kdcli.models import build_model
+    from kdcli.stages.schemes import EMATeacherObjective, MutualObjective
+
+    cfg = SimpleNamespace(alpha=0.5, temperature=1.0, ce_weight=1.0, dkd_alpha=1.0, dkd_beta=8.0, dkd_warmup=0,
+                          temperature_schedule="constant", alpha_schedule="constant", ema_decay=0.5,
+                          logit_standardize=False, method="kd", optimizer="sgd", lr=0.1, momentum=0.0,
+                          weight_decay=0.0)
+    torch.manual_seed(0)
+    student, peer = build_model("digits-student", (1, 8, 8), 10), build_model("digits-student", (1, 8, 8), 10)
+    mutual = MutualObjective(cfg, peer, "kd")
+    optimizer = make_optimizer(student, cfg, objective_parameters(mutual))
+    batch = Batch(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)), torch.arange(8))
+    before = [p.detach().clone() for p in (*student.parameters(), *peer.parameters())]
+    _, terms = mutual(student, batch, True)
+    torch.testing.assert_close(terms["loss"], terms["kl"] * 0.5 + terms["ce"] * 0.5 + terms["peer_loss"])
+    terms["loss"].backward()
+    optimizer.step()
+    after = [p.detach() for p in (*student.parameters(), *peer.parameters())]
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    _, eval_terms = mutual(student, batch, False)
+    torch.testing.assert_close(eval_terms["loss"], eval_terms["kl"] * 0.5 + eval_terms["ce"] * 0.5)
+
+    ema = EMATeacherObjective(cfg, student, "kd")
+    start = [p.detach().clone() for p in ema.ema.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    ema(student, batch, True)  # one update with decay 0.5: halfway to the student
+    for s, e in zip(start, ema.ema.parameters(), strict=True):
+        torch.testing.assert_close(e, s + 0.5)
+    assert not objective_parameters(ema)

@@ -118,6 +118,13 @@ class DistillConfig(TrainConfig):
                                              "fitnet 100, at 1000, sp 3000, rkd 1, crd 0.8)")
     crd_dim: int = opt(128, "crd: embedding width")
     crd_negatives: int = opt(16384, "crd: negatives per anchor drawn from the memory bank (capped at N - 1)")
+    # training schemes (kdcli.stages.schemes)
+    extra_teachers: list[str] = opt([], "another teacher, a model or logits artifact, whose logits are averaged "
+                                        "with the first (repeatable)", flag="--extra-teacher", key=False)
+    scheme: str = opt("standard", "standard (teacher -> student), dml (two students teach each other, no "
+                                  "teacher) or ema (an exponential moving average of the student teaches it)")
+    ema_decay: float = opt(0.999, "ema scheme: decay of the moving average per training step")
+    generations: int = opt(1, "born-again generations: each after the first learns from the one before")
 
     def validate(self) -> None:
         super().validate()
@@ -144,8 +151,14 @@ class DistillConfig(TrainConfig):
             raise UsageError(f"--feature-weight must be >= 0, got {self.feature_weight}")
         if self.crd_dim < 1 or self.crd_negatives < 1:
             raise UsageError("--crd-dim and --crd-negatives must be >= 1")
-        if not self.teacher and not self.logits:
-            raise UsageError("distill needs a teacher: --teacher MODEL_REF or --logits LOGITS_REF")
+        check_choice("scheme", self.scheme, ("standard", "dml", "ema"))
+        if not 0 <= self.ema_decay < 1:
+            raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.generations < 1:
+            raise UsageError(f"--generations must be >= 1, got {self.generations}")
+        if not self.teacher and not self.logits and self.scheme == "standard":
+            raise UsageError("distill needs a teacher: --teacher MODEL_REF or --logits LOGITS_REF "
+                             "(or --scheme dml / ema)")
 
 
 @dataclass

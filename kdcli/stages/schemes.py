@@ -9,19 +9,22 @@ the run's history.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcli.augment import resolve_augment
+from kdcli.augment import ViewSet, resolve_augment
 from kdcli.engine import Batch, predict, prepare_model
 from kdcli.errors import UsageError
 from kdcli.losses import LOSSES
 from kdcli.losses.feature_methods import FEATURE_METHODS
 from kdcli.losses.logit_methods import STANDARDIZED
-from kdcli.stages.common import StageResult, check_fits, load_model
+from kdcli.stages.common import StageResult, build_from_config, check_fits, check_logits_fit, load_model
+from kdcli.stages.objectives import CachedLogits, OnlineTeacher
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -219,6 +222,9 @@ def distill_features(cfg, ctx, data) -> StageResult:
     """The distill stage for a feature method: the teacher online, hooks on the named layers."""
     from kdcli.stages.train import train_model  # train.py routes feature methods here
 
+    if cfg.extra_teachers or cfg.scheme != "standard" or cfg.generations > 1:
+        raise UsageError("--extra-teacher, --scheme and --generations work with the logit methods, "
+                         f"not --method {cfg.method}")
     if not cfg.teacher:
         raise UsageError(f"--method {cfg.method} needs the teacher's features: give --teacher MODEL_REF "
                          "(a logits table holds logits only)")
@@ -233,3 +239,162 @@ def distill_features(cfg, ctx, data) -> StageResult:
                        lambda model, dd: FeatureObjective(cfg, model, teacher, data.input_shape,
                                                           len(data.x_pool)).to(dd.device),
                        views, teacher_test_logits=test_logits)
+
+
+# ---- training schemes: ensembles, born-again generations, mutual learning, EMA teachers ---------
+
+SCHEMES = ("standard", "dml", "ema")
+
+
+class EnsembleSignal:
+    """The mean of several teachers' logits (B, K): online teachers and cached tables alike."""
+
+    def __init__(self, signals):
+        self.signals = list(signals)
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        return torch.stack([signal(batch) for signal in self.signals]).mean(0)
+
+
+def teacher_sources(cfg, ctx, data):
+    """The teachers of a run: --logits or else --teacher, then every --extra-teacher (a model or a
+    logits artifact). -> (parents {role: artifact id}, views, make_signal(device), test logits (N_test, K))."""
+    refs = [cfg.logits] if cfg.logits else [cfg.teacher] if cfg.teacher else []
+    refs += list(cfg.extra_teachers)
+    parents, makers, tests, table_views = {}, [], [], None
+    for number, ref in enumerate(refs, 1):
+        artifact = ctx.store.get(ref)
+        role = artifact.manifest.get("kind", "")
+        suffix = "" if number == 1 else f"_{number}"
+        if role == "logits":
+            check_logits_fit(artifact, data)
+            own = ViewSet.parse(artifact.manifest["views"])
+            if own.count > 1:
+                if table_views is not None and table_views.spec() != own.spec():
+                    raise UsageError(f"logits tables with different views ({table_views.spec()} and {own.spec()}) "
+                                     "cannot be averaged; cache them with the same --views")
+                table_views = own
+            tensors = {name: artifact.tensor(name) for name in artifact.tensor_names() if name != "test"}
+            makers.append(lambda device, t=tensors, v=own: CachedLogits(t, data.num_outputs, v.identity, device))
+            tests.append(artifact.tensor("test").float())
+            parents[f"logits{suffix}"] = artifact.id
+        elif role == "model":
+            teacher, _ = load_model(ctx.store, ref)
+            check_fits(artifact, data, "teacher")
+            teacher = prepare_model(teacher, ctx.device, False)
+            makers.append(lambda device, t=teacher: OnlineTeacher(t))
+            tests.append(predict(teacher, data, data.x_test, cfg.eval_batch_size, ctx.device, cfg.precision))
+            parents[f"teacher{suffix}"] = artifact.id
+        else:
+            raise UsageError(f"teacher {ref!r} is a {role or 'unknown'} artifact; give a model or a logits table")
+    if table_views is not None:
+        views = table_views
+        ctx.reporter.info(f"student views follow the logits table: {views.spec()} ({views.count} views)")
+    else:
+        views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
+
+    def make_signal(device):
+        signals = [make(device) for make in makers]
+        return signals[0] if len(signals) == 1 else EnsembleSignal(signals)
+
+    return parents, views, make_signal, torch.stack(tests).mean(0)
+
+
+class EMATeacherObjective(nn.Module):
+    """The student's own exponential moving average is its teacher (mean teacher / self-distillation):
+    before each training step ema <- decay * ema + (1 - decay) * student (buffers copied), then the
+    --method loss against the EMA's logits. The EMA is a frozen submodule: checkpointed, never trained."""
+
+    def __init__(self, cfg, student: nn.Module, method: str):
+        super().__init__()
+        self.ema = copy.deepcopy(unwrap(student)).eval().requires_grad_(False)
+        self.decay = cfg.ema_decay
+        self.logit = LogitObjective(cfg, self._teacher_logits, method)
+
+    @torch.no_grad()
+    def _teacher_logits(self, batch: Batch) -> torch.Tensor:
+        return self.ema(batch.x).float()
+
+    @torch.no_grad()
+    def update(self, student: nn.Module) -> None:
+        student = unwrap(student)
+        for ema_p, p in zip(self.ema.parameters(), student.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1 - self.decay)
+        for ema_b, b in zip(self.ema.buffers(), student.buffers(), strict=True):
+            ema_b.copy_(b)
+
+    def set_epoch(self, epoch: int, epochs: int) -> dict:
+        return self.logit.set_epoch(epoch, epochs)
+
+    def forward(self, model: nn.Module, batch: Batch, train: bool):
+        if train:
+            self.update(model)
+        self.ema.eval()
+        return self.logit(model, batch, train)
+
+
+class MutualObjective(nn.Module):
+    """Deep mutual learning (Zhang et al. 2018): no teacher; the student and a peer of the same
+    architecture (its own initialization) are trained together, each with --method against the
+    other's detached logits (DML itself: kd with T = 1). Training minimizes the sum of both losses
+    (their parameters are disjoint); evaluation reports the student's own, which early stopping watches."""
+
+    def __init__(self, cfg, peer: nn.Module, method: str):
+        super().__init__()
+        self.peer = peer
+        self.loss_fn = LOSSES.get(method)
+        self.logit = LogitObjective(cfg, None, method)  # holds the scheduled params
+
+    def set_epoch(self, epoch: int, epochs: int) -> dict:
+        return self.logit.set_epoch(epoch, epochs)
+
+    def forward(self, model: nn.Module, batch: Batch, train: bool):
+        self.peer.train(train)
+        params = self.logit.params
+        outputs, peer_outputs = model(batch.x).float(), self.peer(batch.x).float()
+        terms = self.loss_fn(outputs, peer_outputs.detach(), batch.y, **params)
+        peer_terms = self.loss_fn(peer_outputs, outputs.detach(), batch.y, **params)
+        terms = {**terms, "peer_loss": peer_terms["loss"],
+                 "loss": terms["loss"] + peer_terms["loss"] if train else terms["loss"]}
+        return outputs, terms
+
+
+def distill_scheme(cfg, ctx, data) -> StageResult:
+    """distill with an ensemble of teachers, born-again generations, DML or an EMA teacher."""
+    from kdcli.stages.train import distill, train_model  # train.py routes these runs here
+
+    method = resolve_method(cfg)
+    if not LOSSES.get(method).needs_teacher:
+        raise UsageError(f"--method {cfg.method} does not use a teacher; use 'kdcli baseline --loss {cfg.method}'")
+    if cfg.generations > 1:
+        # born-again (Furlanello et al. 2018): generation 1 learns from the given teacher(s), each
+        # later one from the generation before; every generation is its own cached artifact
+        quiet = dataclasses.replace(ctx, name=None, tags=[])
+        first = dataclasses.replace(cfg, generations=1)
+        ctx.reporter.info(f"born-again generation 1 of {cfg.generations}")
+        result = distill(first, quiet)
+        for generation in range(2, cfg.generations + 1):
+            ctx.reporter.info(f"born-again generation {generation} of {cfg.generations}: teacher {result.id[:12]}")
+            nxt = dataclasses.replace(first, teacher=result.id, logits=None, extra_teachers=[])
+            result = distill(nxt, ctx if generation == cfg.generations else quiet)
+        return result
+    if cfg.scheme in ("dml", "ema"):
+        if cfg.teacher or cfg.logits or cfg.extra_teachers:
+            raise UsageError(f"--scheme {cfg.scheme} trains without a teacher; drop --teacher/--logits/--extra-teacher")
+        views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
+        if cfg.scheme == "ema":
+            return train_model("distill", cfg, ctx, data, {},
+                               lambda model, dd: EMATeacherObjective(cfg, model, method).to(dd.device), views)
+
+        def make_mutual(model, dd):
+            with torch.random.fork_rng(devices=[]):  # the peer's own initialization; the student's stream untouched
+                torch.manual_seed(cfg.seed + 1000)
+                peer, _ = build_from_config(cfg, data)
+            return MutualObjective(cfg, peer, method).to(dd.device)
+
+        return train_model("distill", cfg, ctx, data, {}, make_mutual, views)
+    parents, views, make_signal, test_logits = teacher_sources(cfg, ctx, data)
+    return train_model("distill", cfg, ctx, data, parents,
+                       lambda model, dd: LogitObjective(cfg, make_signal(ctx.device), method), views,
+                       teacher_test_logits=test_logits,
+                       extra_manifest={"ensemble": list(parents.values())} if len(parents) > 1 else None)

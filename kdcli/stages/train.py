@@ -35,7 +35,7 @@ from kdcli.stages.common import (
 )
 from kdcli.stages.configs import BaselineConfig, DistillConfig, TeacherConfig, TrainConfig
 from kdcli.stages.objectives import CachedLogits, OnlineTeacher, hard_label_objective
-from kdcli.stages.schemes import LogitObjective, distill_features, resolve_method
+from kdcli.stages.schemes import LogitObjective, distill_features, distill_scheme, resolve_method
 
 # builds the objective once the student exists and the data sits on the device
 ObjectiveFactory = Callable[[nn.Module, DeviceData], Objective]
@@ -124,6 +124,8 @@ def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
         return distill_regression(cfg, ctx, data)
     if cfg.method in FEATURE_METHODS:  # features need the teacher online (kdcli.stages.schemes)
         return distill_features(cfg, ctx, data)
+    if cfg.extra_teachers or cfg.scheme != "standard" or cfg.generations > 1:  # kdcli.stages.schemes
+        return distill_scheme(cfg, ctx, data)
     method = resolve_method(cfg)
     if not LOSSES.get(method).needs_teacher:
         raise UsageError(f"--method {cfg.method} does not use a teacher; use 'kdcli baseline --loss {cfg.method}'")
