@@ -176,17 +176,31 @@ def task_metrics(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> dic
 
 
 class Checkpoint:
-    """Resumable training state at one path: written atomically after every epoch."""
+    """Resumable training state at one path: written atomically after every epoch.
+
+    Read with torch.load(weights_only=True): tensors and plain containers only, never arbitrary
+    pickled objects. An unreadable checkpoint is ignored (training restarts) and `problem` says why.
+    """
 
     def __init__(self, path: Path | None):
         self.path = path
+        self.problem: str | None = None
 
     def load(self) -> dict | None:
-        if self.path is None or not self.path.is_file():
+        if self.path is None:
+            return None
+        # a writer killed mid-save leaves its temp file; the stage lock (run_cached) guarantees that
+        # no live process is writing this checkpoint now
+        for stale in self.path.parent.glob(f"{self.path.stem}.tmp*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        if not self.path.is_file():
             return None
         try:
             return torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged checkpoint is ignored: training restarts from scratch
+        except Exception as exc:  # damaged, or not plain weights: ignored, training restarts from scratch
+            lines = str(exc).strip().splitlines()
+            self.problem = f"ignoring unreadable checkpoint {self.path} ({lines[0] if lines else type(exc).__name__})"
             return None
 
     def save(self, state: dict) -> None:
@@ -194,8 +208,15 @@ class Checkpoint:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, self.path)
+        except BaseException as exc:  # a full disk or Ctrl-C mid-write: no partial file, the last checkpoint stays
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if isinstance(exc, OSError):
+                raise KdcliError(f"could not write checkpoint {self.path}: {exc.strerror or exc}") from exc
+            raise
 
     def remove(self) -> None:
         if self.path is not None:
@@ -245,6 +266,8 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
     bad_epochs, start_epoch = 0, 0
 
     saved = checkpoint.load()
+    if checkpoint.problem:
+        reporter.warn(checkpoint.problem)
     if saved is not None:
         model.load_state_dict(saved["model"])
         if objective_state is not None and "objective" in saved:
@@ -258,6 +281,8 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
         result.best_val_loss = saved["best_val_loss"]
         start_epoch = result.resumed_from = saved["epoch"]
         reporter.info(f"resuming from the checkpoint after epoch {start_epoch}")
+        if saved.get("stopped_early"):  # killed after early stopping had already ended training
+            result.stopped_early, start_epoch = True, cfg.epochs
 
     train_idx = data.train_idx
     n_batches = math.ceil(len(train_idx) / cfg.batch_size)
@@ -296,7 +321,8 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
             if bad_terms:
                 raise KdcliError(
                     f"non-finite loss in epoch {epoch} (term {', '.join(sorted(bad_terms))}); "
-                    f"the checkpoint after epoch {epoch - 1} is kept; try a lower --lr")
+                    + (f"the checkpoint after epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written")
+                    + "; try a lower --lr")
             entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **scheduled,
                      **{f"train_{k}": v for k, v in train.items()}}
             if use_val:
@@ -323,7 +349,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                              "torch_rng": torch.get_rng_state(), "best_state": best_state,
                              "bad_epochs": bad_epochs, "history": result.history,
                              "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                             "epoch": epoch})
+                             "epoch": epoch, "stopped_early": stop})
             if stop:
                 result.stopped_early = True
                 reporter.info(f"early stopping after epoch {epoch}: no validation improvement in {cfg.patience} epochs")
