@@ -139,15 +139,22 @@ class Store:
         return path
 
     def _atomic_write_text(self, path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._dir("tmp"), prefix=path.name + ".")
+        """Write `text` to `path` through a synced temp file and a rename: readers see all or nothing."""
+        tmp = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self._dir("tmp"), prefix=path.name + ".")
             with os.fdopen(fd, "w") as handle:
                 handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        except BaseException as exc:
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise KdcliError(f"could not write {path}: {exc.strerror or exc}") from exc
             raise
 
     @contextlib.contextmanager
