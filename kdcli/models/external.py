@@ -111,6 +111,9 @@ def load_hf_classifier(id_or_dir: str, trust_remote_code: bool = False, *,
         model = transformers.AutoModelForImageClassification.from_pretrained(
             id_or_dir, trust_remote_code=bool(trust_remote_code))
     except (OSError, ValueError, KeyError) as exc:
+        if not trust_remote_code and "trust_remote_code" in str(exc):  # transformers' hint is on a later line
+            raise UsageError(f"cannot load Hugging Face image classifier {id_or_dir!r}: it needs the model's own "
+                             "code to run; allow that with --trust-remote-code") from None
         raise UsageError(f"cannot load Hugging Face image classifier {id_or_dir!r}: {_first_line(exc)}") from None
     except ImportError as exc:
         raise KdcliError(f"transformers could not import the model class for {id_or_dir!r}: "
