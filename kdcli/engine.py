@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdcli import distributed
 from kdcli.augment import ViewSet
 from kdcli.data import DataSet
 from kdcli.errors import KdcliError
@@ -255,6 +256,10 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
     device = dd.device
     checkpoint = checkpoint or Checkpoint(None)
     optimizer = make_optimizer(model, cfg, objective_parameters(objective))
+    # under torchrun: DDP for the model, a hand all-reduce for the objective's own parameters, each
+    # rank a strided shard of every global batch (kdcli.distributed)
+    ranked = distributed.active()
+    train_model = distributed.wrap(model, device) if ranked else model
     # an objective that is an nn.Module (projectors, CRD memory banks, an EMA teacher, a DML peer) is
     # checkpointed beside the model so a resumed run continues with the same state
     objective_state = objective.state_dict if isinstance(objective, nn.Module) else None
@@ -303,19 +308,29 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
             sums: dict[str, torch.Tensor] = {}
             for start in range(0, len(order), cfg.batch_size):
                 stop_at = start + cfg.batch_size
-                idx = order[start:stop_at]
-                view_ids = epoch_views[start:stop_at] if epoch_views is not None else None
-                batch = dd.batch(idx, views, view_ids, order_dev[start:stop_at],
-                                 epoch_views_dev[start:stop_at] if epoch_views_dev is not None else None)
+                cut, cut_dev, scale = slice(start, stop_at), slice(start, stop_at), 1.0
+                if ranked:  # this rank's strided share of the global batch
+                    cut, scale = distributed.shard(torch.arange(start, min(stop_at, len(order))))
+                    cut_dev = cut.to(device)
+                idx = order[cut]
+                view_ids = epoch_views[cut] if epoch_views is not None else None
+                batch = dd.batch(idx, views, view_ids, order_dev[cut_dev],
+                                 epoch_views_dev[cut_dev] if epoch_views_dev is not None else None)
                 with autocast(device, cfg.precision):
-                    outputs, terms = objective(model, batch, True)
+                    outputs, terms = objective(train_model, batch, True)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(terms["loss"]).backward()
+                scaler.scale(terms["loss"] * scale if ranked else terms["loss"]).backward()
+                if ranked:
+                    distributed.average_gradients(objective_parameters(objective))
                 scaler.step(optimizer)
                 scaler.update()
+                weight = len(idx) if scale else 0
                 for key, value in terms.items():
-                    sums[key] = sums.get(key, 0) + value.detach().float() * len(idx)
+                    sums[key] = sums.get(key, 0) + value.detach().float() * weight
                 advance(1)
+            if ranked:  # the epoch's terms summed over ranks; BatchNorm statistics from rank 0
+                sums = distributed.sum_over_ranks(sums, device)
+                distributed.broadcast_buffers(model)
             train = {k: float(v) / len(order) for k, v in sums.items()}
             bad_terms = [k for k, v in train.items() if not math.isfinite(v)]
             if bad_terms:
@@ -326,7 +341,13 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
             entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **scheduled,
                      **{f"train_{k}": v for k, v in train.items()}}
             if use_val:
-                val = run_epoch_eval(model, dd, data.val_idx, objective, views, cfg.eval_batch_size, cfg.precision)
+                if ranked:  # each rank its strided share of the validation set, then the mean over all
+                    shard_idx = data.val_idx[distributed.rank()::distributed.world_size()]
+                    val = run_epoch_eval(model, dd, shard_idx, objective, views, cfg.eval_batch_size, cfg.precision)
+                    val = distributed.sum_over_ranks({k: v * len(shard_idx) for k, v in val.items()}, device)
+                    val = {k: v / len(data.val_idx) for k, v in val.items()}
+                else:
+                    val = run_epoch_eval(model, dd, data.val_idx, objective, views, cfg.eval_batch_size, cfg.precision)
                 entry.update({f"val_{k}": v for k, v in val.items() if k not in ("correct", "sq_err")})
                 if "correct" in val:
                     entry["val_acc"] = 100.0 * val["correct"]
@@ -343,13 +364,14 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                 bad_epochs += 1
             reporter.epoch(entry, improved=bad_epochs == 0)
             stop = cfg.patience > 0 and bad_epochs >= cfg.patience
-            checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             **({"objective": objective_state()} if objective_state is not None else {}),
-                             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                             "torch_rng": torch.get_rng_state(), "best_state": best_state,
-                             "bad_epochs": bad_epochs, "history": result.history,
-                             "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                             "epoch": epoch, "stopped_early": stop})
+            if distributed.is_main():
+                checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 **({"objective": objective_state()} if objective_state is not None else {}),
+                                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                                 "torch_rng": torch.get_rng_state(), "best_state": best_state,
+                                 "bad_epochs": bad_epochs, "history": result.history,
+                                 "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                                 "epoch": epoch, "stopped_early": stop})
             if stop:
                 result.stopped_early = True
                 reporter.info(f"early stopping after epoch {epoch}: no validation improvement in {cfg.patience} epochs")

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcli import distributed
 from kdcli.errors import UsageError
 from kdcli.registry import Registry
 
@@ -162,9 +163,10 @@ class CRDHead(nn.Module):
         weights = memory[idx].detach()  # (B, 1 + K, dim)
         log_scores = torch.bmm(weights, anchor[:, :, None]).squeeze(2) / self.temperature
         if torch.isnan(self.log_z[which]):
-            with torch.no_grad():  # Z = mean(exp(s)) * n_data
-                self.log_z[which] = (torch.logsumexp(log_scores.flatten(), 0) - math.log(log_scores.numel())
-                                     + math.log(self.n_data))
+            with torch.no_grad():  # Z = mean(exp(s)) * n_data, the same on every rank under torchrun
+                log_z = (torch.logsumexp(log_scores.flatten(), 0) - math.log(log_scores.numel())
+                         + math.log(self.n_data))
+                self.log_z[which] = distributed.mean_over_ranks_(log_z)
         return log_scores - self.log_z[which]
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx: torch.Tensor, train: bool = True) -> dict:
@@ -178,9 +180,10 @@ class CRDHead(nn.Module):
             loss = (crd_contrast_loss(self._log_scores(v_t, self.memory_s, sample, 0), self.n_data)
                     + crd_contrast_loss(self._log_scores(v_s, self.memory_t, sample, 1), self.n_data))
             if train:
-                with torch.no_grad():
-                    for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
-                        memory[idx] = F.normalize(memory[idx] * self.momentum + v.detach() * (1 - self.momentum), dim=1)
+                with torch.no_grad():  # every rank's samples update every rank's banks
+                    all_idx, all_s, all_t = distributed.gather_rows(idx, v_s.detach(), v_t.detach())
+                    for memory, v in ((self.memory_s, all_s), (self.memory_t, all_t)):
+                        memory[all_idx] = F.normalize(memory[all_idx] * self.momentum + v * (1 - self.momentum), dim=1)
         return {"crd": loss}
 
 

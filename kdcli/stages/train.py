@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from kdcli import distributed
 from kdcli.augment import ViewSet, resolve_augment
 from kdcli.data import DataSet
 from kdcli.engine import Checkpoint, DeviceData, Objective, fit, predict, prepare_model, test_metrics
@@ -59,7 +60,10 @@ def latency_ms(model: nn.Module, data: DataSet, device: torch.device, batch: int
 def train_model(stage: str, cfg: TrainConfig, ctx: RunContext, data: DataSet, parents: dict[str, str],
                 make_objective: ObjectiveFactory, views: ViewSet, teacher_test_logits=None,
                 extra_manifest: dict | None = None) -> StageResult:
-    """Seed, build, fit with early stopping, evaluate on the test set, store the model artifact."""
+    """Seed, build, fit with early stopping, evaluate on the test set, store the model artifact.
+
+    Under torchrun every rank trains its shard and rank 0 alone stores the result (kdcli.distributed)."""
+    ctx = distributed.rank_context(ctx)
 
     def produce(key: str):
         seed_everything(cfg.seed)
@@ -93,6 +97,9 @@ def train_model(stage: str, cfg: TrainConfig, ctx: RunContext, data: DataSet, pa
         ctx.reporter.info(f"{stage}: best epoch {result.best_epoch}; {summary}")
         return "model", state, manifest
 
+    if distributed.active():
+        return distributed.run_cached_ranked(run_cached, ctx, stage, cfg, {"data": data.fingerprint, **parents},
+                                             produce, seed=cfg.seed)
     return run_cached(ctx, stage, cfg, {"data": data.fingerprint, **parents}, produce, seed=cfg.seed)
 
 
