@@ -35,6 +35,12 @@ lint: install
 clean:
 	rm -rf $(VENV) artifacts $(REPORTS)
 
+# Speed and memory, measured side by side in one run (bench/bench.py): prints one table of ratios
+# and writes it to $(REPORTS)/bench.md. Under 5 minutes on a 2-core CPU; adds CUDA rows on a GPU.
+.PHONY: bench
+bench: install
+	$(BIN)/python bench/bench.py --out $(REPORTS)/bench.md
+
 # The main job on the embedded digits data: teacher, logit table, baseline and distilled student
 # over five seeds (same seed = same initial weights), then the paired comparison.
 demo: install

@@ -1,0 +1,507 @@
+"""`make bench`: kdcli's speed and memory claims, measured side by side in one run.
+
+Prints one table of ratios (and writes it to --out, default reports/bench.md):
+
+  1. the seed-000 notebook loop (in-memory PIL images, per-sample RandomCrop/Flip/ToTensor/Normalize,
+     DataLoader batch 64, the teacher run at every step, KL + CE) vs `kdcli distill` from a cached
+     logit table, same teacher / student / data: images per second (target: >= 5x on CPU);
+  2. `kdcli distill` (cached table) vs `kdcli baseline`, same student: wall time (target <= 1.10x);
+  3. `kdcli baseline` vs a minimal hand-written PyTorch loop on in-memory tensors doing the same work
+     (batched crop+flip, Adam, validation each epoch, test at the end): wall time (target <= 1.05x);
+  4. peak memory of `cache-logits` and `distill` for a CIFAR-100-sized table (50,000 x 100) with
+     1 view and with 18 views (flip,translate:1), each in a fresh child process (target: distill's
+     anonymous memory flat in the number of views; only the memory-mapped table pages grow).
+
+Data are synthetic CIFAR-shaped uint8 images (speed does not depend on pixel values); the stages are
+called in-process (the same functions the CLI calls), with --force so nothing is skipped. Rows 1-3
+also run on CUDA when a GPU is present. Repeated timings are interleaved (A, B, C, A, B, C, ...)
+and the medians compared, so a change in machine load hits every contender alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from kdcli.data import DATASETS, DataSet, split_pool  # noqa: E402
+from kdcli.engine import default_threads  # noqa: E402  (importing the engine applies the thread policy)
+from kdcli.models import build_model  # noqa: E402
+from kdcli.reporting import Reporter  # noqa: E402
+from kdcli.stages.cache_logits import cache_logits  # noqa: E402
+from kdcli.stages.common import RunContext, load_model  # noqa: E402
+from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, TeacherConfig  # noqa: E402
+from kdcli.stages.train import baseline, distill, train_teacher  # noqa: E402
+from kdcli.store import Store  # noqa: E402
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+SPEED_DATA, MEMORY_DATA = "bench-cifar10", "bench-cifar100-8px"
+MEMORY_POOL, MEMORY_CLASSES = 50_000, 100  # a CIFAR-100-sized table: 50,000 x 100 per view
+BATCH, LR, TEMPERATURE, ALPHA = 64, 1e-3, 10.0, 0.2  # seed 000's notebook settings
+STUDENT = "cnn-small"  # seed 000's StudentNet: conv 16/32, fc 256
+
+
+# ------------------------------------------------------------------ synthetic data, registered by name
+
+_SIZES = {SPEED_DATA: 5000}
+
+
+def _synthetic(name: str, n_pool: int, n_test: int, shape, classes: int, mean, std, augment) -> DataSet:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n_pool + n_test, *shape), dtype=torch.uint8, generator=generator)
+    y = torch.randint(0, classes, (n_pool + n_test,), generator=generator)
+    train_idx, val_idx = split_pool(n_pool, 0.1, 0)
+    return DataSet(name, "classification", x[:n_pool], y[:n_pool], train_idx, val_idx, x[n_pool:], y[n_pool:],
+                   classes, scale=1 / 255, mean=mean, std=std, default_augment=augment)
+
+
+def register_data() -> None:
+    if SPEED_DATA in DATASETS:
+        return
+    DATASETS.register(SPEED_DATA)(lambda spec: _synthetic(
+        SPEED_DATA, _SIZES[SPEED_DATA], 500, (3, 32, 32), 10, CIFAR10_MEAN, CIFAR10_STD, ("crop:4", "flip")))
+    DATASETS.register(MEMORY_DATA)(lambda spec: _synthetic(
+        MEMORY_DATA, MEMORY_POOL, 1000, (3, 8, 8), MEMORY_CLASSES, CIFAR100_MEAN, CIFAR100_STD, ()))
+
+
+def context(store: Store, device: torch.device) -> RunContext:
+    return RunContext(store=store, device=device, reporter=Reporter(quiet=True), force=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------ contender 1: the seed-000 notebook loop
+
+class PILImages(torch.utils.data.Dataset):
+    """torchvision.datasets.CIFAR10's __getitem__ on in-memory arrays: HWC uint8 -> PIL -> transform."""
+
+    def __init__(self, images_hwc: np.ndarray, targets: list[int], transform):
+        self.data, self.targets, self.transform = images_hwc, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def notebook_loop(data: DataSet, teacher: torch.nn.Module, epochs: int, device: torch.device, seed: int) -> float:
+    """Seed 000's train_and_validate with the teacher online; returns wall seconds (epochs + test)."""
+    from kdcli.data.vision import import_torchvision
+
+    transforms = import_torchvision().transforms
+    normalize = transforms.Normalize(data.mean, data.std)
+    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), normalize])
+    eval_tf = transforms.Compose([transforms.ToTensor(), normalize])
+    hwc = data.x_pool.permute(0, 2, 3, 1).numpy()
+    labels = data.y_pool.tolist()
+    train = torch.utils.data.Subset(PILImages(hwc, labels, train_tf), data.train_idx.tolist())
+    val = torch.utils.data.Subset(PILImages(hwc, labels, eval_tf), data.val_idx.tolist())
+    test = PILImages(data.x_test.permute(0, 2, 3, 1).numpy(), data.y_test.tolist(), eval_tf)
+    torch.manual_seed(seed)
+    train_loader = torch.utils.data.DataLoader(train, batch_size=BATCH, shuffle=True)
+    val_loader = torch.utils.data.DataLoader(val, batch_size=BATCH, shuffle=False)
+    test_loader = torch.utils.data.DataLoader(test, batch_size=BATCH, shuffle=False)
+    student = build_model(STUDENT, data.input_shape, data.num_outputs).to(device)
+    teacher = teacher.to(device).eval()
+    optimizer = torch.optim.Adam(student.parameters(), lr=LR)
+
+    def loss_fn(out, target, teacher_out):
+        soft = torch.nn.KLDivLoss(reduction="batchmean")(
+            F.log_softmax(out / TEMPERATURE, dim=1), F.softmax(teacher_out / TEMPERATURE, dim=1))
+        return ALPHA * F.cross_entropy(out, target) + (1 - ALPHA) * soft * TEMPERATURE**2
+
+    def evaluate(loader):
+        student.eval()
+        correct = 0
+        with torch.no_grad():
+            for x, target in loader:
+                x, target = x.to(device), target.to(device)
+                correct += (student(x).argmax(1) == target).sum().item()
+        return correct
+
+    started = time.perf_counter()
+    best, best_state = math.inf, None
+    for _ in range(epochs):
+        student.train()
+        for x, target in train_loader:
+            x, target = x.to(device), target.to(device)
+            optimizer.zero_grad()
+            out = student(x)
+            with torch.no_grad():
+                teacher_out = teacher(x)
+            loss = loss_fn(out, target, teacher_out)
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the notebook's tqdm postfix
+        student.eval()
+        val_loss = 0.0
+        with torch.no_grad():
+            for x, target in val_loader:
+                x, target = x.to(device), target.to(device)
+                val_loss += loss_fn(student(x), target, teacher(x)).item()
+        evaluate(val_loader)
+        if val_loss < best:
+            best, best_state = val_loss, copy.deepcopy(student.state_dict())
+    student.load_state_dict(best_state)
+    evaluate(test_loader)
+    sync(device)
+    return time.perf_counter() - started
+
+
+# ------------------------------------------------------------------ contender 3: a minimal hand-written loop
+
+def crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding `pad` and horizontal flip on a whole uint8 batch (airbench style:
+    one masked copy per row shift, then per column shift)."""
+    n, c, h, w = x.shape
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    shifts = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator).to(x.device)
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = torch.empty((n, c, h, w + 2 * pad), dtype=x.dtype, device=x.device)
+    for s in range(2 * pad + 1):
+        mask = shifts[:, 0] == s
+        rows[mask] = padded[mask, :, s:s + h, :]
+    out = torch.empty_like(x)
+    for s in range(2 * pad + 1):
+        mask = shifts[:, 1] == s
+        out[mask] = rows[mask, :, :, s:s + w]
+    return out
+
+
+def hand_loop(data: DataSet, epochs: int, device: torch.device, seed: int) -> float:
+    """Plain PyTorch: data on the device as uint8, batches by index, batched crop+flip, fused Adam (as the
+    engine uses), validation loss each epoch with best-weights restore, test accuracy at the end."""
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    x_pool, y_pool = data.x_pool.to(device), data.y_pool.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    val_idx = data.val_idx.to(device)
+    mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1) * 255
+    std = torch.tensor(data.std, device=device).view(1, -1, 1, 1) * 255
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+    def norm(x):
+        return ((x.float() - mean) / std).contiguous(memory_format=memory_format)
+
+    model = build_model(STUDENT, data.input_shape, data.num_outputs).to(device, memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
+    best, best_state = math.inf, None
+    for _ in range(epochs):
+        model.train()
+        order = data.train_idx[torch.randperm(len(data.train_idx), generator=generator)].to(device)
+        for start in range(0, len(order), BATCH):
+            idx = order[start:start + BATCH]
+            loss = F.cross_entropy(model(norm(crop_flip(x_pool[idx], 4, generator))), y_pool[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            total = torch.zeros((), device=device)
+            for start in range(0, len(val_idx), 512):
+                idx = val_idx[start:start + 512]
+                total += F.cross_entropy(model(norm(x_pool[idx])), y_pool[idx], reduction="sum")
+            val_loss = float(total) / len(val_idx)
+        if val_loss < best:
+            best, best_state = val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    with torch.no_grad():
+        correct = sum(int((model(norm(x_test[s:s + 512])).argmax(1) == y_test[s:s + 512]).sum())
+                      for s in range(0, len(x_test), 512))
+    assert 0 <= correct <= len(x_test)
+    sync(device)
+    return time.perf_counter() - started
+
+
+# ------------------------------------------------------------------ speed rows 1-3 on one device
+
+def speed_rows(device: torch.device, store: Store, args) -> list[dict]:
+    data = DATASETS.get(SPEED_DATA)(None)
+    n_train = len(data.train_idx)
+    ctx = context(store, device)
+    rows: list[dict] = []
+
+    def log(message: str) -> None:
+        print(f"[{device.type}] {message}", file=sys.stderr, flush=True)
+
+    # teachers with random weights (speed does not depend on them); the first one's table is cached
+    # (distill's speed does not depend on which teacher filled the table)
+    teachers = {}
+    for name in args.teachers:
+        teacher_id = train_teacher(TeacherConfig(dataset=SPEED_DATA, model=name, epochs=0, eval_batch_size=256),
+                                   ctx).id
+        teachers[name] = load_model(store, teacher_id)[0]
+        if name == args.teachers[0]:
+            started = time.perf_counter()
+            table = cache_logits(CacheLogitsConfig(dataset=SPEED_DATA, teacher=teacher_id, eval_batch_size=256),
+                                 ctx).id
+            cache_seconds = time.perf_counter() - started
+            log(f"cache-logits {name}: {len(data.x_pool) / cache_seconds:.0f} img/s")
+
+    def run_distill(seed: int) -> float:
+        cfg = DistillConfig(dataset=SPEED_DATA, model=STUDENT, logits=table, epochs=args.epochs,
+                            patience=0, seed=seed, alpha=ALPHA, temperature=TEMPERATURE, batch_size=BATCH)
+        started = time.perf_counter()
+        distill(cfg, ctx)
+        sync(device)
+        return time.perf_counter() - started
+
+    def run_baseline(seed: int) -> float:
+        cfg = BaselineConfig(dataset=SPEED_DATA, model=STUDENT, epochs=args.epochs, patience=0, seed=seed,
+                             batch_size=BATCH)
+        started = time.perf_counter()
+        baseline(cfg, ctx)
+        sync(device)
+        return time.perf_counter() - started
+
+    hand_loop(data, 1, device, 99)  # warm-up: kernels, allocator, lazy imports
+    times: dict[str, list[float]] = {"distill": [], "baseline": [], "hand": []}
+    for rep in range(args.reps):
+        times["distill"].append(run_distill(rep))
+        times["baseline"].append(run_baseline(rep))
+        times["hand"].append(hand_loop(data, args.epochs, device, rep))
+        log(f"rep {rep}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    distill_ips = args.epochs * n_train / med["distill"]
+
+    for i, name in enumerate(args.teachers):
+        seconds = notebook_loop(data, teachers[name], args.notebook_epochs, device, 0)
+        notebook_ips = args.notebook_epochs * n_train / seconds
+        log(f"notebook loop, teacher {name}: {notebook_ips:.0f} img/s")
+        target = ">= 5x" if (i == 0 and device.type == "cpu") else "-"
+        note = "distill timed alone (the table exists)"
+        if i == 0:  # the one-off cache-logits pass counted against seed 000's 20 epochs
+            epochs = 20
+            kdcli_total = cache_seconds + epochs * n_train / distill_ips
+            note = (f"cache-logits once: {len(data.x_pool) / cache_seconds:.0f} img/s, {cache_seconds:.1f}s; "
+                    f"counting it, {epochs} epochs: {epochs * n_train / notebook_ips / kdcli_total:.1f}x")
+        rows.append({
+            "row": f"1{'ab'[i] if len(args.teachers) > 1 else ''}",
+            "what": f"notebook loop (teacher {name}, online) -> kdcli distill (cached table), img/s",
+            "a": f"{notebook_ips:.0f}", "b": f"{distill_ips:.0f}", "ratio": distill_ips / notebook_ips,
+            "target": target, "met": None if target == "-" else distill_ips / notebook_ips >= 5,
+            "note": note})
+    rows.append({"row": "2", "what": "kdcli baseline -> kdcli distill (cached table), wall s",
+                 "a": f"{med['baseline']:.2f}", "b": f"{med['distill']:.2f}",
+                 "ratio": med["distill"] / med["baseline"], "target": "<= 1.10",
+                 "met": med["distill"] / med["baseline"] <= 1.10,
+                 "note": "medians of " + _spread(times["baseline"]) + " / " + _spread(times["distill"])})
+    rows.append({"row": "3", "what": "hand-written loop -> kdcli baseline, wall s",
+                 "a": f"{med['hand']:.2f}", "b": f"{med['baseline']:.2f}",
+                 "ratio": med["baseline"] / med["hand"], "target": "<= 1.05",
+                 "met": med["baseline"] / med["hand"] <= 1.05,
+                 "note": "medians of " + _spread(times["hand"]) + " / " + _spread(times["baseline"])})
+    for row in rows:
+        row["device"] = device.type
+    return rows
+
+
+def _spread(values: list[float]) -> str:
+    return "[" + " ".join(f"{v:.2f}" for v in values) + "]"
+
+
+# ------------------------------------------------------------------ memory row 4: fresh child processes
+
+class PeakMemory:
+    """Samples /proc/self/status every few ms: peak anonymous and file-backed RSS; VmHWM at the end."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.peaks, self._stop = interval, {"RssAnon": 0, "RssFile": 0}, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def status() -> dict[str, int]:
+        fields = {}
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                    fields[key] = int(value.split()[0]) * 1024
+        return fields
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = self.status()
+            for key in self.peaks:
+                self.peaks[key] = max(self.peaks[key], now.get(key, 0))
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def child(args) -> None:
+    """One stage in a fresh process; prints {"id", "peak_rss", "peak_anon", "peak_file", ...} (bytes)."""
+    register_data()
+    store, device = Store(args.store), torch.device("cpu")
+    ctx = context(store, device)
+    if args.child == "teacher":
+        result = train_teacher(TeacherConfig(dataset=MEMORY_DATA, model="digits-student", epochs=0), ctx)
+        print(json.dumps({"id": result.id}))
+        return
+    with PeakMemory() as peak:
+        if args.child == "cache":
+            result = cache_logits(CacheLogitsConfig(dataset=MEMORY_DATA, teacher=args.teacher, views=args.views,
+                                                    eval_batch_size=4096), ctx)
+        else:
+            result = distill(DistillConfig(dataset=MEMORY_DATA, model="digits-student", logits=args.logits,
+                                           epochs=1, patience=0, batch_size=256), ctx)
+    status = PeakMemory.status()
+    out = {"id": result.id, "peak_rss": status["VmHWM"], "peak_anon": peak.peaks["RssAnon"],
+           "peak_file": peak.peaks["RssFile"]}
+    if args.child == "cache":
+        out["table_bytes"] = result.artifact.manifest["table_bytes"]
+        out["file_bytes"] = result.artifact.path.stat().st_size
+    print(json.dumps(out))
+
+
+def run_child(store: Store, *extra: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--store", str(store.root), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench child {' '.join(extra)} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory_rows(store: Store) -> list[dict]:
+    teacher = run_child(store, "--child", "teacher")["id"]
+    results = {}
+    for views in ("none", "flip,translate:1"):
+        cached = run_child(store, "--child", "cache", "--teacher", teacher, "--views", views)
+        trained = run_child(store, "--child", "distill", "--logits", cached["id"])
+        results[views] = (cached, trained)
+        print(f"[memory] views {views}: cache-logits peak {_mib(cached['peak_rss'])}, distill peak "
+              f"{_mib(trained['peak_rss'])} (anon {_mib(trained['peak_anon'])}, file {_mib(trained['peak_file'])})",
+              file=sys.stderr, flush=True)
+    (c1, d1), (c18, d18) = results["none"], results["flip,translate:1"]
+    anon_growth = d18["peak_anon"] - d1["peak_anon"]
+    table_growth = c18["file_bytes"] - c1["file_bytes"]
+    size = f"{MEMORY_POOL:,} x {MEMORY_CLASSES} float16"
+    return [
+        {"row": "4a", "device": "cpu", "what": f"cache-logits peak RSS, 1 -> 18 views ({size}), MiB",
+         "a": _mib(c1["peak_rss"], False), "b": _mib(c18["peak_rss"], False),
+         "ratio": c18["peak_rss"] / c1["peak_rss"], "target": "-", "met": None,
+         "note": f"table {_mib(c1['table_bytes'])} -> {_mib(c18['table_bytes'])}, built in memory once in "
+                 f"float16, then written"},
+        {"row": "4b", "device": "cpu", "what": "distill peak RSS, 1 -> 18 views, MiB",
+         "a": _mib(d1["peak_rss"], False), "b": _mib(d18["peak_rss"], False),
+         "ratio": d18["peak_rss"] / d1["peak_rss"], "target": "-", "met": None,
+         "note": f"{(d18['peak_rss'] - d1['peak_rss']) / 2**20:+.0f} MiB: the table's memory-mapped pages "
+                 f"(file-backed {_mib(d1['peak_file'])} -> {_mib(d18['peak_file'])}; table file "
+                 f"+{_mib(table_growth)})"},
+        {"row": "4c", "device": "cpu", "what": "distill peak anonymous (not file-backed) RSS, 1 -> 18 views, MiB",
+         "a": _mib(d1["peak_anon"], False), "b": _mib(d18["peak_anon"], False),
+         "ratio": d18["peak_anon"] / d1["peak_anon"], "target": "flat (<= 1.05)",
+         "met": d18["peak_anon"] / d1["peak_anon"] <= 1.05,
+         "note": f"{anon_growth / 2**20:+.1f} MiB: nothing beyond the memory map grows with the views"},
+    ]
+
+
+def _mib(n: float, unit: bool = True) -> str:
+    return f"{n / 2**20:.0f}" + (" MiB" if unit else "")
+
+
+# ------------------------------------------------------------------ the table
+
+def render(rows: list[dict], header: str) -> str:
+    lines = [header, "",
+             "| # | device | comparison (A -> B) | A | B | ratio B/A | target | met | note |",
+             "|---|---|---|---:|---:|---:|---|---|---|"]
+    for r in rows:
+        met = {True: "yes", False: "NO", None: "-"}[r["met"]]
+        lines.append(f"| {r['row']} | {r['device']} | {r['what']} | {r['a']} | {r['b']} | {r['ratio']:.2f} | "
+                     f"{r['target']} | {met} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=5000, help="synthetic CIFAR-shaped pool size (rows 1-3)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per kdcli / hand-loop run (rows 1-3)")
+    parser.add_argument("--notebook-epochs", type=int, default=1, help="epochs of the notebook loop (row 1)")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of rows 2-3")
+    parser.add_argument("--teachers", default="resnet56,resnet20",
+                        help="row 1 teachers; the first (seed 000's resnet56) carries the target")
+    parser.add_argument("--device", default="auto", help="auto (CPU, plus CUDA when present), cpu or cuda")
+    parser.add_argument("--no-memory", action="store_true", help="skip row 4")
+    parser.add_argument("--out", default=str(ROOT / "reports" / "bench.md"), help="also write the table here")
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("teacher", "cache", "distill"), help=argparse.SUPPRESS)
+    parser.add_argument("--teacher", help=argparse.SUPPRESS)
+    parser.add_argument("--logits", help=argparse.SUPPRESS)
+    parser.add_argument("--views", default="none", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    args.teachers = [t.strip() for t in args.teachers.split(",") if t.strip()]
+    _SIZES[SPEED_DATA] = args.images
+    register_data()
+    devices = [torch.device("cpu")]
+    if args.device in ("auto", "cuda") and torch.cuda.is_available():
+        devices = devices + [torch.device("cuda")] if args.device == "auto" else [torch.device("cuda")]
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    root = Path(tempfile.mkdtemp(prefix="kdcli-bench-"))
+    try:
+        store = Store(root / "store")
+        rows = []
+        for device in devices:
+            rows += speed_rows(device, store, args)
+        if not args.no_memory:
+            rows += memory_rows(Store(root / "memory-store"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    load_after = os.getloadavg()
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    header = (f"kdcli bench ({time.strftime('%Y-%m-%d %H:%M')}, {time.perf_counter() - started:.0f}s): "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads (KDCLI_THREADS / default {default_threads()}){gpu}; "
+              f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}.\n"
+              f"Rows 1-3: {args.images:,} synthetic 3x32x32 images ({len(split_pool(args.images, 0.1, 0)[0]):,} train), "
+              f"student {STUDENT}, batch {BATCH}, Adam {LR}, crop:4+flip; {args.epochs} epochs per kdcli/hand run, "
+              f"{args.reps} interleaved reps (medians). Row 4: fresh child processes, {MEMORY_POOL:,} images "
+              f"3x8x8, {MEMORY_CLASSES} classes.")
+    table = render(rows, header)
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
