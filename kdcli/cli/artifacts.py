@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -38,8 +38,8 @@ def _key_metric(manifest: dict) -> str:
 
 
 @app.command("ls")
-def ls(kind: Annotated[Optional[str], typer.Option("--kind", help="only this kind")] = None,
-       name: Annotated[Optional[str], typer.Option("--name", help="only names matching this glob")] = None,
+def ls(kind: Annotated[str | None, typer.Option("--kind", help="only this kind")] = None,
+       name: Annotated[str | None, typer.Option("--name", help="only names matching this glob")] = None,
        store: StoreOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False):
     """List artifacts: id prefix, kind, name, stage, key metric, age."""
 

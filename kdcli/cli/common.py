@@ -13,7 +13,7 @@ import json
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -22,7 +22,7 @@ from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
 from kdcli.store import Store, default_root
 
-StoreOpt = Annotated[Optional[Path], typer.Option("--store", help="artifact store root [env KDCLI_STORE, default ./artifacts]")]
+StoreOpt = Annotated[Path | None, typer.Option("--store", help="artifact store root [env KDCLI_STORE, default ./artifacts]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable result on stdout")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="no progress or logs on stderr")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
@@ -71,22 +71,22 @@ def _cli_parameter(field: dataclasses.Field, tp) -> inspect.Parameter:
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     help_text = f"{field.metadata.get('help', '')} [default: {default}]"
     if base is bool:
-        annotation, option = Optional[bool], typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
+        annotation, option = bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
     elif typing.get_origin(base) is list and typing.get_args(base) in ((str,), ()):
-        annotation, option = Optional[list[str]], typer.Option(None, flag, help=help_text, show_default=False)
+        annotation, option = list[str] | None, typer.Option(None, flag, help=help_text, show_default=False)
     elif typing.get_origin(base) is list:
-        annotation, option = Optional[str], typer.Option(None, flag, help=help_text + " (comma separated)", show_default=False)
+        annotation, option = str | None, typer.Option(None, flag, help=help_text + " (comma separated)", show_default=False)
     else:
-        annotation, option = Optional[base], typer.Option(None, flag, help=help_text, show_default=False)
+        annotation, option = base | None, typer.Option(None, flag, help=help_text, show_default=False)
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 
 _COMMON = [
-    ("config_file", Optional[Path], typer.Option(None, "--config", help="YAML file of defaults; flags override")),
-    ("name", Optional[str], typer.Option(None, "--name", help="name the result (refs/NAME)")),
-    ("tag", Optional[list[str]], typer.Option(None, "--tag", help="tag the result (repeatable)")),
+    ("config_file", Path | None, typer.Option(None, "--config", help="YAML file of defaults; flags override")),
+    ("name", str | None, typer.Option(None, "--name", help="name the result (refs/NAME)")),
+    ("tag", list[str] | None, typer.Option(None, "--tag", help="tag the result (repeatable)")),
     ("force", bool, typer.Option(False, "--force", help="rerun even if an identical run is cached")),
-    ("store", Optional[Path], typer.Option(None, "--store", help="artifact store root [env KDCLI_STORE, default ./artifacts]")),
+    ("store", Path | None, typer.Option(None, "--store", help="artifact store root [env KDCLI_STORE, default ./artifacts]")),
     ("device", str, typer.Option("auto", "--device", help="auto, cpu, cuda or mps")),
     ("json_out", bool, typer.Option(False, "--json", help="print a machine-readable result on stdout")),
     ("quiet", bool, typer.Option(False, "-q", "--quiet", help="no progress or logs on stderr")),
@@ -107,7 +107,7 @@ def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: 
     params = [_cli_parameter(f, types_[f.name]) for f in fields]
     if positional:
         params.insert(0, inspect.Parameter(f"{positional}_arg", inspect.Parameter.KEYWORD_ONLY, default=typer.Argument(
-            None, help=f"same as --{positional.replace('_', '-')}", show_default=False), annotation=Optional[str]))
+            None, help=f"same as --{positional.replace('_', '-')}", show_default=False), annotation=str | None))
     params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=a) for n, a, o in _COMMON]
 
     def command(**kwargs):
