@@ -17,7 +17,8 @@ KD   := $(BIN)/kdcli
 DATA  = --data-dir $(DATA_DIR) $(DOWNLOAD) --device $(DEVICE)
 
 .PHONY: install demo test lint clean \
-        seed000-cifar10 seed000-cifar100 seed000-cifar100-resnet18 seed002-hinton seed003-kl seed004-mnist
+        seed000-cifar10 seed000-cifar100 seed000-cifar100-resnet18 seed002-hinton seed003-kl seed004-mnist \
+        seed001-regression
 
 install: $(STAMP)
 
@@ -147,3 +148,12 @@ seed004-mnist: install
 	$(KD) sweep --stage distill --set dataset=mnist --set data_dir=$(DATA_DIR) --set model=mnist-student \
 	  --set logits=s004/logits --set epochs=5 --set patience=0 --set batch_size=128 --set alpha=0.5 \
 	  --grid temperature=1,2,3,5,10 --seeds 0-4 --plot-dir $(REPORTS)/seed004 --name s004/temperature-sweep
+
+# Seed 001, regression (kdcli.recipes.seed001): teacher and expert teacher, scratch student, students
+# distilled from each (hard 0.3 / hp 0.7), the grid hard 0.1..0.9, L_GR (0.2/0.5/0.3), L_FEAT and
+# function matching over SEEDS; seed epochs/lr/wd, early stopping on a validation split (patience 50).
+# Writes $(REPORTS)/seed001/report.md and report.csv. CPU, parallel workers; a rerun reads the cache.
+# SEED001_PROTOCOL=seed runs seed 001's own protocol (no validation split, full epochs; slower).
+SEED001_PROTOCOL ?= kdcli
+seed001-regression: install
+	$(BIN)/python -m kdcli.recipes.seed001 --seeds "$(SEEDS)" --protocol $(SEED001_PROTOCOL) --out $(REPORTS)/seed001

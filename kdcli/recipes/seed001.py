@@ -19,7 +19,7 @@ Protocols (--protocol):
          weights of the epoch with the lowest training loss (the networks overfit, so that is near
          the last epoch, which seed 001 reports). Several times slower.
 
-Writes OUT/report.md and OUT/report.csv: mean test MSE, std and mean R^2 per model next to seed
+Writes OUT/report.md and OUT/report.csv (OUT/report-seed-protocol.* for --protocol seed): mean test MSE, std and mean R^2 per model next to seed
 001's figures, paired one-sided t-tests (and Wilcoxon) of each distilled student against the
 scratch student, the seed's two-sided L_GR vs best-grid test, and function matching vs none.
 Stages run in parallel worker processes (one torch thread each); every stage is cached, so a
@@ -297,7 +297,8 @@ def _collect(jobs: list[Job], store) -> dict[str, dict[int, dict]]:
         val_mse = history[best - 1].get("val_mse", math.nan) if 0 < best <= len(history) else math.nan
         out.setdefault(job.variant.slug, {})[job.seed] = {
             "test_mse": metrics["test_mse"], "test_r2": metrics["test_r2"], "best_epoch": best,
-            "epochs_run": metrics.get("epochs_run", len(history)), "val_mse": val_mse, "id": job.result["id"]}
+            "epochs_run": metrics.get("epochs_run", len(history)), "val_mse": val_mse, "id": job.result["id"],
+            "train_s": sum(entry.get("seconds", 0.0) for entry in history)}
     return out
 
 
@@ -334,6 +335,7 @@ def summarize(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[li
                "val_mse_mean": float(np.mean(series(variant.slug, "val_mse"))),
                "best_epoch_mean": float(np.mean(series(variant.slug, "best_epoch"))),
                "epochs_run_mean": float(np.mean(series(variant.slug, "epochs_run"))),
+               "train_s_total": float(np.sum(series(variant.slug, "train_s"))),
                "seed001_mse": variant.seed001[0] if variant.seed001 else None,
                "seed001_std": variant.seed001[1] if variant.seed001 else None,
                "seed001_r2": variant.seed001[2] if variant.seed001 else None,
@@ -443,10 +445,12 @@ def render_markdown(rows: list[dict], extra: dict, seeds: list[int], protocol: s
         row = by_slug[slug]
         lines.append(f"| {row['augment']} | {row['mse_mean']:.4f} | {row['mse_std_ddof0']:.4f} | "
                      f"{test['mean_diff']:+.4f} | {_p(test['t_p'])} | {_p(test['wilcoxon_p'])} |")
+    epoch_seconds = sum(row["train_s_total"] for row in rows)
     lines += ["", "## Runtime", "",
-              f"{timing['jobs']} stages: {timing['ran']} trained, {timing['reused']} reused from the store; "
-              f"{timing['wall_s']:.0f} s wall with {timing['workers']} worker process(es), "
-              f"{timing['cpu_s']:.0f} CPU-seconds of training.", "",
+              f"This invocation: {timing['jobs']} stages, {timing['ran']} trained and {timing['reused']} reused "
+              f"from the store, {timing['wall_s']:.0f} s wall with {timing['workers']} worker process(es) "
+              f"({timing['cpu_s']:.0f} CPU-seconds in the stages it trained). The stages' epochs took "
+              f"{epoch_seconds:.0f} s of wall time in all, as their manifests record (one torch thread each).", "",
               "Per-seed test MSEs and the artifact ids are in report.csv and the store (refs s001/<model>-s<seed>).",
               ""]
     return "\n".join(lines)
@@ -475,7 +479,8 @@ def run(seeds: list[int], protocol: str = "kdcli", patience: int = DEFAULT_PATIE
     rows, extra = summarize(_collect(jobs, store), seeds)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, csv_path = out_dir / "report.md", out_dir / "report.csv"
+    stem = "report" if protocol == "kdcli" else f"report-{protocol}-protocol"  # both can sit side by side
+    md, csv_path = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
     md.write_text(render_markdown(rows, extra, seeds, protocol, patience, timing))
     write_csv(rows, csv_path)
     reporter.info(f"seed 001: {ran} stages trained, {len(jobs) - ran} reused, {wall:.0f} s; wrote {md} and {csv_path}")
