@@ -16,7 +16,7 @@ export KDCLI_STORE ?= artifacts
 KD   := $(BIN)/kdcli
 DATA  = --data-dir $(DATA_DIR) $(DOWNLOAD) --device $(DEVICE)
 
-.PHONY: install demo test lint clean \
+.PHONY: install demo test lint clean cifar100-kd-bench \
         seed000-cifar10 seed000-cifar100 seed000-cifar100-resnet18 seed002-hinton seed003-kl seed004-mnist \
         seed001-regression
 
@@ -157,3 +157,43 @@ seed004-mnist: install
 SEED001_PROTOCOL ?= kdcli
 seed001-regression: install
 	$(BIN)/python -m kdcli.recipes.seed001 --seeds "$(SEEDS)" --protocol $(SEED001_PROTOCOL) --out $(REPORTS)/seed001
+
+# The CIFAR-100 protocol of the published KD frameworks (RepDistiller, mdistiller), resnet32x4 ->
+# resnet8x4, over BENCH_SEEDS: 240 epochs, SGD lr 0.05 momentum 0.9, batch 64, lr x0.1 at epochs
+# 150/180/210, weight decay 5e-4, T=4, crop+flip, the whole 50k training set (no validation split,
+# no early stopping: the last epoch's weights), the teacher online on the student's augmented view.
+# vanilla = CE; kd = mdistiller's CE 0.1 + KL 0.9; dkd = CE 1, alpha 1, beta 8, warm-up 20 epochs;
+# dkd+ls = the values logit-standardization-KD's train script resolves for DKD (alpha 9, beta 81, T 4).
+# Published targets (../shared/ANCHORS.md): teacher 79.42, vanilla 72.50, KD 73.33, DKD 76.32; those
+# tools report the best test epoch of unseeded runs, kdcli the last epoch per seed. TEACHER_R32X4 may
+# name a pretrained checkpoint (e.g. mdistiller's cifar_teachers.tar resnet32x4_vanilla/ckpt_epoch_240.pth);
+# without it the teacher is trained with the same protocol. Needs a GPU: every run is 240 epochs
+# (BENCH_EPOCHS=1 BENCH_SEEDS=0 is a quick check of the recipe itself).
+BENCH_SEEDS   ?= 0 1 2
+BENCH_EPOCHS  ?= 240
+TEACHER_R32X4 ?=
+C100B = --dataset cifar100 --val-fraction 0 --epochs $(BENCH_EPOCHS) --patience 0 --optimizer sgd --lr 0.05 --momentum 0.9 \
+        --weight-decay 5e-4 --batch-size 64 --scheduler multistep --milestones 150,180,210 --gamma 0.1 \
+        --augment crop:4,flip --model resnet8x4
+cifar100-kd-bench: install
+	@if [ -z "$(DOWNLOAD)" ] && [ ! -d "$(DATA_DIR)/cifar-100-python" ]; then \
+	  echo "cifar100-kd-bench: CIFAR-100 is missing ($(DATA_DIR)/cifar-100-python not found); rerun with" \
+	       "DOWNLOAD=--download on a machine with network, or DATA_DIR=the folder holding cifar-100-python" >&2; \
+	  exit 2; fi
+	@set -e; mkdir -p $(REPORTS); \
+	if [ -n "$(TEACHER_R32X4)" ]; then \
+	  $(KD) import-teacher $(TEACHER_R32X4) --model resnet32x4 --dataset cifar100 --val-fraction 0 $(DATA) --name c100b/teacher; \
+	else \
+	  $(KD) train-teacher $(C100B) --model resnet32x4 --seed 0 $(DATA) --name c100b/teacher; \
+	fi; \
+	for s in $(BENCH_SEEDS); do \
+	  $(KD) baseline $(C100B) --seed $$s $(DATA) --tag c100b-vanilla --name c100b/vanilla-s$$s; \
+	  $(KD) distill $(C100B) --teacher c100b/teacher --method kd --alpha 0.1 --temperature 4 --seed $$s $(DATA) \
+	    --tag c100b-kd --name c100b/kd-s$$s; \
+	  $(KD) distill $(C100B) --teacher c100b/teacher --method dkd --ce-weight 1 --dkd-alpha 1 --dkd-beta 8 \
+	    --dkd-warmup 20 --temperature 4 --seed $$s $(DATA) --tag c100b-dkd --name c100b/dkd-s$$s; \
+	  $(KD) distill $(C100B) --teacher c100b/teacher --method dkd --logit-standardize --ce-weight 1 --dkd-alpha 9 \
+	    --dkd-beta 81 --dkd-warmup 20 --temperature 4 --seed $$s $(DATA) --tag c100b-dkd-ls --name c100b/dkd-ls-s$$s; \
+	done; \
+	$(KD) compare tag:c100b-vanilla tag:c100b-kd tag:c100b-dkd tag:c100b-dkd-ls --label vanilla --label kd \
+	  --label dkd --label dkd+ls --reference c100b/teacher --csv $(REPORTS)/cifar100-kd-bench.csv
