@@ -358,3 +358,16 @@ def test_mutual_learning_trains_both_students_and_ema_follows_the_student():
     for s, e in zip(start, ema.ema.parameters(), strict=True):
         torch.testing.assert_close(e, s + 0.5)
     assert not objective_parameters(ema)
+
+
+def test_validation_uses_the_schedules_final_values():
+    from types import SimpleNamespace
+
+    from kdcli.stages.schemes import LogitObjective
+
+    cfg = SimpleNamespace(alpha=0.5, temperature=4.0, ce_weight=1.0, dkd_alpha=1.0, dkd_beta=8.0, dkd_warmup=20,
+                          temperature_schedule="linear", temperature_end=1.0, alpha_schedule="constant",
+                          alpha_end=None, logit_standardize=False, method="dkd")
+    objective = LogitObjective(cfg, None)
+    assert objective.set_epoch(2, 10) == {"temperature": pytest.approx(4 - 1 / 3), "warmup_factor": 0.1}
+    assert objective.current(False) == {**objective.params, "temperature": 1.0, "warmup_factor": 1.0}

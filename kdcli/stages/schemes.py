@@ -73,23 +73,32 @@ def scheduled_params(cfg, method: str, epoch: int, epochs: int) -> dict:
 
 class LogitObjective:
     """A registered logit loss against the logits `signal(batch)` gives (online teacher, cached
-    table, ensemble, ...), with its params updated per epoch by the schedules."""
+    table, ensemble, ...), with its params updated per epoch by the schedules.
+
+    Validation (train=False) uses the schedule's final values (full DKD weight, the end temperature
+    and alpha), so the validation loss that early stopping watches measures one fixed objective
+    across epochs instead of rising as a warm-up ramps its terms in."""
 
     def __init__(self, cfg, signal, method: str | None = None):
         self.cfg = cfg
         self.method = method or resolve_method(cfg)
         self.loss_fn = LOSSES.get(self.method)
         self.params = loss_params(cfg)
+        self.eval_params = dict(self.params)
         self.signal = signal
 
     def set_epoch(self, epoch: int, epochs: int) -> dict:
         values = scheduled_params(self.cfg, self.method, epoch, epochs)
         self.params.update(values)
+        self.eval_params.update(scheduled_params(self.cfg, self.method, max(epochs, self.cfg.dkd_warmup), epochs))
         return values
+
+    def current(self, train: bool) -> dict:
+        return self.params if train else self.eval_params
 
     def __call__(self, model, batch: Batch, train: bool):
         outputs = model(batch.x)
-        return outputs, self.loss_fn(outputs.float(), self.signal(batch), batch.y, **self.params)
+        return outputs, self.loss_fn(outputs.float(), self.signal(batch), batch.y, **self.current(train))
 
 
 def method_rows() -> list[tuple[str, str, str]]:
@@ -350,7 +359,7 @@ class MutualObjective(nn.Module):
 
     def forward(self, model: nn.Module, batch: Batch, train: bool):
         self.peer.train(train)
-        params = self.logit.params
+        params = self.logit.current(train)
         outputs, peer_outputs = model(batch.x).float(), self.peer(batch.x).float()
         terms = self.loss_fn(outputs, peer_outputs.detach(), batch.y, **params)
         peer_terms = self.loss_fn(peer_outputs, outputs.detach(), batch.y, **params)
