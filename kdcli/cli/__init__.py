@@ -41,7 +41,7 @@ def methods() -> None:
     from kdcli.stages.schemes import method_rows
 
     for name, needs, summary in method_rows():
-        typer.echo(f"{name:<10} {needs:<42} {summary}")
+        typer.echo(f"{name:<10} {needs:<46} {summary}")
 
 
 def main() -> None:

@@ -107,10 +107,17 @@ def method_rows() -> list[tuple[str, str, str]]:
     for name in LOSSES.names():
         fn = LOSSES.get(name)
         if fn.needs_teacher:
-            summary = (fn.__doc__ or "").strip().splitlines()[0]
+            summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())  # first paragraph
             rows.append((name, "teacher logits (--logits or --teacher)", summary))
     for name in FEATURE_METHODS.names():
         rows.append((name, "teacher features (--teacher, --feature-pair)", FEATURE_METHODS.get(name).summary))
+    rows += [
+        ("ensemble", "--extra-teacher REF (repeatable)", "the mean logits of several teachers, models or tables"),
+        ("born-again", "--generations N", "each generation distills from the one before (Furlanello et al. 2018)"),
+        ("dml", "--scheme dml (no teacher)", "two students learn from each other (Zhang et al. 2018)"),
+        ("ema", "--scheme ema (no teacher)", "the student's exponential moving average is its teacher"),
+        ("schedules", "--temperature-schedule / --alpha-schedule", "linear or cosine annealing over the epochs"),
+    ]
     return rows
 
 
