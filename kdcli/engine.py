@@ -341,7 +341,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
             entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **scheduled,
                      **{f"train_{k}": v for k, v in train.items()}}
             if use_val:
-                if ranked:  # each rank its strided share of the validation set, then the mean over all
+                if ranked and len(data.val_idx) >= distributed.world_size():  # strided shares, then the mean
                     shard_idx = data.val_idx[distributed.rank()::distributed.world_size()]
                     val = run_epoch_eval(model, dd, shard_idx, objective, views, cfg.eval_batch_size, cfg.precision)
                     val = distributed.sum_over_ranks({k: v * len(shard_idx) for k, v in val.items()}, device)
