@@ -32,6 +32,14 @@ from torch import nn
 from kdcli.reporting import Reporter
 
 
+def _pin_local_gpu() -> None:
+    """Under torchrun with CUDA, make "cuda" mean this rank's GPU (LOCAL_RANK) from import on, so
+    tensors made before the process group is joined (a teacher moved to the device) land there too."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and torch.cuda.is_available() \
+            and os.environ.get("KDCLI_DIST_BACKEND", "") != "gloo":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def world_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
@@ -182,3 +190,6 @@ def run_cached_ranked(run_cached, ctx, stage: str, cfg, inputs: dict, produce, s
     artifact_id = [None]
     dist.broadcast_object_list(artifact_id, 0)
     return StageResult(ctx.store.get(artifact_id[0]), skipped=message[0] == "hit")
+
+
+_pin_local_gpu()
