@@ -16,7 +16,7 @@ export KDCLI_STORE ?= artifacts
 KD   := $(BIN)/kdcli
 DATA  = --data-dir $(DATA_DIR) $(DOWNLOAD) --device $(DEVICE)
 
-.PHONY: install demo test lint clean cifar100-kd-bench \
+.PHONY: install demo test lint clean cifar100-kd-bench methods-digits \
         seed000-cifar10 seed000-cifar100 seed000-cifar100-resnet18 seed002-hinton seed003-kl seed004-mnist \
         seed001-regression
 
@@ -161,7 +161,8 @@ seed001-regression: install
 # The CIFAR-100 protocol of the published KD frameworks (RepDistiller, mdistiller), resnet32x4 ->
 # resnet8x4, over BENCH_SEEDS: 240 epochs, SGD lr 0.05 momentum 0.9, batch 64, lr x0.1 at epochs
 # 150/180/210, weight decay 5e-4, T=4, crop+flip, the whole 50k training set (no validation split,
-# no early stopping: the last epoch's weights), the teacher online on the student's augmented view.
+# no early stopping; kept: the epoch of lowest training loss, in practice the last), the teacher
+# online on the student's augmented view.
 # vanilla = CE; kd = mdistiller's CE 0.1 + KL 0.9; dkd = CE 1, alpha 1, beta 8, warm-up 20 epochs;
 # dkd+ls = the values logit-standardization-KD's train script resolves for DKD (alpha 9, beta 81, T 4).
 # Published targets (../shared/ANCHORS.md): teacher 79.42, vanilla 72.50, KD 73.33, DKD 76.32; those
@@ -197,3 +198,8 @@ cifar100-kd-bench: install
 	done; \
 	$(KD) compare tag:c100b-vanilla tag:c100b-kd tag:c100b-dkd tag:c100b-dkd-ls --label vanilla --label kd \
 	  --label dkd --label dkd+ls --reference c100b/teacher --csv $(REPORTS)/cifar100-kd-bench.csv
+
+# Every logit method (vanilla, kd, kd-ls, dkd, dkd-ls, deit) on digits over 5 seeds, paired against kd
+# with kdcli's compare statistics; writes the table to bench/methods_digits.md. CPU, cached per run.
+methods-digits: install
+	$(BIN)/python bench/methods_digits.py --seeds 0-4 --out bench/methods_digits.md
