@@ -219,11 +219,6 @@ class Checkpoint:
                 raise KdcliError(f"could not write checkpoint {self.path}: {exc.strerror or exc}") from exc
             raise
 
-    def remove(self) -> None:
-        if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-
 
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

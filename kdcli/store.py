@@ -133,6 +133,10 @@ class Store:
     def object_path(self, artifact_id: str) -> Path:
         return self.root / "objects" / "sha256" / artifact_id[:2] / f"{artifact_id[2:]}.safetensors"
 
+    def checkpoint_path(self, key: str) -> Path:
+        """Where a running stage with cache key `key` keeps its resumable state."""
+        return self.root / "checkpoints" / f"{key}.pt"
+
     def _dir(self, name: str) -> Path:
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
@@ -343,6 +347,11 @@ class Store:
                 for victim in (path, path.with_suffix(".json")):
                     with contextlib.suppress(FileNotFoundError):
                         victim.unlink()
+            finished = {entry["key"] for entry in self.runs()}
+            for checkpoint in (self.root / "checkpoints").glob("*.pt"):
+                if checkpoint.stem in finished:  # left by a run killed after storing its result
+                    with contextlib.suppress(OSError):
+                        checkpoint.unlink()
             cutoff = time.time() - 3600  # a tmp file this old belongs to no live writer
             for stale in (self.root / "tmp").glob("*"):
                 with contextlib.suppress(OSError):

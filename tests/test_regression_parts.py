@@ -86,9 +86,9 @@ def test_synthetic_loader_split_and_pool_only_standardization():
 def test_synthetic_loader_options():
     data = load_dataset(DataSpec("synthetic-regression", extra={"n_samples": 100, "n_features": 7, "noise": 0.0}))
     assert data.x_pool.shape == (80, 7) and data.x_test.shape == (20, 7)
-    with pytest.raises(UsageError, match="n_features"):
+    with pytest.raises(UsageError, match="--n-features"):
         load_dataset(DataSpec("synthetic-regression", extra={"n_features": 4}))
-    with pytest.raises(UsageError, match="n_samples"):
+    with pytest.raises(UsageError, match="--n-samples"):
         load_dataset(DataSpec("synthetic-regression", extra={"n_samples": "many"}))
 
 

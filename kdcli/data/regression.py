@@ -97,10 +97,10 @@ def _extra(spec: DataSpec, key: str, default, kind, minimum):
         if isinstance(value, bool) or number != float(value):
             raise ValueError
     except (TypeError, ValueError):
-        raise UsageError(f"data option {key} expects {'an integer' if kind is int else 'a number'}, "
+        raise UsageError(f"--{key.replace('_', '-')} expects {'an integer' if kind is int else 'a number'}, "
                          f"got {value!r}") from None
     if number < minimum:
-        raise UsageError(f"data option {key} must be at least {minimum}, got {value!r}")
+        raise UsageError(f"--{key.replace('_', '-')} must be at least {minimum}, got {value!r}")
     return number
 
 
@@ -210,7 +210,7 @@ def load_csv(spec: DataSpec) -> DataSet:
         raise UsageError("csv data set needs a path: csv:PATH")
     target = spec.extra.get("target")
     if not target:
-        raise UsageError(f"csv:{path} needs the name of its target column (data option target=COLUMN)")
+        raise UsageError(f"csv:{path} needs the name of its target column: --target COLUMN")
     X, y, _ = read_csv_table(path, str(target))
     if len(y) < 10:
         raise UsageError(f"csv file {path} has {len(y)} data rows; at least 10 are needed for a test split")

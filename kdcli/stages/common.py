@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,8 @@ def run_cached(ctx: RunContext, stage: str, config, inputs: dict[str, str], prod
                     "seed": seed, **manifest}
         artifact = store.put(kind, tensors, manifest)
         store.record_run(key, stage, artifact.id)
+        with contextlib.suppress(FileNotFoundError):  # only now is the resumable state no longer needed
+            store.checkpoint_path(key).unlink()
     return _finish(ctx, StageResult(artifact, skipped=False))
 
 

@@ -72,7 +72,7 @@ def train_model(stage: str, cfg: TrainConfig, ctx: RunContext, data: DataSet, pa
         device_data = DeviceData(data, ctx.device)
         model = prepare_model(student, ctx.device, cfg.compile)
         objective = make_objective(model, device_data)
-        checkpoint = Checkpoint(ctx.store.root / "checkpoints" / f"{key}.pt")
+        checkpoint = Checkpoint(ctx.store.checkpoint_path(key))
         ctx.reporter.info(f"{stage}: {cfg.model} ({parameter_count(student):,} params) on {data.name} "
                           f"[{len(data.train_idx)} train / {len(data.val_idx)} val], {ctx.device}")
         result = fit(model, device_data, objective, cfg, views, ctx.reporter, checkpoint)
@@ -88,7 +88,6 @@ def train_model(stage: str, cfg: TrainConfig, ctx: RunContext, data: DataSet, pa
         if teacher_test_logits is not None and data.task == "classification":
             agree = (outputs.argmax(1) == teacher_test_logits.argmax(1)).float().mean()
             metrics["teacher_agreement"] = 100.0 * float(agree)
-        checkpoint.remove()
         manifest = {"model": spec, "metrics": metrics, "history": result.history,
                     "initial_weights_sha256": initial_hash, "data_fingerprint": data.fingerprint,
                     "data": data.describe(), "device": str(ctx.device), "augment": views.spec(),
