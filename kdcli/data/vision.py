@@ -115,25 +115,18 @@ def load_torchvision(name: str, spec: DataSpec) -> DataSet:
     )
 
 
-@DATASETS.register("mnist")
-def load_mnist(spec: DataSpec) -> DataSet:
-    """MNIST: (N, 1, 28, 28) uint8, 10 classes, 60000 pool / 10000 test."""
-    return load_torchvision("mnist", spec)
+def _register(name: str, doc: str) -> None:
+    def loader(spec: DataSpec) -> DataSet:
+        return load_torchvision(name, spec)
+
+    loader.__doc__ = doc
+    DATASETS.register(name)(loader)
 
 
-@DATASETS.register("fashion-mnist")
-def load_fashion_mnist(spec: DataSpec) -> DataSet:
-    """Fashion-MNIST: (N, 1, 28, 28) uint8, 10 classes, 60000 pool / 10000 test."""
-    return load_torchvision("fashion-mnist", spec)
-
-
-@DATASETS.register("cifar10")
-def load_cifar10(spec: DataSpec) -> DataSet:
-    """CIFAR-10: (N, 3, 32, 32) uint8, 10 classes, 50000 pool / 10000 test."""
-    return load_torchvision("cifar10", spec)
-
-
-@DATASETS.register("cifar100")
-def load_cifar100(spec: DataSpec) -> DataSet:
-    """CIFAR-100 (fine labels): (N, 3, 32, 32) uint8, 100 classes, 50000 pool / 10000 test."""
-    return load_torchvision("cifar100", spec)
+for _name, _doc in (
+    ("mnist", "MNIST: (N, 1, 28, 28) uint8, 10 classes, 60000 pool / 10000 test."),
+    ("fashion-mnist", "Fashion-MNIST: (N, 1, 28, 28) uint8, 10 classes, 60000 pool / 10000 test."),
+    ("cifar10", "CIFAR-10: (N, 3, 32, 32) uint8, 10 classes, 50000 pool / 10000 test."),
+    ("cifar100", "CIFAR-100 (fine labels): (N, 3, 32, 32) uint8, 100 classes, 50000 pool / 10000 test."),
+):
+    _register(_name, _doc)

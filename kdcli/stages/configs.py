@@ -162,34 +162,41 @@ class DistillConfig(TrainConfig):
 
 
 @dataclass
-class CacheLogitsConfig(DataConfig):
+class InferenceConfig(DataConfig):
+    """A stage that only runs a model forward: batch size and precision of those passes."""
+
+    eval_batch_size: int = opt(512, "batch size for the model's forward passes", key=False)
+    precision: str = opt("fp32", "fp32, or bf16/fp16 autocast on CUDA")
+
+    def validate(self) -> None:
+        super().validate()
+        check_choice("precision", self.precision, PRECISIONS)
+
+
+@dataclass
+class CacheLogitsConfig(InferenceConfig):
     teacher: str = opt("", "teacher model artifact", key=False)
     views: str = opt("none", "discrete augmented views to cache, e.g. flip,translate:2 (none = clean images)")
     topk: int = opt(0, "keep only the top-k probabilities per view, the rest spread evenly (0 = full logits)")
     dtype: str = opt("float16", "storage dtype: float16 or float32")
-    eval_batch_size: int = opt(512, "batch size for the teacher's forward passes", key=False)
-    precision: str = opt("fp32", "fp32, or bf16/fp16 autocast on CUDA")
 
     def validate(self) -> None:
         super().validate()
         if not self.teacher:
             raise UsageError("cache-logits needs --teacher MODEL_REF")
         check_choice("dtype", self.dtype, ("float16", "float32"))
-        check_choice("precision", self.precision, PRECISIONS)
         if self.topk < 0:
             raise UsageError(f"--topk must be >= 0, got {self.topk}")
 
 
 @dataclass
-class ImportConfig(DataConfig):
+class ImportConfig(InferenceConfig):
     source: str = opt("", "hf:ID_OR_DIR, torchhub:OWNER/REPO:ENTRY, or a checkpoint file (.pt, .pth, .safetensors)",
                       key=False)
     model: str | None = opt(None, "registry model to load torch.hub or checkpoint weights into (e.g. resnet56)")
     model_args: list[str] = opt([], "model argument key=value (repeatable)", flag="--model-arg")
     hf_image_size: int | None = opt(None, "hf: resize inputs to this size (default: what the model's config says)")
     trust_remote_code: bool = opt(False, "allow torch.hub code and Hugging Face remote code to run", key=False)
-    eval_batch_size: int = opt(256, "batch size for the test-set evaluation", key=False)
-    precision: str = opt("fp32", "fp32, or bf16/fp16 autocast on CUDA")
 
     def validate(self) -> None:
         super().validate()
@@ -197,4 +204,3 @@ class ImportConfig(DataConfig):
             raise UsageError("import-teacher needs a SOURCE: hf:ID_OR_DIR, torchhub:OWNER/REPO:ENTRY or a file")
         if not self.source.startswith("hf:") and not self.model:
             raise UsageError("--model names the registry model that receives torch.hub or checkpoint weights")
-        check_choice("precision", self.precision, PRECISIONS)
