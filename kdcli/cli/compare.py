@@ -12,7 +12,6 @@ from rich.table import Table
 
 from kdcli.cli.common import DebugOpt, JsonOpt, QuietOpt, StoreOpt, emit, execute, fail, open_store
 from kdcli.reporting import Reporter
-from kdcli.stages.compare import CompareConfig, compare, write_csv
 
 GROUP_HELP = ("tag:TAG, a ref-name glob (demo/baseline-*), sweep:SWEEP_REF:POINT, or REF[,REF...]; "
               "runs pair up by seed")
@@ -79,6 +78,12 @@ def command(
     """
 
     def run():
+        from kdcli.stages.compare import (  # imported late: keeps `kdcli --help` fast
+            CompareConfig,
+            compare,
+            write_csv,
+        )
+
         cfg = CompareConfig(groups=list(groups), labels=list(label or []), metric=metric, baseline=baseline,
                             alternative=alternative, alpha=alpha, reference=reference,
                             plot=str(plot) if plot else None)

@@ -10,8 +10,6 @@ import typer
 from kdcli.cli.common import DebugOpt, JsonOpt, QuietOpt, StoreOpt, emit, execute, open_store
 from kdcli.cli.compare import GROUP_HELP
 from kdcli.reporting import Reporter
-from kdcli.stages.compare import resolve_group
-from kdcli.stages.visualize import training_curves
 
 app = typer.Typer(help="Figures drawn from stored runs, recorded as report artifacts.", no_args_is_help=True)
 
@@ -25,6 +23,9 @@ def curves(
     """Train/validation loss and validation accuracy (or MSE) per epoch. Prints the report artifact id."""
 
     def run():
+        from kdcli.stages.compare import resolve_group  # imported late: keeps `kdcli --help` fast
+        from kdcli.stages.visualize import training_curves  # imported late: keeps `kdcli --help` fast
+
         st = open_store(store)
         labelled = {}
         for spec in runs:

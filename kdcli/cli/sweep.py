@@ -12,7 +12,6 @@ from kdcli.cli.common import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, StoreOpt, e
 from kdcli.cli.compare import comparisons_table, fmt, interval
 from kdcli.reporting import Reporter
 from kdcli.stages.common import RunContext, resolve_device
-from kdcli.stages.sweep import sweep, sweep_config
 
 
 def summary_table(result: dict) -> Table:
@@ -50,6 +49,8 @@ def command(
     """
 
     def run():
+        from kdcli.stages.sweep import sweep, sweep_config  # imported late: keeps `kdcli --help` fast
+
         cfg = sweep_config(spec, list(grid or []), list(set_ or []), seeds, stage=stage, jobs=jobs, metric=metric,
                            baseline_ref=baseline_ref, reference=reference,
                            plot_dir=str(plot_dir) if plot_dir else None)

@@ -12,7 +12,6 @@ from kdcli.cli.common import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, StoreOpt, e
 from kdcli.errors import UsageError
 from kdcli.reporting import Reporter
 from kdcli.stages.common import resolve_device
-from kdcli.stages.visualize import TemperatureViewConfig, temperature_view
 
 
 def bars_table(sample: dict, names: list[str], temperatures: list[float], width: int = 80) -> Table:
@@ -55,6 +54,11 @@ def command(
     """
 
     def run():
+        from kdcli.stages.visualize import (  # imported late: keeps `kdcli --help` fast
+            TemperatureViewConfig,
+            temperature_view,
+        )
+
         cfg = TemperatureViewConfig(source=source, temperatures=parse_floats(temperatures, "--temperatures"),
                                     index=index, count=count, dataset=dataset, out=str(out))
         result = temperature_view(cfg, open_store(store), resolve_device(device))
