@@ -487,7 +487,7 @@ def render(rows: list[dict], header: str) -> str:
              "|---|---|---|---:|---:|---:|---|---|---|"]
     for r in rows:
         met = {True: "yes", False: "NO", None: "-"}[r["met"]]
-        lines.append(f"| {r['row']} | {r['device']} | {r['what']} | {r['a']} | {r['b']} | {r['ratio']:.2f} | "
+        lines.append(f"| {r['row']} | {r['device']} | {r['what']} | {r['a']} | {r['b']} | {r['ratio']:.3f} | "
                      f"{r['target']} | {met} | {r['note']} |")
     return "\n".join(lines)
 
@@ -528,6 +528,8 @@ def main() -> None:
     _SIZES[SPEED_DATA] = args.images
     register_data()
     devices = [torch.device("cpu")]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench: --device cuda but no CUDA device is available")
     if args.device in ("auto", "cuda") and torch.cuda.is_available():
         devices = devices + [torch.device("cuda")] if args.device == "auto" else [torch.device("cuda")]
     load_before = os.getloadavg()
