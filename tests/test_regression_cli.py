@@ -169,6 +169,7 @@ def test_feature_projector_is_trained_by_the_engine():
     assert objective_parameters(lambda model, batch, train: None) == []
 
 
+@pytest.mark.slow
 def test_seed001_recipe_tiny_run_and_rerun(store, tmp_path):
     from kdcli.recipes.seed001 import VARIANTS, parse_seeds, plan, run
 

@@ -51,6 +51,7 @@ PROTOCOLS = {
     "seed": {"val_fraction": 0.0, "split_seed": 0, "patience": 0},
 }
 DEFAULT_PATIENCE = 50
+REF_PREFIX = {"kdcli": "s001", "seed": "s001-seed-protocol"}  # store names of the models, per protocol
 FEATURE_PAIR = "hidden.2:hidden.1"  # expert's 3rd hidden block (128) -> student's 2nd (64), both mid-depth
 
 
@@ -225,7 +226,8 @@ def _cached_id(store, job: Job, data_fingerprint: str, teacher_id: str | None) -
     return entry["artifact"] if entry else None
 
 
-def execute(jobs: list[Job], store, device: str, workers: int, force: bool, reporter) -> None:
+def execute(jobs: list[Job], store, device: str, workers: int, force: bool, reporter,
+            protocol: str = "kdcli") -> None:
     """Run every job, teachers before their students; cached ones in this process, the rest in
     `workers` processes of one torch thread each (workers=1: all in this process)."""
     from kdcli.config import build
@@ -263,7 +265,7 @@ def execute(jobs: list[Job], store, device: str, workers: int, force: bool, repo
                 if teacher_id:
                     overrides["teacher"] = teacher_id
                 job.overrides = overrides
-                ref = f"s001/{job.key}"
+                ref = f"{REF_PREFIX[protocol]}/{job.key}"
                 if workers <= 1 or (not force and _cached_id(store, job, data.fingerprint, teacher_id)):
                     finish(job, run_stage(job.variant.stage, overrides, str(store.root), device, ref, force))
                     continue
@@ -451,7 +453,8 @@ def render_markdown(rows: list[dict], extra: dict, seeds: list[int], protocol: s
               f"from the store, {timing['wall_s']:.0f} s wall with {timing['workers']} worker process(es) "
               f"({timing['cpu_s']:.0f} CPU-seconds in the stages it trained). The stages' epochs took "
               f"{epoch_seconds:.0f} s of wall time in all, as their manifests record (one torch thread each).", "",
-              "Per-seed test MSEs and the artifact ids are in report.csv and the store (refs s001/<model>-s<seed>).",
+              f"Per-seed test MSEs are in the CSV beside this file; the models are in the store as "
+              f"{REF_PREFIX[protocol]}/<model>-s<seed> (e.g. {REF_PREFIX[protocol]}/expert-s0).",
               ""]
     return "\n".join(lines)
 
@@ -471,7 +474,7 @@ def run(seeds: list[int], protocol: str = "kdcli", patience: int = DEFAULT_PATIE
     started = time.perf_counter()
     reporter.info(f"seed 001: {len(jobs)} stages ({len(VARIANTS)} models x {len(seeds)} seeds), protocol {protocol}, "
                   f"{workers} worker(s), store {store.root}")
-    execute(jobs, store, device, workers, force, reporter)
+    execute(jobs, store, device, workers, force, reporter, protocol)
     wall = time.perf_counter() - started
     ran = sum(not job.result["skipped"] for job in jobs)
     timing = {"jobs": len(jobs), "ran": ran, "reused": len(jobs) - ran, "wall_s": wall, "workers": workers,
