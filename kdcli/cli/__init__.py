@@ -15,11 +15,6 @@ app = typer.Typer(
     name="kdcli", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
     help="Knowledge distillation with cached, content-addressed stages and paired statistics.",
 )
-app.add_typer(artifacts.app, name="artifacts")
-app.add_typer(plot.app, name="plot")
-app.command("compare")(compare.command)
-app.command("sweep")(sweep.command)
-app.command("visualize-temperature")(visualize.command)
 
 stage_command(app, "train-teacher", TeacherConfig, train_teacher,
               "Train a teacher with cross-entropy (MSE for regression) and early stopping.")
@@ -33,6 +28,11 @@ stage_command(app, "distill", DistillConfig, distill,
 stage_command(app, "import-teacher", ImportConfig, import_teacher,
               "Import a pretrained teacher (hf:, torchhub:, or a checkpoint file) and report its test accuracy.",
               positional="source")
+app.command("sweep")(sweep.command)
+app.command("compare")(compare.command)
+app.command("visualize-temperature")(visualize.command)
+app.add_typer(plot.app, name="plot")
+app.add_typer(artifacts.app, name="artifacts")
 
 
 @app.command("methods")
@@ -42,6 +42,28 @@ def methods() -> None:
 
     for name, needs, summary in method_rows():
         typer.echo(f"{name:<10} {needs:<46} {summary}")
+
+
+@app.command("models")
+def models() -> None:
+    """List the registry models '--model' accepts, with their one-line descriptions."""
+    from kdcli.models import MODELS
+
+    _list_registry(MODELS)
+
+
+@app.command("datasets")
+def datasets() -> None:
+    """List the data sets '--dataset' accepts."""
+    from kdcli.data import DATASETS
+
+    _list_registry(DATASETS)
+
+
+def _list_registry(registry) -> None:
+    for name in registry.names():
+        doc = (registry.get(name).__doc__ or "").strip().splitlines()
+        typer.echo(f"{name:<22} {doc[0] if doc else ''}")
 
 
 def main() -> None:
