@@ -31,7 +31,7 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check kdcli tests
+	$(BIN)/ruff check kdcli tests bench
 
 clean:
 	rm -rf $(VENV) artifacts $(REPORTS)
