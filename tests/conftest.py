@@ -1,11 +1,29 @@
-"""Shared fixtures: a fresh store per test and a CLI runner that keeps stdout and stderr apart."""
+"""Shared fixtures: a fresh store per test and CLI runners that keep stdout and stderr apart."""
 
 from __future__ import annotations
 
-import pytest
-from typer.testing import CliRunner
+import os
 
-from kdcli.store import Store
+# Tiny models on two shared cores: one torch thread is several times faster than contending for two.
+# Set before kdcli.engine is imported (it reads KDCLI_THREADS once); subprocesses inherit it.
+os.environ.setdefault("KDCLI_THREADS", "1")
+
+import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from kdcli.store import Store  # noqa: E402
+
+
+def cli_for(root):
+    """invoke(*args) -> click Result: kdcli run in-process against the store at `root`."""
+    from kdcli.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(app, [*map(str, args), "--store", str(root)], catch_exceptions=False)
+
+    return invoke
 
 
 @pytest.fixture
@@ -13,6 +31,12 @@ def store(tmp_path, monkeypatch) -> Store:
     root = tmp_path / "store"
     monkeypatch.setenv("KDCLI_STORE", str(root))
     return Store(root)
+
+
+@pytest.fixture(scope="session")
+def make_cli():
+    """cli_for as a fixture, for module-scoped fixtures that build their own store."""
+    return cli_for
 
 
 @pytest.fixture

@@ -8,34 +8,25 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats as sps
-from typer.testing import CliRunner
 
-from kdcli.cli import app
 from kdcli.store import Store
 
 FAST = ["--device", "cpu", "-q", "--lr", "0.01"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, make_cli):
     """weak/sN (untrained, tagged 'weak'), mid/sN (1 epoch), strong/sN (2 epochs) for seeds 0-2, and
     split/sN (untrained, another --split-seed, so other data) for seeds 0-2. Returns (store, invoke)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: one thread is several times faster than two here
     store = Store(tmp_path_factory.mktemp("compare") / "store")
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(app, [*map(str, args), "--store", str(store.root)], catch_exceptions=False)
+    invoke = make_cli(store.root)
 
     for seed in range(3):
         for name, extra in (("weak", ["--epochs", "0", "--tag", "weak"]), ("mid", ["--epochs", "1"]),
                             ("strong", ["--epochs", "2"]), ("split", ["--epochs", "0", "--split-seed", "1"])):
             assert invoke("baseline", *FAST, *extra, "--seed", seed, "--name", f"{name}/s{seed}").exit_code == 0
-    yield store, invoke
-    torch.set_num_threads(threads)
+    return store, invoke
 
 
 def metric(store: Store, group: str, key: str = "test_acc") -> np.ndarray:

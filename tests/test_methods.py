@@ -24,14 +24,6 @@ from kdcli.losses.logit_methods import dkd_parts, standardize
 TEACHER_LOSSES = [n for n in LOSSES.names() if LOSSES.get(n).needs_teacher]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared machine: one torch thread is faster than contending for all."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # params that switch the hard-label term off, leaving only the distillation terms
 PURE = {"kd": {"alpha": 0.0}, "kd-ls": {"alpha": 0.0}, "dkd": {"ce_weight": 0.0},
         "dkd-ls": {"ce_weight": 0.0}, "deit": {"alpha": 0.0}}

@@ -6,20 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import kdcli.stages.sweep as sweep_stage
 import kdcli.stages.train as train
 
 FAST = ["--device", "cpu", "-q"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: one thread is several times faster than two here
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_interrupted_sweep_resumes_without_redoing_runs(cli, store, monkeypatch):

@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from typer.testing import CliRunner
 
-from kdcli.cli import app
 from kdcli.stats import softmax, softmax_entropy
 from kdcli.store import Store
 
@@ -18,22 +15,16 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory):
+def made(tmp_path_factory, make_cli):
     """A 1-epoch teacher 't', its logits table 'tl' (float32), students 's/0', 's/1'. Returns (store, invoke)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two shared cores: one thread is several times faster than two here
     store = Store(tmp_path_factory.mktemp("visualize") / "store")
-    runner = CliRunner()
-
-    def invoke(*args):
-        return runner.invoke(app, [*map(str, args), "--store", str(store.root)], catch_exceptions=False)
+    invoke = make_cli(store.root)
 
     assert invoke("train-teacher", *FAST, "--epochs", "1", "--name", "t").exit_code == 0
     assert invoke("cache-logits", "t", *FAST, "--dtype", "float32", "--name", "tl").exit_code == 0
     for seed in (0, 1):
         assert invoke("baseline", *FAST, "--epochs", "2", "--seed", seed, "--name", f"s/{seed}").exit_code == 0
-    yield store, invoke
-    torch.set_num_threads(threads)
+    return store, invoke
 
 
 def test_temperature_view_from_model_and_from_logits(made, tmp_path):
