@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from kdcli.config import build
+from kdcli.config import build, parse_seeds
 from kdcli.reporting import Reporter
 from kdcli.stages.cache_logits import cache_logits
 from kdcli.stages.common import RunContext, resolve_device
@@ -31,13 +31,6 @@ from kdcli.store import Store
 
 METHODS = ["vanilla", "kd", "kd-ls", "dkd", "dkd-ls", "deit"]
 PREFIX = "mdig"
-
-
-def seeds_arg(text: str) -> list[int]:
-    if "-" in text:
-        low, high = text.split("-")
-        return list(range(int(low), int(high) + 1))
-    return [int(s) for s in text.split(",")]
 
 
 def fmt_p(p) -> str:
@@ -101,7 +94,7 @@ def markdown(result: dict, args, teacher_acc: float, minutes: float, agreement: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=seeds_arg, default=seeds_arg("0-4"))
+    parser.add_argument("--seeds", type=parse_seeds, default=parse_seeds("0-4"))
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--store", type=Path, default=None, help="artifact store (default: KDCLI_STORE or ./artifacts)")
     parser.add_argument("--device", default="cpu")

@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from kdcli.config import parse_seeds  # noqa: E402
 from kdcli.reporting import Reporter  # noqa: E402
 from kdcli.stages.cache_logits import cache_logits  # noqa: E402
 from kdcli.stages.common import RunContext  # noqa: E402
@@ -35,14 +36,6 @@ from kdcli.stats import describe, paired_comparison  # noqa: E402
 from kdcli.store import Store  # noqa: E402
 
 AUGMENT = "translate:1"
-
-
-def parse_seeds(text: str) -> list[int]:
-    seeds: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        seeds += list(range(int(low), int(high or low) + 1))
-    return seeds
 
 
 def main() -> None:

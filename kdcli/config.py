@@ -7,6 +7,7 @@ fields, so a stage's options are declared once.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -132,3 +133,17 @@ def parse_kv(pairs: list[str], what: str = "--model-arg") -> dict[str, Any]:
         key, raw = pair.split("=", 1)
         parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
     return parsed
+
+
+def parse_seeds(value) -> list[int]:
+    """'0-4', '0,2,5', '0-2,7', '0 1 2', an int or a list -> a list of seeds."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    parts = value if isinstance(value, list) else str(value).replace(",", " ").split()
+    seeds: list[int] = []
+    for part in (str(p).strip() for p in parts):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match or (match[2] is not None and int(match[2]) < int(match[1])):
+            raise UsageError(f"--seeds expects ranges and lists such as 0-4 or 0,2,5; got {part!r}")
+        seeds += range(int(match[1]), int(match[2] or match[1]) + 1)
+    return seeds

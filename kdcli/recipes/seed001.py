@@ -41,6 +41,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from kdcli import config
 from kdcli.errors import UsageError
 
 DATASET = "synthetic-regression"
@@ -144,14 +145,8 @@ class RecipeResult:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0-4' / '0,1,2' / '0 1 2 3 4' -> [0, 1, 2, 3, 4]."""
-    seeds: list[int] = []
-    for part in text.replace(",", " ").split():
-        low, sep, high = part.partition("-")
-        try:
-            seeds += list(range(int(low), int(high) + 1)) if sep else [int(part)]
-        except ValueError:
-            raise UsageError(f"--seeds expects numbers or ranges like 0-4, got {part!r}") from None
+    """'0-4' / '0,1,2' / '0 1 2 3 4' -> [0, 1, 2, 3, 4]; the paired tests need two seeds or more."""
+    seeds = config.parse_seeds(text)
     if len(set(seeds)) < 2:
         raise UsageError("--seeds needs at least two distinct seeds for the paired tests")
     return sorted(set(seeds))

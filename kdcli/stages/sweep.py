@@ -14,7 +14,6 @@ import difflib
 import itertools
 import multiprocessing
 import os
-import re
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 
 from kdcli import config as config_mod
 from kdcli import plots, stats
-from kdcli.config import opt
+from kdcli.config import opt, parse_seeds
 from kdcli.errors import UsageError
 from kdcli.stages import train
 from kdcli.stages.common import RunContext, run_cached
@@ -58,20 +57,6 @@ class SweepConfig:
         for where, keys in (("--grid", self.grid), ("--set/base", self.base)):
             if "seed" in keys:
                 raise UsageError(f"seed is not a {where} key; give the seeds with --seeds")
-
-
-def parse_seeds(value) -> list[int]:
-    """'0-4', '0,2,5', '0-2,7', an int or a list -> a list of seeds."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    parts = value if isinstance(value, list) else str(value).split(",")
-    seeds: list[int] = []
-    for part in (str(p).strip() for p in parts):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not match or (match[2] is not None and int(match[2]) < int(match[1])):
-            raise UsageError(f"--seeds expects ranges and lists such as 0-4 or 0,2,5; got {part!r}")
-        seeds += range(int(match[1]), int(match[2] or match[1]) + 1)
-    return seeds
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
