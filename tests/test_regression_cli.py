@@ -171,7 +171,8 @@ def test_feature_projector_is_trained_by_the_engine():
 
 @pytest.mark.slow
 def test_seed001_recipe_tiny_run_and_rerun(store, tmp_path):
-    from kdcli.recipes.seed001 import VARIANTS, parse_seeds, plan, run
+    from kdcli.recipes.seed001 import parse_seeds, run
+    from kdcli.recipes.seed001_plan import VARIANTS, plan
 
     assert parse_seeds("0-4") == [0, 1, 2, 3, 4] and parse_seeds("0 2,3") == [0, 2, 3]
     with pytest.raises(UsageError):

@@ -29,8 +29,6 @@ second run only reads the store.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import csv
-import math
 import multiprocessing
 import os
 import time
@@ -38,98 +36,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from kdcli import config
 from kdcli.errors import UsageError
-
-DATASET = "synthetic-regression"
-TEACHER_EPOCHS, STUDENT_EPOCHS = 700, 600
-COMMON = {"dataset": DATASET, "batch_size": 128, "optimizer": "adam", "scheduler": "constant"}
-PROTOCOLS = {
-    "kdcli": {"val_fraction": 0.1, "split_seed": 0},
-    "seed": {"val_fraction": 0.0, "split_seed": 0, "patience": 0},
-}
-DEFAULT_PATIENCE = 50
-REF_PREFIX = {"kdcli": "s001", "seed": "s001-seed-protocol"}  # store names of the models, per protocol
-FEATURE_PAIR = "hidden.2:hidden.1"  # expert's 3rd hidden block (128) -> student's 2nd (64), both mid-depth
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One row of the report: a model trained once per seed."""
-
-    slug: str
-    label: str
-    stage: str  # train-teacher | baseline | distill
-    config: dict
-    teacher: str | None = None  # slug of the teacher variant (distill)
-    seed001: tuple | None = None  # seed 001's (mean MSE, std MSE, mean R^2) or None where it has none
-    group: str = "main"  # main | grid | extra
-
-    def weights(self) -> str:
-        if self.stage != "distill":
-            return ""
-        c = self.config
-        parts = [f"hard {c['w_hard']:g}", f"hp {c['w_hp']:g}"]
-        parts += [f"feat {c['w_feat']:g}"] if c.get("w_feat") else []
-        parts += [f"gr {c['w_gr']:g}"] if c.get("w_gr") else []
-        return " / ".join(parts)
-
-
-def _student(w_hard: float, w_hp: float, **extra) -> dict:
-    return {"model": "seed001-student", "epochs": STUDENT_EPOCHS, "lr": 1e-3, "weight_decay": 0.0,
-            "w_hard": w_hard, "w_hp": w_hp, "augment": "none", **extra}
-
-
-VARIANTS: list[Variant] = [
-    Variant("teacher", "Teacher", "train-teacher",
-            {"model": "seed001-teacher", "epochs": TEACHER_EPOCHS, "lr": 1e-4, "weight_decay": 1e-5},
-            seed001=(0.3464, 0.0168, 0.7511)),
-    Variant("expert", "Expert teacher", "train-teacher",
-            {"model": "seed001-expert", "epochs": TEACHER_EPOCHS, "lr": 1e-4, "weight_decay": 1e-4},
-            seed001=(0.2554, 0.0089, 0.8165)),
-    Variant("scratch", "Student (scratch)", "baseline",
-            {"model": "seed001-student", "epochs": STUDENT_EPOCHS, "lr": 1e-3, "weight_decay": 0.0},
-            seed001=(0.4539, 0.0193, 0.6739)),
-    Variant("kd-teacher", "Distilled from teacher", "distill", _student(0.3, 0.7), teacher="teacher",
-            seed001=(0.4297, 0.0420, 0.6912)),
-    Variant("kd-expert", "Distilled from expert", "distill", _student(0.3, 0.7), teacher="expert",
-            seed001=(0.3509, 0.0114, 0.7479)),
-    *[Variant(f"grid-h{h:g}", f"Grid hard {h:g} / hp {1 - h:.1f}", "distill", _student(h, round(1 - h, 1)),
-              teacher="expert", seed001=s, group="grid")
-      for h, s in ((0.1, (0.3379, 0.0061, 0.7573)), (0.5, (0.3683, 0.0257, 0.7354)),
-                   (0.7, (0.3872, 0.0194, 0.7218)), (0.9, (0.4129, 0.0162, 0.7034)))],
-    Variant("gr", "Gradient term L_GR", "distill", _student(0.2, 0.5, w_gr=0.3), teacher="expert",
-            seed001=(0.3411, 0.0150, None)),
-    Variant("feat", "Feature term L_FEAT", "distill",
-            _student(0.3, 0.4, w_feat=0.3, feature_pairs=[FEATURE_PAIR]), teacher="expert", group="extra"),
-    Variant("fm-noise", "Function matching noise:0.1", "distill", _student(0.3, 0.7, augment="noise:0.1"),
-            teacher="expert", group="extra"),
-    Variant("fm-mixup", "Function matching mixup:0.4", "distill", _student(0.3, 0.7, augment="mixup:0.4"),
-            teacher="expert", group="extra"),
-]
-BY_SLUG = {v.slug: v for v in VARIANTS}
-# the grid of seed 001 part 3 (expert teacher, hp = 1 - hard); its hard 0.3 point is "kd-expert"
-GRID = [("grid-h0.1", 0.1), ("kd-expert", 0.3), ("grid-h0.5", 0.5), ("grid-h0.7", 0.7), ("grid-h0.9", 0.9)]
-SEED001_GRID_H03 = (0.3415, 0.0185, 0.7546)  # the same weights as kd-expert, trained again in part 3
-SEED001_P_VS_SCRATCH = {"kd-teacher": "0.0897", "kd-expert": "<0.0001"}
-SEED001_P_GR_VS_BEST = 0.5628
-# an estimate of each stage's cost, to start the longest first (gradient term: double backward)
-COST = {"expert": 10, "teacher": 9, "gr": 8, "fm-noise": 6, "fm-mixup": 6, "feat": 5}
-
-
-@dataclass
-class Job:
-    variant: Variant
-    seed: int
-    overrides: dict
-    result: dict | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.variant.slug}-s{self.seed}"
+from kdcli.recipes.seed001_plan import (
+    COST,
+    DEFAULT_PATIENCE,
+    REF_PREFIX,
+    VARIANTS,
+    Job,
+    plan,
+)
+from kdcli.recipes.seed001_report import collect, render_markdown, summarize, write_csv
 
 
 @dataclass
@@ -150,22 +69,6 @@ def parse_seeds(text: str) -> list[int]:
     if len(set(seeds)) < 2:
         raise UsageError("--seeds needs at least two distinct seeds for the paired tests")
     return sorted(set(seeds))
-
-
-def plan(seeds: list[int], protocol: str, patience: int, quick: dict | None = None) -> list[Job]:
-    """Every (variant, seed) job with its config overrides; `quick` overrides epochs etc. (tests)."""
-    if protocol not in PROTOCOLS:
-        raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    settings = {"patience": patience, **PROTOCOLS[protocol]}
-    jobs = []
-    for seed in seeds:
-        for variant in VARIANTS:
-            overrides = {**COMMON, **settings, **variant.config, "seed": seed}
-            if quick:
-                overrides.update({k: v for k, v in quick.items() if k != "epochs"})
-                overrides["epochs"] = min(overrides["epochs"], quick.get("epochs", overrides["epochs"]))
-            jobs.append(Job(variant, seed, overrides))
-    return jobs
 
 
 # ---------------------------------------------------------------- running stages
@@ -280,179 +183,6 @@ def execute(jobs: list[Job], store, device: str, workers: int, force: bool, repo
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-# ---------------------------------------------------------------- the report
-
-
-def _collect(jobs: list[Job], store) -> dict[str, dict[int, dict]]:
-    """slug -> seed -> {test_mse, test_r2, best_epoch, epochs_run, val_mse}."""
-    out: dict[str, dict[int, dict]] = {}
-    for job in jobs:
-        manifest = store.get(job.result["id"]).manifest
-        metrics = manifest["metrics"]
-        history = manifest.get("history", [])
-        best = metrics.get("best_epoch", 0)
-        val_mse = history[best - 1].get("val_mse", math.nan) if 0 < best <= len(history) else math.nan
-        out.setdefault(job.variant.slug, {})[job.seed] = {
-            "test_mse": metrics["test_mse"], "test_r2": metrics["test_r2"], "best_epoch": best,
-            "epochs_run": metrics.get("epochs_run", len(history)), "val_mse": val_mse, "id": job.result["id"],
-            "train_s": sum(entry.get("seconds", 0.0) for entry in history)}
-    return out
-
-
-def _fmt(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, str):
-        return value
-    return f"{value:.{digits}f}"
-
-
-def _p(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return "<0.0001" if value < 1e-4 else f"{value:.4f}"
-
-
-def summarize(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[list[dict], dict]:
-    """Per-model rows (means, stds, tests vs scratch) and the extra comparisons."""
-    from kdcli.stats import paired_comparison
-
-    def series(slug: str, key: str = "test_mse") -> list[float]:
-        return [results[slug][s][key] for s in seeds]
-
-    scratch = series("scratch")
-    rows = []
-    for variant in VARIANTS:
-        mse, r2 = np.array(series(variant.slug)), np.array(series(variant.slug, "test_r2"))
-        row = {"slug": variant.slug, "model": variant.label, "stage": variant.stage,
-               "teacher": variant.teacher or "", "weights": variant.weights(),
-               "augment": variant.config.get("augment", "none") if variant.stage == "distill" else "",
-               "n": len(seeds), "mse_mean": float(mse.mean()), "mse_std": float(mse.std(ddof=1)),
-               "mse_std_ddof0": float(mse.std()), "r2_mean": float(r2.mean()),
-               "val_mse_mean": float(np.mean(series(variant.slug, "val_mse"))),
-               "best_epoch_mean": float(np.mean(series(variant.slug, "best_epoch"))),
-               "epochs_run_mean": float(np.mean(series(variant.slug, "epochs_run"))),
-               "train_s_total": float(np.sum(series(variant.slug, "train_s"))),
-               "seed001_mse": variant.seed001[0] if variant.seed001 else None,
-               "seed001_std": variant.seed001[1] if variant.seed001 else None,
-               "seed001_r2": variant.seed001[2] if variant.seed001 else None,
-               **{f"mse_seed{s}": results[variant.slug][s]["test_mse"] for s in seeds}}
-        if variant.stage == "distill":
-            test = paired_comparison(list(mse), scratch, alternative="less")
-            row.update({"vs_scratch_diff": test["mean_diff"], "vs_scratch_t": test["t"],
-                        "vs_scratch_p": test["t_p"], "vs_scratch_wilcoxon_p": test["wilcoxon_p"],
-                        "vs_scratch_dz": test["cohens_dz"]})
-        rows.append(row)
-    by_slug = {row["slug"]: row for row in rows}
-    # the best grid point: by validation MSE when there is a validation split (kdcli), else by test
-    # MSE, as seed 001 picked it
-    has_val = all(not math.isnan(by_slug[s]["val_mse_mean"]) for s, _ in GRID)
-    best_slug = min((s for s, _ in GRID), key=lambda s: by_slug[s]["val_mse_mean" if has_val else "mse_mean"])
-    extra = {
-        "best_grid": best_slug, "best_grid_by": "validation MSE" if has_val else "test MSE (as seed 001)",
-        "gr_vs_best": paired_comparison(series("gr"), series(best_slug), alternative="two-sided"),
-        "feat_vs_hp": paired_comparison(series("feat"), series("kd-expert"), alternative="two-sided"),
-        "function_matching": {slug: paired_comparison(series(slug), series("kd-expert"), alternative="less")
-                              for slug in ("fm-noise", "fm-mixup")},
-    }
-    return rows, extra
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in columns})
-
-
-def render_markdown(rows: list[dict], extra: dict, seeds: list[int], protocol: str, patience: int,
-                    timing: dict) -> str:
-    by_slug = {row["slug"]: row for row in rows}
-    n = len(seeds)
-    if protocol == "kdcli":
-        how = (f"kdcli protocol: the 1600 training rows split 90/10 into train/validation (split seed 0); at most "
-               f"the seed's epochs (teachers {TEACHER_EPOCHS}, students {STUDENT_EPOCHS}), early stopping after "
-               f"{patience} epochs without a lower validation loss, and the weights of the best validation epoch "
-               f"kept. Seed 001 had no validation split and reported its last epoch.")
-    else:
-        how = (f"seed 001's protocol: all 1600 training rows, no validation split, the full {TEACHER_EPOCHS}/"
-               f"{STUDENT_EPOCHS} epochs; kept weights are those of the epoch with the lowest training loss.")
-    lines = [
-        "# Seed 001 reproduced: regression distillation",
-        "",
-        f"Test MSE on the 400 held-out rows of seed 001's synthetic function, {n} runs (seeds "
-        f"{', '.join(map(str, seeds))}); every student of a run starts from the same initial weights. "
-        "Adam, batch 128, no schedule; teachers lr 1e-4 (weight decay 1e-5, expert 1e-4), students lr 1e-3. "
-        + how,
-        "",
-        f"std: over the {n} runs with ddof 0, as seed 001's np.std (report.csv also has ddof 1). p: paired "
-        "one-sided t-test that the student's MSE is lower than the scratch student's (scipy ttest_rel, "
-        "alternative='less', as seed 001), Wilcoxon signed-rank beside it. Epochs: mean best epoch / mean "
-        "epochs run.",
-        "",
-        "| model | weights | seed 001 MSE (std) | MSE | std | R² | epochs | Δ vs scratch | p (t) | p (Wilcoxon) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        if row["slug"].startswith("grid-"):
-            continue
-        seed = (f"{row['seed001_mse']:.4f} ({row['seed001_std']:.4f})" if row["seed001_mse"] is not None
-                else "not run")
-        lines.append(
-            f"| {row['model']} | {row['weights'] or '–'} | {seed} | {row['mse_mean']:.4f} | "
-            f"{row['mse_std_ddof0']:.4f} | {row['r2_mean']:.4f} | {row['best_epoch_mean']:.0f} / "
-            f"{row['epochs_run_mean']:.0f} | {_fmt(row.get('vs_scratch_diff'), 4)} | "
-            f"{_p(row.get('vs_scratch_p'))} | {_p(row.get('vs_scratch_wilcoxon_p'))} |")
-    lines += ["", f"Seed 001's p-values vs scratch: from teacher {SEED001_P_VS_SCRATCH['kd-teacher']}, "
-                  f"from expert {SEED001_P_VS_SCRATCH['kd-expert']}.", "",
-              "## Weight grid (expert teacher, hp = 1 - hard)", "",
-              "| hard / hp | seed 001 MSE (std) | MSE | std | R² | validation MSE | p vs scratch (t) |",
-              "|---|---|---|---|---|---|---|"]
-    for slug, hard in GRID:
-        row = by_slug[slug]
-        seed = SEED001_GRID_H03 if slug == "kd-expert" else (row["seed001_mse"], row["seed001_std"], None)
-        mark = " **best**" if slug == extra["best_grid"] else ""
-        lines.append(f"| {hard:g} / {1 - hard:.1f}{mark} | {seed[0]:.4f} ({seed[1]:.4f}) | {row['mse_mean']:.4f} | "
-                     f"{row['mse_std_ddof0']:.4f} | {row['r2_mean']:.4f} | {_fmt(row['val_mse_mean'])} | "
-                     f"{_p(row.get('vs_scratch_p'))} |")
-    gr = extra["gr_vs_best"]
-    best = by_slug[extra["best_grid"]]
-    lines += ["", f"Best grid point chosen by {extra['best_grid_by']}: {best['model'].replace('Grid ', '')} "
-                  f"(seed 001's best: hard 0.1 / hp 0.9, 0.3379, chosen on the test set).", "",
-              "## Gradient term vs the best grid point (two-sided paired t-test, as seed 001)", "",
-              f"L_GR {gr['mean_a']:.4f} vs best grid {gr['mean_b']:.4f}: difference {gr['mean_diff']:+.4f}, "
-              f"p = {_p(gr['t_p'])} (Wilcoxon {_p(gr['wilcoxon_p'])}); seed 001: 0.3411 vs 0.3379, "
-              f"p = {SEED001_P_GR_VS_BEST}.", "",
-              "## Beyond the seed", "",
-              "Feature term (declared in seed 001, never run there): hard 0.3 / hp 0.4 / feat 0.3, expert layer "
-              f"{FEATURE_PAIR.split(':')[0]} (128 wide) matched by the student's {FEATURE_PAIR.split(':')[1]} "
-              "(64 wide) through a learned linear projection trained with the student.", ""]
-    feat = extra["feat_vs_hp"]
-    lines += [f"L_FEAT {feat['mean_a']:.4f} vs hp only (0.3 / 0.7) {feat['mean_b']:.4f}: difference "
-              f"{feat['mean_diff']:+.4f}, two-sided p = {_p(feat['t_p'])}.", "",
-              "Function matching: the teacher labels extra inputs the student also fits (0.3 / 0.7, expert "
-              "teacher; the prediction term averages over the real and the new rows, so its weight is "
-              "unchanged). Paired one-sided t-test that the MSE is lower than without them.", "",
-              "| extra inputs | MSE | std | Δ vs none | p (t) | p (Wilcoxon) |", "|---|---|---|---|---|---|",
-              f"| none | {by_slug['kd-expert']['mse_mean']:.4f} | {by_slug['kd-expert']['mse_std_ddof0']:.4f} "
-              "| – | – | – |"]
-    for slug, test in extra["function_matching"].items():
-        row = by_slug[slug]
-        lines.append(f"| {row['augment']} | {row['mse_mean']:.4f} | {row['mse_std_ddof0']:.4f} | "
-                     f"{test['mean_diff']:+.4f} | {_p(test['t_p'])} | {_p(test['wilcoxon_p'])} |")
-    epoch_seconds = sum(row["train_s_total"] for row in rows)
-    lines += ["", "## Runtime", "",
-              f"This invocation: {timing['jobs']} stages, {timing['ran']} trained and {timing['reused']} reused "
-              f"from the store, {timing['wall_s']:.0f} s wall with {timing['workers']} worker process(es) "
-              f"({timing['cpu_s']:.0f} CPU-seconds in the stages it trained). The stages' epochs took "
-              f"{epoch_seconds:.0f} s of wall time in all, as their manifests record (one torch thread each).", "",
-              f"Per-seed test MSEs are in the CSV beside this file; the models are in the store as "
-              f"{REF_PREFIX[protocol]}/<model>-s<seed> (e.g. {REF_PREFIX[protocol]}/expert-s0).",
-              ""]
-    return "\n".join(lines)
-
 
 def run(seeds: list[int], protocol: str = "kdcli", patience: int = DEFAULT_PATIENCE, workers: int = 2,
         out_dir: Path = Path("reports/seed001"), store=None, device: str = "cpu", force: bool = False,
@@ -474,7 +204,7 @@ def run(seeds: list[int], protocol: str = "kdcli", patience: int = DEFAULT_PATIE
     ran = sum(not job.result["skipped"] for job in jobs)
     timing = {"jobs": len(jobs), "ran": ran, "reused": len(jobs) - ran, "wall_s": wall, "workers": workers,
               "cpu_s": sum(job.result["cpu_s"] for job in jobs if not job.result["skipped"])}
-    rows, extra = summarize(_collect(jobs, store), seeds)
+    rows, extra = summarize(collect(jobs, store), seeds)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "report" if protocol == "kdcli" else f"report-{protocol}-protocol"  # both can sit side by side
