@@ -27,6 +27,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable 
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="no progress or logs on stderr")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="name the report (refs/NAME), which also keeps it from gc")]
 
 
 def open_store(path: Path | None) -> Store:
@@ -57,8 +58,10 @@ def execute(action: Callable[[], Any], debug: bool) -> Any:
         raise fail(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1) from None
 
 
-def emit(result: dict, as_json: bool) -> None:
-    """The result on stdout: JSON, or the artifact id alone on the last line."""
+def emit(result: dict, as_json: bool, store: Store | None = None, name: str | None = None) -> None:
+    """The result on stdout: JSON, or the artifact id alone on the last line; `name` it in `store` first."""
+    if name and store is not None and result.get("id"):
+        store.set_ref(name, result["id"])
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
     elif result.get("id"):

@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from kdcli.cli.common import DebugOpt, JsonOpt, QuietOpt, StoreOpt, emit, execute, fail, open_store
+from kdcli.cli.common import DebugOpt, JsonOpt, NameOpt, QuietOpt, StoreOpt, emit, execute, fail, open_store
 from kdcli.reporting import Reporter
 
 GROUP_HELP = ("tag:TAG, a ref-name glob (demo/baseline-*), sweep:SWEEP_REF:POINT, or REF[,REF...]; "
@@ -70,7 +70,8 @@ def command(
     reference: Annotated[str | None, typer.Option("--reference", help="teacher artifact: its metric as a reference line and row")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="write the box plot of per-seed values here (PNG)")] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="write the per-group and per-comparison summary here")] = None,
-    store: StoreOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
+    name: NameOpt = None, store: StoreOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ):
     """Paired statistics of groups of runs across seeds; prints the report artifact id.
 
@@ -87,7 +88,8 @@ def command(
         cfg = CompareConfig(groups=list(groups), labels=list(label or []), metric=metric, baseline=baseline,
                             alternative=alternative, alpha=alpha, reference=reference,
                             plot=str(plot) if plot else None)
-        result = compare(cfg, open_store(store))
+        st = open_store(store)
+        result = compare(cfg, st)
         if csv:
             write_csv(result, csv)
         console = Reporter().console  # the tables are the result, printed even with -q
@@ -96,7 +98,7 @@ def command(
         for c in result["comparisons"]:
             for note in c["notes"]:
                 Reporter(quiet=quiet).info(f"note ({c['a']} - {c['b']}): {note}")
-        emit(result, json_out)
+        emit(result, json_out, st, name)
         return result["decision"]
 
     decision = execute(run, debug)

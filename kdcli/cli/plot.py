@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kdcli.cli.common import DebugOpt, JsonOpt, QuietOpt, StoreOpt, emit, execute, open_store
+from kdcli.cli.common import DebugOpt, JsonOpt, NameOpt, QuietOpt, StoreOpt, emit, execute, open_store
 from kdcli.cli.compare import GROUP_HELP
 from kdcli.reporting import Reporter
 
@@ -18,7 +18,8 @@ app = typer.Typer(help="Figures drawn from stored runs, recorded as report artif
 def curves(
     runs: Annotated[list[str], typer.Argument(help=f"runs to draw; each a model ref or a group: {GROUP_HELP}", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="PNG to write")] = Path("curves.png"),
-    store: StoreOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
+    name: NameOpt = None, store: StoreOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ):
     """Train/validation loss and validation accuracy (or MSE) per epoch. Prints the report artifact id."""
 
@@ -34,6 +35,6 @@ def curves(
                 labelled[spec if len(found) == 1 else f"{spec} seed {artifact.manifest.get('seed')}"] = artifact
         result = training_curves(labelled, out, st)
         Reporter(quiet=quiet).info(f"wrote {out}")
-        emit(result, json_out)
+        emit(result, json_out, st, name)
 
     execute(run, debug)

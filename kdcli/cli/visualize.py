@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kdcli.cli.common import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, StoreOpt, emit, execute, open_store
+from kdcli.cli.common import (
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    NameOpt,
+    QuietOpt,
+    StoreOpt,
+    emit,
+    execute,
+    open_store,
+)
 from kdcli.errors import UsageError
 from kdcli.reporting import Reporter
 from kdcli.stages.common import resolve_device
@@ -45,8 +55,8 @@ def command(
     count: Annotated[int, typer.Option("--count", help="number of consecutive samples from --index")] = 1,
     dataset: Annotated[str | None, typer.Option("--dataset", help="model sources: data set to draw from (default: the model's)")] = None,
     out: Annotated[Path, typer.Option("--out", help="directory of the PNGs")] = Path("figures"),
-    store: StoreOpt = None, device: DeviceOpt = "auto", json_out: JsonOpt = False, quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    name: NameOpt = None, store: StoreOpt = None, device: DeviceOpt = "auto", json_out: JsonOpt = False,
+    quiet: QuietOpt = False, debug: DebugOpt = False,
 ):
     """softmax(z/T) of test samples per temperature, as PNGs and terminal bars; prints the report id.
 
@@ -61,12 +71,13 @@ def command(
 
         cfg = TemperatureViewConfig(source=source, temperatures=parse_floats(temperatures, "--temperatures"),
                                     index=index, count=count, dataset=dataset, out=str(out))
-        result = temperature_view(cfg, open_store(store), resolve_device(device))
+        st = open_store(store)
+        result = temperature_view(cfg, st, resolve_device(device))
         reporter = Reporter(quiet=quiet)
         for sample in result["samples"]:
             reporter.console.print(bars_table(sample, result["class_names"], result["temperatures"],
                                               reporter.console.width))
             reporter.info(f"wrote {sample['figure']}")
-        emit(result, json_out)
+        emit(result, json_out, st, name)
 
     execute(run, debug)

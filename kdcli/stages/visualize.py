@@ -24,7 +24,7 @@ from kdcli.store import Artifact, Store
 def record_report(store: Store, report: str, result: dict, figures: list[Path], parents: dict) -> Artifact:
     """Store a report artifact: `result` in the manifest, each PNG's bytes as a uint8 tensor."""
     tensors = {Path(f).name: torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) for f in figures}
-    return store.put("report", tensors, {"report": report, "result": result, "parents": parents,
+    return store.put("report", tensors, {"stage": report, "report": report, "result": result, "parents": parents,
                                          "figures": [str(f) for f in figures]})
 
 
