@@ -70,6 +70,16 @@ def test_statistics_match_scipy(runs, tmp_path):
     assert float(rows[1]["mean"]) == pytest.approx(mid.mean())
 
 
+def test_named_report_survives_gc(runs):
+    store, invoke = runs
+    result = invoke("compare", "tag:weak", "strong/*", "--name", "reports/weak-vs-strong", "-q")
+    assert result.exit_code == 0, result.stderr
+    report_id = result.stdout.strip().splitlines()[-1]
+    assert store.resolve("reports/weak-vs-strong") == report_id
+    assert store.get(report_id).manifest["stage"] == "compare"
+    assert report_id not in store.gc(dry_run=True)
+
+
 def test_lower_is_better_metric_flips_the_alternative(runs):
     """--alternative greater means 'better': for a loss, scipy's 'less' on group - baseline."""
     store, invoke = runs
