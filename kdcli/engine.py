@@ -10,7 +10,6 @@ a killed run restarts from its last completed epoch with the same result.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import time
@@ -410,11 +409,3 @@ def prepare_model(model: nn.Module, device: torch.device, compile_model: bool) -
     if compile_model:
         model = torch.compile(model)
     return model
-
-
-def clone_frozen(model: nn.Module) -> nn.Module:
-    """An eval-mode copy with gradients off: a teacher that cannot drift."""
-    teacher = copy.deepcopy(model).eval()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    return teacher

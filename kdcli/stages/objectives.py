@@ -82,14 +82,3 @@ def hard_label_objective(task: str, loss_name: str = "ce") -> Objective:
         return outputs, loss_fn(outputs.float(), None, batch.y)
 
     return objective
-
-
-def logit_distill_objective(method: str, params: dict, teacher_signal) -> Objective:
-    """A registered logit-distillation loss against teacher logits from `teacher_signal`."""
-    loss_fn = LOSSES.get(method)
-
-    def objective(model, batch: Batch, train: bool):
-        outputs = model(batch.x)
-        return outputs, loss_fn(outputs.float(), teacher_signal(batch), batch.y, **params)
-
-    return objective
