@@ -73,7 +73,6 @@ VARIANTS: list[Variant] = [
     Variant("fm-mixup", "Function matching mixup:0.4", "distill", _student(0.3, 0.7, augment="mixup:0.4"),
             teacher="expert", group="extra"),
 ]
-BY_SLUG = {v.slug: v for v in VARIANTS}
 # the grid of seed 001 part 3 (expert teacher, hp = 1 - hard); its hard 0.3 point is "kd-expert"
 GRID = [("grid-h0.1", 0.1), ("kd-expert", 0.3), ("grid-h0.5", 0.5), ("grid-h0.7", 0.7), ("grid-h0.9", 0.9)]
 SEED001_GRID_H03 = (0.3415, 0.0185, 0.7546)  # the same weights as kd-expert, trained again in part 3

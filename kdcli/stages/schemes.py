@@ -259,7 +259,6 @@ def distill_features(cfg, ctx, data) -> StageResult:
 
 # ---- training schemes: ensembles, born-again generations, mutual learning, EMA teachers ---------
 
-SCHEMES = ("standard", "dml", "ema")
 
 
 class EnsembleSignal:
