@@ -260,7 +260,6 @@ def distill_features(cfg, ctx, data) -> StageResult:
 # ---- training schemes: ensembles, born-again generations, mutual learning, EMA teachers ---------
 
 
-
 class EnsembleSignal:
     """The mean of several teachers' logits (B, K): online teachers and cached tables alike."""
 
