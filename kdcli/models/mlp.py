@@ -21,7 +21,7 @@ from collections import OrderedDict
 from torch import nn
 
 from kdcli.errors import UsageError
-from kdcli.models.registry import MODELS
+from kdcli.models.registry import register_preset
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -103,20 +103,12 @@ class MLP(nn.Module):
         return self.head(x)
 
 
-def _register(name: str, doc: str, **defaults):
-    def factory(input_shape, num_outputs, **args):
-        return MLP(input_shape, num_outputs, **{**defaults, **args})
-
-    factory.__doc__ = doc
-    MODELS.register(name)(factory)
-
-
-_register("seed001-teacher", "Seed 001 TeacherNet: fc 256/256/128/64, LeakyReLU(0.01), no dropout (109,825 params on 10 features).",
-          widths=(256, 256, 128, 64), activation="leaky_relu")
-_register("seed001-expert", "Seed 001 ExpertTeacherNet: fc 256/256/128/128/64, LeakyReLU(0.01), dropout 0.3 after hidden "
-          "layers 1, 2 and 4 (126,337 params on 10 features).",
-          widths=(256, 256, 128, 128, 64), activation="leaky_relu", dropout=(0.3, 0.3, 0.0, 0.3, 0.0))
-_register("seed001-student", "Seed 001 StudentNet: fc 64/64/32, ReLU (6,977 params on 10 features).",
-          widths=(64, 64, 32), activation="relu")
-_register("mlp", "General MLP: widths='64,32', activation=relu|leaky_relu|elu, dropout=p (or one per layer).",
-          widths=(64, 32), activation="relu", dropout=0.0)
+register_preset("seed001-teacher", MLP, "Seed 001 TeacherNet: fc 256/256/128/64, LeakyReLU(0.01), no dropout (109,825 params on 10 features).",
+                widths=(256, 256, 128, 64), activation="leaky_relu")
+register_preset("seed001-expert", MLP, "Seed 001 ExpertTeacherNet: fc 256/256/128/128/64, LeakyReLU(0.01), dropout 0.3 after hidden "
+                "layers 1, 2 and 4 (126,337 params on 10 features).",
+                widths=(256, 256, 128, 128, 64), activation="leaky_relu", dropout=(0.3, 0.3, 0.0, 0.3, 0.0))
+register_preset("seed001-student", MLP, "Seed 001 StudentNet: fc 64/64/32, ReLU (6,977 params on 10 features).",
+                widths=(64, 64, 32), activation="relu")
+register_preset("mlp", MLP, "General MLP: widths='64,32', activation=relu|leaky_relu|elu, dropout=p (or one per layer).",
+                widths=(64, 32), activation="relu", dropout=0.0)

@@ -11,6 +11,16 @@ from kdcli.registry import Registry
 MODELS: Registry = Registry("model")
 
 
+def register_preset(name: str, cls, doc: str, **defaults) -> None:
+    """Register `name` as `cls(input_shape, num_outputs, **defaults)`; --model-arg overrides a default."""
+
+    def factory(input_shape, num_outputs, **args):
+        return cls(input_shape, num_outputs, **{**defaults, **args})
+
+    factory.__doc__ = doc
+    MODELS.register(name)(factory)
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_outputs: int, **args) -> nn.Module:
     """Build registry model `name` for inputs of `input_shape` (no batch dim) and `num_outputs` outputs."""
     factory = MODELS.get(name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from kdcli.models.registry import MODELS
+from kdcli.models.registry import register_preset
 
 
 class SimpleCNN(nn.Module):
@@ -44,26 +44,18 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def _register(name: str, doc: str, **defaults):
-    def factory(input_shape, num_outputs, **args):
-        return SimpleCNN(input_shape, num_outputs, **{**defaults, **args})
-
-    factory.__doc__ = doc
-    MODELS.register(name)(factory)
-
-
-_register("cnn-small", "Seed 000 CIFAR-10 student: conv 16/32 + fc 256 (about 0.55M params on 32x32).",
-          blocks=(16, 32), hidden=(256,))
-_register("cnn-medium", "Seed 000 CIFAR-100 student: conv 32/64 + fc 512 (about 2.1M params on 32x32).",
-          blocks=(32, 64), hidden=(512,))
-_register("mnist-teacher", "Seed 004 TeacherNet: conv 64/128/256 + fc 512, dropout 0.5.",
-          blocks=(64, 128, 256), hidden=(512,), dropout=0.5)
-_register("mnist-student", "Seed 004 StudentNet: conv 16/32 + fc 64.", blocks=(16, 32), hidden=(64,))
-_register("cnn3-teacher", "Seed 003 teacher: three blocks of two conv-BN-ReLU (32/64/128), fc 256, dropout 0.3.",
-          blocks=(32, 64, 128), hidden=(256,), convs_per_block=2, batchnorm=True, dropout=0.3)
-_register("cnn3-student", "Seed 003 student: two single-conv blocks (16/32), fc 128.",
-          blocks=(16, 32), hidden=(128,))
-_register("digits-teacher", "Teacher sized for 8x8 digits: conv 32/64 (BN) + fc 128, dropout 0.2.",
-          blocks=(32, 64), hidden=(128,), batchnorm=True, dropout=0.2)
-_register("digits-student", "Student sized for 8x8 digits: one conv block of 4 channels, fc 16.",
-          blocks=(4,), hidden=(16,))
+register_preset("cnn-small", SimpleCNN, "Seed 000 CIFAR-10 student: conv 16/32 + fc 256 (about 0.55M params on 32x32).",
+                blocks=(16, 32), hidden=(256,))
+register_preset("cnn-medium", SimpleCNN, "Seed 000 CIFAR-100 student: conv 32/64 + fc 512 (about 2.1M params on 32x32).",
+                blocks=(32, 64), hidden=(512,))
+register_preset("mnist-teacher", SimpleCNN, "Seed 004 TeacherNet: conv 64/128/256 + fc 512, dropout 0.5.",
+                blocks=(64, 128, 256), hidden=(512,), dropout=0.5)
+register_preset("mnist-student", SimpleCNN, "Seed 004 StudentNet: conv 16/32 + fc 64.", blocks=(16, 32), hidden=(64,))
+register_preset("cnn3-teacher", SimpleCNN, "Seed 003 teacher: three blocks of two conv-BN-ReLU (32/64/128), fc 256, dropout 0.3.",
+                blocks=(32, 64, 128), hidden=(256,), convs_per_block=2, batchnorm=True, dropout=0.3)
+register_preset("cnn3-student", SimpleCNN, "Seed 003 student: two single-conv blocks (16/32), fc 128.",
+                blocks=(16, 32), hidden=(128,))
+register_preset("digits-teacher", SimpleCNN, "Teacher sized for 8x8 digits: conv 32/64 (BN) + fc 128, dropout 0.2.",
+                blocks=(32, 64), hidden=(128,), batchnorm=True, dropout=0.2)
+register_preset("digits-student", SimpleCNN, "Student sized for 8x8 digits: one conv block of 4 channels, fc 16.",
+                blocks=(4,), hidden=(16,))
