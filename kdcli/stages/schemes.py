@@ -273,11 +273,11 @@ class EnsembleSignal:
 def teacher_sources(cfg, ctx, data):
     """The teachers of a run: --logits or else --teacher, then every --extra-teacher (a model or a
     logits artifact). -> (parents {role: artifact id}, views, make_signal(device), test logits (N_test, K))."""
-    refs = [cfg.logits] if cfg.logits else [cfg.teacher] if cfg.teacher else []
-    refs += list(cfg.extra_teachers)
+    refs = [(cfg.logits, "logits")] if cfg.logits else [(cfg.teacher, "model")] if cfg.teacher else []
+    refs += [(ref, None) for ref in cfg.extra_teachers]
     parents, makers, tests, table_views = {}, [], [], None
-    for number, ref in enumerate(refs, 1):
-        artifact = ctx.store.get(ref)
+    for number, (ref, kind) in enumerate(refs, 1):
+        artifact = ctx.store.get(ref, kind=kind)
         role = artifact.manifest.get("kind", "")
         suffix = "" if number == 1 else f"_{number}"
         if role == "logits":

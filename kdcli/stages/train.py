@@ -27,16 +27,19 @@ from kdcli.stages.common import (
     RunContext,
     StageResult,
     build_from_config,
-    check_fits,
-    check_logits_fit,
     load_data,
-    load_model,
     run_cached,
     seed_everything,
 )
 from kdcli.stages.configs import BaselineConfig, DistillConfig, TeacherConfig, TrainConfig
-from kdcli.stages.objectives import CachedLogits, OnlineTeacher, hard_label_objective
-from kdcli.stages.schemes import LogitObjective, distill_features, distill_scheme, resolve_method
+from kdcli.stages.objectives import hard_label_objective
+from kdcli.stages.schemes import (
+    LogitObjective,
+    distill_features,
+    distill_scheme,
+    resolve_method,
+    teacher_sources,
+)
 
 # builds the objective once the student exists and the data sits on the device
 ObjectiveFactory = Callable[[nn.Module, DeviceData], Objective]
@@ -123,7 +126,6 @@ def baseline(cfg: BaselineConfig, ctx: RunContext) -> StageResult:
 def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
     """A student trained on the teacher's outputs: online (--teacher) or from a cached table (--logits)."""
     data = load_data(cfg)
-    store = ctx.store
     if data.task == "regression":  # seed 001's weighted terms with the teacher online (kdcli.stages.regression)
         from kdcli.stages.regression import distill_regression
 
@@ -135,28 +137,7 @@ def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
     method = resolve_method(cfg)
     if not LOSSES.get(method).needs_teacher:
         raise UsageError(f"--method {cfg.method} does not use a teacher; use 'kdcli baseline --loss {cfg.method}'")
-    if cfg.logits:
-        table = store.get(cfg.logits, kind="logits")
-        check_logits_fit(table, data)
-        views = ViewSet.parse(table.manifest["views"])
-        if views.count == 1:
-            views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
-        else:
-            ctx.reporter.info(f"student views follow the logits table: {views.spec()} ({views.count} views)")
-        tensors = {name: table.tensor(name) for name in table.tensor_names() if name != "test"}
-        table_views = ViewSet.parse(table.manifest["views"])
-
-        def make_objective(model, dd):
-            signal = CachedLogits(tensors, data.num_outputs, table_views.identity, ctx.device)
-            return LogitObjective(cfg, signal, method)
-
-        return train_model("distill", cfg, ctx, data, {"logits": table.id}, make_objective, views,
-                           teacher_test_logits=table.tensor("test").float())
-    teacher, teacher_artifact = load_model(store, cfg.teacher)
-    check_fits(teacher_artifact, data, "teacher")
-    teacher = prepare_model(teacher, ctx.device, False)
-    views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
-    test_logits = predict(teacher, data, data.x_test, cfg.eval_batch_size, ctx.device, cfg.precision)
-    return train_model("distill", cfg, ctx, data, {"teacher": teacher_artifact.id},
-                       lambda model, dd: LogitObjective(cfg, OnlineTeacher(teacher), method),
+    parents, views, make_signal, test_logits = teacher_sources(cfg, ctx, data)
+    return train_model("distill", cfg, ctx, data, parents,
+                       lambda model, dd: LogitObjective(cfg, make_signal(ctx.device), method),
                        views, teacher_test_logits=test_logits)
