@@ -8,11 +8,8 @@ manifest records the hash of the initial weights) and see the same batches.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 from kdcli import distributed
@@ -45,21 +42,6 @@ from kdcli.stages.schemes import (
 ObjectiveFactory = Callable[[nn.Module, DeviceData], Objective]
 
 
-def latency_ms(model: nn.Module, data: DataSet, device: torch.device, batch: int = 64) -> float:
-    """Median wall time of one forward pass on a batch of `batch` inputs, in milliseconds."""
-    x = data.prepare(data.x_test[:batch].to(device))
-    model.eval()
-    timings = []
-    with torch.no_grad():
-        for _ in range(6):
-            started = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            timings.append((time.perf_counter() - started) * 1000)
-    return round(statistics.median(timings[1:]), 3)
-
-
 def train_model(stage: str, cfg: TrainConfig, ctx: RunContext, data: DataSet, parents: dict[str, str],
                 make_objective: ObjectiveFactory, views: ViewSet, teacher_test_logits=None,
                 extra_manifest: dict | None = None) -> StageResult:
@@ -86,7 +68,6 @@ def train_model(stage: str, cfg: TrainConfig, ctx: RunContext, data: DataSet, pa
             "best_epoch": result.best_epoch, "epochs_run": len(result.history),
             "best_val_loss": result.best_val_loss, "params": parameter_count(student),
             "size_bytes": sum(t.numel() * t.element_size() for t in state.values()),
-            "latency_ms_per_batch64": latency_ms(model, data, ctx.device),
         })
         if teacher_test_logits is not None and data.task == "classification":
             agree = (outputs.argmax(1) == teacher_test_logits.argmax(1)).float().mean()
