@@ -187,17 +187,24 @@ def notebook_loop(data: DataSet, teacher: torch.nn.Module, epochs: int, device: 
 
 # ------------------------------------------------------------------ contender 3: a minimal hand-written loop
 
-def crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """RandomCrop(padding=pad) then RandomHorizontalFlip on a whole uint8 batch, as one gather from the
-    zero-padded batch (the same arithmetic a careful hand-written loop uses; no per-sample Python)."""
-    n, c, h, w = x.shape
+def crop_draws(n: int, pad: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """One epoch's RandomCrop(padding=pad) + RandomHorizontalFlip draws for n images, drawn on the CPU
+    generator (reproducible on any device) and moved to `device` once: flip (n,) bool, top, left (n, 1)."""
     flip = torch.rand(n, generator=generator) < 0.5
     top = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
     left = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
-    rows = top + torch.arange(h)  # (n, h) rows of the padded image
-    cols = left + torch.arange(w)  # (n, w)
+    return flip.to(device), top.to(device), left.to(device)
+
+
+def crop_flip(x: torch.Tensor, pad: int, flip: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """RandomCrop(padding=pad) then RandomHorizontalFlip on a whole uint8 batch (draws from `crop_draws`),
+    as one gather from the zero-padded batch, every op on x's device (the same arithmetic a careful
+    hand-written loop uses; no per-sample Python, no host work per batch)."""
+    n, c, h, w = x.shape
+    rows = top + torch.arange(h, device=x.device)  # (n, h) rows of the padded image
+    cols = left + torch.arange(w, device=x.device)  # (n, w)
     cols = torch.where(flip.view(-1, 1), cols.flip(1), cols)  # crop, then flip: columns reversed
-    index = (rows.view(n, h, 1) * (w + 2 * pad) + cols.view(n, 1, w)).view(n, 1, h * w).to(x.device)
+    index = (rows.view(n, h, 1) * (w + 2 * pad) + cols.view(n, 1, w)).view(n, 1, h * w)
     padded = F.pad(x, (pad, pad, pad, pad)).reshape(n, c, -1)
     return padded.gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
@@ -224,9 +231,11 @@ def hand_loop(data: DataSet, epochs: int, device: torch.device, seed: int) -> di
     for _ in range(epochs):
         model.train()
         order = data.train_idx[torch.randperm(len(data.train_idx), generator=generator)].to(device)
+        flip, top, left = crop_draws(len(order), 4, generator, device)
         for start in range(0, len(order), BATCH):
-            idx = order[start:start + BATCH]
-            loss = F.cross_entropy(model(norm(crop_flip(x_pool[idx], 4, generator))), y_pool[idx])
+            idx, cut = order[start:start + BATCH], slice(start, start + BATCH)
+            x = crop_flip(x_pool[idx], 4, flip[cut], top[cut], left[cut])
+            loss = F.cross_entropy(model(norm(x)), y_pool[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
