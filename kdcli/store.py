@@ -11,6 +11,8 @@ Layout under the root (default ./artifacts, or --store / KDCLI_STORE):
 
 An artifact id is the sha256 of its .safetensors file. Writes go to tmp/ first and are renamed
 into place, so a reader never sees half an object; reads re-hash the file and refuse a mismatch.
+torch, numpy and safetensors load only when tensors are read or written: listing, naming and
+verifying the store (`kdcli artifacts ...`) start without them.
 """
 
 from __future__ import annotations
@@ -29,20 +31,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from kdcli import __version__
 from kdcli.errors import KdcliError, UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS = ("model", "logits", "run", "sweep", "report")
 MIN_PREFIX = 8
 _HEX = re.compile(r"^[0-9a-f]+$")
 _REF_NAME = re.compile(r"^[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*$")
-_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64,
-                 "I32": np.int32, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "BOOL": np.bool_}
+_NUMPY_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64",
+                 "I32": "int32", "U8": "uint8", "I8": "int8", "I16": "int16", "BOOL": "bool_"}
 
 
 class CorruptArtifact(KdcliError):
@@ -66,7 +68,16 @@ def sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def save_file(tensors: dict[str, torch.Tensor], path, metadata: dict | None = None) -> None:
+    """safetensors' save_file, imported on first use (it imports torch)."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, path, metadata=metadata)
+
+
 def versions() -> dict:
+    import torch
+
     return {"kdcli": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
 
 
@@ -113,7 +124,10 @@ class Artifact:
         shape = tuple(info["shape"])
         if info["dtype"] not in _NUMPY_DTYPES or end == start:
             return self.tensors()[name]
-        array = np.memmap(self.path, dtype=_NUMPY_DTYPES[info["dtype"]], mode="c",
+        import numpy as np
+        import torch
+
+        array = np.memmap(self.path, dtype=getattr(np, _NUMPY_DTYPES[info["dtype"]]), mode="c",
                           offset=offset + start, shape=shape)
         return torch.from_numpy(array)
 

@@ -1,4 +1,7 @@
-"""The `kdcli` command: one module per command group; stage commands are generated from their configs."""
+"""The `kdcli` command: one module per command group; stage commands are generated from their configs.
+
+Stage functions are named as "module:function" and imported when their command runs, so `kdcli
+--help`, `kdcli artifacts ...` and other commands that need no tensors start without torch."""
 
 from __future__ import annotations
 
@@ -6,26 +9,23 @@ import typer
 
 from kdcli.cli import artifacts, compare, plot, sweep, visualize
 from kdcli.cli.common import stage_command
-from kdcli.stages.cache_logits import cache_logits
 from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, ImportConfig, TeacherConfig
-from kdcli.stages.import_teacher import import_teacher
-from kdcli.stages.train import baseline, distill, train_teacher
 
 app = typer.Typer(
     name="kdcli", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
     help="Knowledge distillation with cached, content-addressed stages and paired statistics.",
 )
 
-stage_command(app, "train-teacher", TeacherConfig, train_teacher,
+stage_command(app, "train-teacher", TeacherConfig, "kdcli.stages.train:train_teacher",
               "Train a teacher with cross-entropy (MSE for regression) and early stopping.")
-stage_command(app, "cache-logits", CacheLogitsConfig, cache_logits,
+stage_command(app, "cache-logits", CacheLogitsConfig, "kdcli.stages.cache_logits:cache_logits",
               "Store the teacher's logits for every training image (and view) as a logits artifact.",
               positional="teacher")
-stage_command(app, "baseline", BaselineConfig, baseline,
+stage_command(app, "baseline", BaselineConfig, "kdcli.stages.train:baseline",
               "Train the student from scratch on the labels alone.")
-stage_command(app, "distill", DistillConfig, distill,
+stage_command(app, "distill", DistillConfig, "kdcli.stages.train:distill",
               "Train the student on the teacher's soft targets (online teacher or cached logits).")
-stage_command(app, "import-teacher", ImportConfig, import_teacher,
+stage_command(app, "import-teacher", ImportConfig, "kdcli.stages.import_teacher:import_teacher",
               "Import a pretrained teacher (hf:, torchhub:, or a checkpoint file) and report its test accuracy.",
               positional="source")
 app.command("sweep")(sweep.command)

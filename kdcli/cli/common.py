@@ -8,6 +8,7 @@ the artifact id alone on its last line (or --json); everything for humans goes t
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import json
 import typing
@@ -97,14 +98,13 @@ _COMMON = [
 ]
 
 
-def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: str,
+def stage_command(app: typer.Typer, name: str, config_cls, stage_fn: str, help_text: str,
                   positional: str | None = None) -> None:
     """Register `kdcli NAME`: flags from `config_cls` fields, then `stage_fn(config, RunContext)`.
 
+    `stage_fn` is "module:function", imported when the command runs (it loads torch; --help does not).
     `positional` names a field that is also accepted as the first argument (e.g. the teacher ref).
     """
-    from kdcli.stages.common import RunContext, resolve_device
-
     types_ = config_mod.field_types(config_cls)
     fields = dataclasses.fields(config_cls)
     params = [_cli_parameter(f, types_[f.name]) for f in fields]
@@ -122,12 +122,16 @@ def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: 
             kwargs[positional] = given or kwargs.get(positional)
 
         def run():
+            from kdcli.stages.common import RunContext, resolve_device  # torch: only for a stage that runs
+
+            module, _, function = stage_fn.partition(":")
+            stage = getattr(importlib.import_module(module), function)
             cfg = config_mod.build(config_cls, common["config_file"], kwargs)
             reporter = Reporter(quiet=common["quiet"])
             ctx = RunContext(store=open_store(common["store"]), device=resolve_device(common["device"]),
                              reporter=reporter, force=common["force"], name=common["name"],
                              tags=list(common["tag"] or []))
-            result = stage_fn(cfg, ctx)
+            result = stage(cfg, ctx)
             emit({"id": result.id, "kind": result.artifact.kind, "stage": name, "skipped": result.skipped,
                   "name": common["name"], "metrics": result.metrics}, common["json_out"])
 

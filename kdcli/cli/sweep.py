@@ -11,7 +11,6 @@ from rich.table import Table
 from kdcli.cli.common import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, StoreOpt, emit, execute, open_store
 from kdcli.cli.compare import comparisons_table, fmt, interval
 from kdcli.reporting import Reporter
-from kdcli.stages.common import RunContext, resolve_device
 
 
 def summary_table(result: dict) -> Table:
@@ -49,7 +48,8 @@ def command(
     """
 
     def run():
-        from kdcli.stages.sweep import sweep, sweep_config  # imported late: keeps `kdcli --help` fast
+        from kdcli.stages.common import RunContext, resolve_device  # imported late: keeps `kdcli --help` fast
+        from kdcli.stages.sweep import sweep, sweep_config
 
         cfg = sweep_config(spec, list(grid or []), list(set_ or []), seeds, stage=stage, jobs=jobs, metric=metric,
                            baseline_ref=baseline_ref, reference=reference,

@@ -21,7 +21,6 @@ from kdcli.cli.common import (
 )
 from kdcli.errors import UsageError
 from kdcli.reporting import Reporter
-from kdcli.stages.common import resolve_device
 
 
 def bars_table(sample: dict, names: list[str], temperatures: list[float], width: int = 80) -> Table:
@@ -64,10 +63,8 @@ def command(
     """
 
     def run():
-        from kdcli.stages.visualize import (  # imported late: keeps `kdcli --help` fast
-            TemperatureViewConfig,
-            temperature_view,
-        )
+        from kdcli.stages.common import resolve_device  # imported late: keeps `kdcli --help` fast
+        from kdcli.stages.visualize import TemperatureViewConfig, temperature_view
 
         cfg = TemperatureViewConfig(source=source, temperatures=parse_floats(temperatures, "--temperatures"),
                                     index=index, count=count, dataset=dataset, out=str(out))
