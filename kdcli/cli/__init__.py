@@ -46,10 +46,15 @@ def methods() -> None:
 
 @app.command("models")
 def models() -> None:
-    """List the registry models '--model' accepts, with their one-line descriptions."""
+    """List the registry models '--model' accepts, with their one-line descriptions, and the zoo families."""
     from kdcli.models import MODELS
+    from kdcli.models.zoo import family_rows
 
     _list_registry(MODELS)
+    for naming, summary in family_rows():
+        typer.echo(f"{naming:<22} {summary}")
+    typer.echo("zoo models take --model-arg KEY=VALUE (passed to the library), --model-arg pretrained=true "
+               "(the library's hub, online) or --weights PATH")
 
 
 @app.command("datasets")
