@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kdcli.cli import artifacts, compare, plot, sweep, visualize
+from kdcli.cli import artifacts, compare, export, plot, sweep, visualize
 from kdcli.cli.common import stage_command
 from kdcli.stages.cache_logits import cache_logits
 from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, ImportConfig, TeacherConfig
@@ -28,6 +28,7 @@ stage_command(app, "distill", DistillConfig, distill,
 stage_command(app, "import-teacher", ImportConfig, import_teacher,
               "Import a pretrained teacher (hf:, torchhub:, or a checkpoint file) and report its test accuracy.",
               positional="source")
+export.register(app)
 app.command("sweep")(sweep.command)
 app.command("compare")(compare.command)
 app.command("visualize-temperature")(visualize.command)
