@@ -99,11 +99,12 @@ _COMMON = [
 
 
 def stage_command(app: typer.Typer, name: str, config_cls, stage_fn: str, help_text: str,
-                  positional: str | None = None) -> None:
+                  positional: str | None = None, show: Callable[[Any], None] | None = None) -> None:
     """Register `kdcli NAME`: flags from `config_cls` fields, then `stage_fn(config, RunContext)`.
 
     `stage_fn` is "module:function", imported when the command runs (it loads torch; --help does not).
-    `positional` names a field that is also accepted as the first argument (e.g. the teacher ref).
+    `positional` names a field that is also accepted as the first argument (e.g. the teacher ref);
+    `show(result)` prints the stage's result for humans (on stderr, even with -q).
     """
     types_ = config_mod.field_types(config_cls)
     fields = dataclasses.fields(config_cls)
@@ -132,6 +133,8 @@ def stage_command(app: typer.Typer, name: str, config_cls, stage_fn: str, help_t
                              reporter=reporter, force=common["force"], name=common["name"],
                              tags=list(common["tag"] or []))
             result = stage(cfg, ctx)
+            if show is not None:
+                show(result)
             emit({"id": result.id, "kind": result.artifact.kind, "stage": name, "skipped": result.skipped,
                   "name": common["name"], "metrics": result.metrics}, common["json_out"])
 
