@@ -8,7 +8,7 @@ from rich.table import Table
 
 from kdcli.cli.common import stage_command
 from kdcli.reporting import Reporter
-from kdcli.stages.export import ExportConfig, ExportResult, export
+from kdcli.stages.configs import ExportConfig
 
 COLUMNS = ("model", "runtime", "params", "file", "ms/batch 1", "ms/batch 64", "test", "max |diff|", "agree")
 
@@ -46,7 +46,8 @@ def export_rows(result) -> list[list[str]]:
     return rows
 
 
-def show(result: ExportResult) -> None:
+def show(result) -> None:
+    """The export table of a kdcli.stages.export.ExportResult."""
     threads = result.artifact.manifest["metrics"].get("threads")
     table = Table(title=f"export {result.id[:12]}: test split, CPU latency (median, {threads} thread(s))")
     for column in COLUMNS:
@@ -61,7 +62,7 @@ def show(result: ExportResult) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    stage_command(app, "export", ExportConfig, export,
+    stage_command(app, "export", ExportConfig, "kdcli.stages.export:export",
                   "Export a model to ONNX or TorchScript, check parity against PyTorch on the test split, "
                   "and measure size, CPU latency and accuracy (with --teacher, the teacher's too).",
                   positional="model", show=show)
