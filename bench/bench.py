@@ -70,10 +70,18 @@ NOTEBOOK_TARGET = 9.5  # row 1 on CPU: cached distill at least this many times t
 _SIZES = {SPEED_DATA: 2500}
 
 
+_TENSORS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def _synthetic(name: str, n_pool: int, n_test: int, shape, classes: int, mean, std, augment) -> DataSet:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n_pool + n_test, *shape), dtype=torch.uint8, generator=generator)
-    y = torch.randint(0, classes, (n_pool + n_test,), generator=generator)
+    """The images are drawn once per process: the hand loop is handed its data, so the stages' loads
+    should not pay for generating them either (the DataSet, and so its fingerprint, is built anew)."""
+    key = (name, n_pool, n_test, tuple(shape), classes)
+    if key not in _TENSORS:
+        generator = torch.Generator().manual_seed(0)
+        _TENSORS[key] = (torch.randint(0, 256, (n_pool + n_test, *shape), dtype=torch.uint8, generator=generator),
+                         torch.randint(0, classes, (n_pool + n_test,), generator=generator))
+    x, y = _TENSORS[key]
     train_idx, val_idx = split_pool(n_pool, 0.1, 0)
     return DataSet(name, "classification", x[:n_pool], y[:n_pool], train_idx, val_idx, x[n_pool:], y[n_pool:],
                    classes, scale=1 / 255, mean=mean, std=std, default_augment=augment)
