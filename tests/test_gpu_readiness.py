@@ -93,3 +93,16 @@ def test_required_torch_has_what_the_code_uses():
     for optimizer in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
         parameter.grad = torch.ones(2)
         optimizer([parameter], lr=0.1, fused=True).step()
+
+
+def test_out_of_gpu_memory_is_one_line(cli, store, monkeypatch):
+    from kdcli.stages import train
+
+    def out_of_memory(cfg, ctx):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79 GiB total)\nmore")
+
+    monkeypatch.setattr(train, "baseline", out_of_memory)
+    result = cli("baseline", "--epochs", "1", "--device", "cpu")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: out of GPU memory: lower --batch-size") and "Tried to allocate 2.00 GiB" in line
