@@ -309,9 +309,9 @@ def speed_rows(device: torch.device, store: Store, args) -> list[dict]:
 
     # untrained teachers (speed does not depend on the weights, see `calibrated_teacher`); the first
     # one's table is cached (distill's speed does not depend on which teacher filled the table)
-    teachers = {}
+    teachers, teacher_ids = {}, {}
     for name in args.teachers:
-        teacher_id = calibrated_teacher(name, data, ctx)
+        teacher_id = teacher_ids[name] = calibrated_teacher(name, data, ctx)
         teachers[name] = load_model(store, teacher_id)[0]
         if name == args.teachers[0]:
             clock = Clock()
@@ -373,10 +373,89 @@ def speed_rows(device: torch.device, store: Store, args) -> list[dict]:
     long_row["met"] = long_row["met"] and long_med["hand"] >= 5.0
     long_row["target"] += ", run >= 5 s"
     rows.append(long_row)
+    if device.type == "cuda":
+        rows += cuda_rows(ctx, data, teacher_ids[args.teachers[0]], table, args, log)
     for row in rows:
         row["device"] = device.type
         row["basis"] = basis
     return rows
+
+
+def cuda_rows(ctx: RunContext, data: DataSet, teacher_id: str, table: str, args, log) -> list[dict]:
+    """CUDA only: the online bf16 teacher against the cached table's baseline, and each of AMP (bf16),
+    torch.compile and channels_last on/off, as wall-time ratios of interleaved runs; dynamo's
+    recompilations per epoch of the compiled run."""
+    def stage(seed: int, **options) -> dict[str, float]:
+        run = distill if ("teacher" in options or "logits" in options) else baseline
+        config = DistillConfig if run is distill else BaselineConfig
+        cfg = config(dataset=SPEED_DATA, model=STUDENT, epochs=args.epochs, patience=0, seed=seed, batch_size=BATCH,
+                     **options)
+        clock = Clock()
+        run(cfg, ctx)
+        sync(ctx.device)
+        return clock.read()
+
+    contenders = {"fp32": lambda seed: stage(seed), "bf16": lambda seed: stage(seed, precision="bf16"),
+                  "online": lambda seed: stage(seed, precision="bf16", teacher=teacher_id, alpha=ALPHA,
+                                               temperature=TEMPERATURE),
+                  "compiled": lambda seed: stage(seed, compile=True)}
+    stage(99, compile=True)  # compile once outside the timings (inductor's cache is then warm)
+    recompiles = dynamo_recompiles(lambda: stage(98, compile=True))
+    times, runs = interleaved(contenders, args.reps, "wall", log)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    names = {"fp32": "baseline fp32", "bf16": "baseline bf16 (AMP)", "online": "distill, online bf16 teacher",
+             "compiled": "baseline fp32 --compile"}
+    rows = []
+    for row, a, b, limit in (("6a", "bf16", "online", 1.5), ("6b", "fp32", "bf16", None),
+                             ("6c", "fp32", "compiled", None)):
+        ratios = [y / x for x, y in zip(times[a], times[b])]
+        ratio = statistics.median(ratios)
+        rows.append({"row": row, "what": f"{names[a]} -> {names[b]}, wall s", "a": f"{med[a]:.2f}",
+                     "b": f"{med[b]:.2f}", "ratio": ratio, "target": f"<= {limit}" if limit else "-",
+                     "met": None if limit is None else ratio <= limit,
+                     "note": f"per-rep ratios {_spread(ratios)}"
+                             + (f"; dynamo recompilations per epoch {recompiles / args.epochs:.1f}"
+                                if b == "compiled" else "")})
+    plain, channels_last = channels_last_step_ms(data, ctx.device)
+    rows.append({"row": "6d", "what": "training step, contiguous -> channels_last (cnn-small, resnet56), ms",
+                 "a": "/".join(f"{v:.2f}" for v in plain), "b": "/".join(f"{v:.2f}" for v in channels_last),
+                 "ratio": channels_last[1] / plain[1], "target": "-", "met": None,
+                 "note": "ratio of the resnet56 step; median of 50 steps after 10 warm-up"})
+    return rows
+
+
+def dynamo_recompiles(run) -> int:
+    """Graphs dynamo compiled beyond the first while `run()` ran (a new batch shape, train/eval mode)."""
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    run()
+    return max(counters["stats"]["unique_graphs"] - before - 1, 0)
+
+
+def channels_last_step_ms(data: DataSet, device: torch.device) -> tuple[list[float], list[float]]:
+    """Median ms of one forward+backward+Adam step on a batch of 64, per model, in both memory formats."""
+    x = data.prepare(data.x_pool[:BATCH]).to(device)
+    y = data.y_pool[:BATCH].to(device)
+    out: dict[bool, list[float]] = {False: [], True: []}
+    for name in (STUDENT, "resnet56"):
+        for last in (False, True):
+            memory_format = torch.channels_last if last else torch.contiguous_format
+            model = build_model(name, data.input_shape, data.num_outputs).to(device, memory_format=memory_format)
+            optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
+            batch = x.contiguous(memory_format=memory_format)
+            timings = []
+            for step in range(60):
+                sync(device)
+                started = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(model(batch), y).backward()
+                optimizer.step()
+                sync(device)
+                if step >= 10:
+                    timings.append((time.perf_counter() - started) * 1000)
+            out[last].append(statistics.median(timings))
+    return out[False], out[True]
 
 
 def interleaved(contenders: dict, reps: int, basis: str, log) -> tuple[dict[str, list[float]], dict[str, list[dict]]]:
