@@ -292,6 +292,8 @@ class CheckpointSchedule:
     `every` seconds, always after the last epoch, and on an interrupt or error. Between writes the
     last completed epoch is held in memory (a copy), so `flush` can still write it."""
 
+    MUTABLE = ("model", "optimizer", "objective", "scaler")
+
     def __init__(self, checkpoint: Checkpoint, every: float, saved_epoch: int, enabled: bool = True):
         self.checkpoint, self.every = checkpoint, every
         self.enabled = enabled and checkpoint.path is not None
@@ -305,8 +307,8 @@ class CheckpointSchedule:
             return
         if final or self.first or time.monotonic() - self.last_write >= self.every:
             self.write(state)
-        else:
-            self.pending = _detached_copy(state)
+        else:  # what training changes in place is copied; the rest (history, best state) is never mutated
+            self.pending = {k: _detached_copy(v) if k in self.MUTABLE else v for k, v in state.items()}
         self.first = False
 
     def write(self, state: dict) -> None:
@@ -321,8 +323,10 @@ class CheckpointSchedule:
 
 class Interrupts:
     """SIGINT and SIGTERM while training only set `received`; the loop stops at the next step and
-    writes the last completed epoch. A second signal interrupts at once. Outside the main thread
-    (where handlers cannot be installed) Python's default KeyboardInterrupt remains."""
+    writes the last completed epoch. Then SIGINT ends as KeyboardInterrupt and SIGTERM is delivered
+    again to the handler it would have met (by default: the process ends, as without kdcli; a pool
+    worker is not left running). A second signal interrupts at once. Outside the main thread (where
+    handlers cannot be installed) Python's defaults remain."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -337,12 +341,21 @@ class Interrupts:
 
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # an ignored signal stays ignored
+                    self.previous[signum] = signal.signal(signum, self._handle)
         return self
+
+    def forward(self) -> None:
+        """After the checkpoint is written: a received SIGTERM goes to its previous handler."""
+        if self.received == signal.SIGTERM and signal.SIGTERM in self.previous:
+            self.__exit__()
+            signal.raise_signal(signal.SIGTERM)
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+        self.previous = {}
 
 
 def run_epoch_eval(model: nn.Module, dd: DeviceData, idx: torch.Tensor, objective: Objective, views: ViewSet,
@@ -529,6 +542,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                     break
         except (KeyboardInterrupt, Exception):
             schedule.flush()  # the last completed epoch, so the rerun resumes from there
+            interrupts.forward()
             raise
     module.load_state_dict(best_state)
     return result
