@@ -293,8 +293,13 @@ class Store:
 
     # -- run cache ----------------------------------------------------------------
     @staticmethod
-    def cache_key(stage: str, config: dict, inputs: dict) -> str:
-        payload = {"stage": stage, "config": config, "inputs": inputs, "kdcli": __version__}
+    def cache_key(stage: str, config: dict, inputs: dict, code: str | None = None) -> str:
+        """The run-cache key of (stage, key config, inputs) made by the code whose fingerprint is `code`
+        (kdcli.stages.runner.code_fingerprint); without `code`, the key of that run under any code.
+        The package version is not part of it: the code fingerprint says when numerics changed."""
+        payload = {"stage": stage, "config": config, "inputs": inputs}
+        if code is not None:
+            payload["code"] = code
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
     def lookup_run(self, key: str) -> dict | None:

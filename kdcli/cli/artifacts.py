@@ -12,6 +12,7 @@ from rich.table import Table
 from kdcli.cli.common import DebugOpt, JsonOpt, StoreOpt, emit, execute, open_store
 from kdcli.errors import KdcliError
 from kdcli.reporting import Reporter
+from kdcli.stages.registry import made_by_other_code
 
 app = typer.Typer(help="Inspect and maintain the artifact store.", no_args_is_help=True)
 
@@ -40,6 +41,8 @@ def _key_metric(manifest: dict) -> str:
 @app.command("ls")
 def ls(kind: Annotated[str | None, typer.Option("--kind", help="only this kind")] = None,
        name: Annotated[str | None, typer.Option("--name", help="only names matching this glob")] = None,
+       stale: Annotated[bool, typer.Option("--stale", help="only runs made by other code than this kdcli's "
+                                                         "(their stage's code fingerprint differs)")] = False,
        store: StoreOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False):
     """List artifacts: id prefix, kind, name, stage, key metric, age."""
 
@@ -57,6 +60,8 @@ def ls(kind: Annotated[str | None, typer.Option("--kind", help="only this kind")
             if kind and manifest.get("kind") != kind:
                 continue
             if name and not any(fnmatch.fnmatch(r, name) for r in refs):
+                continue
+            if stale and not made_by_other_code(manifest):
                 continue
             rows.append({"id": artifact_id, "kind": manifest.get("kind", "?"), "names": refs,
                          "stage": manifest.get("stage", ""), "metric": _key_metric(manifest),

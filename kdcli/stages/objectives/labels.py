@@ -1,0 +1,22 @@
+"""Training on labels alone: a registered hard-label loss, or MSE for regression."""
+
+from __future__ import annotations
+
+from kdcli.engine import Batch, Objective
+from kdcli.losses import LOSSES
+from kdcli.losses.regression import hard_mse
+
+
+def hard_label_objective(task: str, loss_name: str = "ce") -> Objective:
+    """The objective of train-teacher and baseline: the `loss_name` loss (ce, mse-onehot) on
+    classification, MSE(y, y_s) on regression."""
+    loss = LOSSES.get(loss_name)() if task == "classification" else None
+
+    def objective(model, batch: Batch, train: bool):
+        outputs = model(batch.x)
+        if loss is None:
+            mse = hard_mse(outputs.reshape(batch.y.shape), batch.y)
+            return outputs, {"mse": mse, "loss": mse}
+        return outputs, loss(outputs, None, batch.y)
+
+    return objective
