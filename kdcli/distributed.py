@@ -30,7 +30,6 @@ import torch.distributed as dist
 from torch import nn
 
 
-
 def pin_local_gpu(device: torch.device) -> None:
     """Under torchrun on a CUDA `device`, make "cuda" mean this rank's GPU (LOCAL_RANK), so tensors
     made before the process group is joined (a teacher moved to the device) land there too. Call it

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import typer
 
-from kdcli.cli import artifacts, compare, plot, sweep, visualize
+from kdcli.cli import artifacts, compare, export, plot, sweep, visualize
 from kdcli.cli.common import stage_command
 from kdcli.data import DATASETS
 from kdcli.engine import apply_default_threads
 from kdcli.losses.methods import method_table
 from kdcli.models import MODELS
+from kdcli.models.zoo import family_rows
 from kdcli.stages.planners import flag
 from kdcli.stages.registry import STAGES
 from kdcli.stages.train import SCHEMES
@@ -29,8 +30,12 @@ def methods() -> None:
 
 
 def models() -> None:
-    """List the registry models '--model' accepts, with their one-line descriptions."""
+    """List the registry models '--model' accepts, with their one-line descriptions, and the zoo families."""
     _list_registry(MODELS)
+    for naming, summary in family_rows():
+        typer.echo(f"{naming:<22} {summary}")
+    typer.echo("zoo models take --model-arg KEY=VALUE (passed to the library), --model-arg pretrained=true "
+               "(the library's hub, online) or --weights PATH")
 
 
 def datasets() -> None:
@@ -44,6 +49,10 @@ def _list_registry(registry) -> None:
         typer.echo(f"{name:<22} {doc[0] if doc else ''}")
 
 
+# how a stage's result is shown to humans, besides its id (stages without an entry show nothing more)
+SHOW = {"export": export.show}
+
+
 def build_app() -> typer.Typer:
     """The kdcli Typer app: a command per registered stage (in registration order), sweep over them,
     and the other command groups."""
@@ -52,7 +61,7 @@ def build_app() -> typer.Typer:
         help="Knowledge distillation with cached, content-addressed stages and paired statistics.",
     )
     for name in STAGES.names():
-        stage_command(application, STAGES.get(name))
+        stage_command(application, STAGES.get(name), show=SHOW.get(name))
     application.add_typer(sweep.build(STAGES), name="sweep")
     application.command("compare")(compare.command)
     application.command("visualize-temperature")(visualize.command)

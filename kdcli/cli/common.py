@@ -129,10 +129,11 @@ def run_context(common: dict) -> RunContext:
                       force=common["force"], name=common["name"], tags=list(common["tag"] or []))
 
 
-def stage_command(app: typer.Typer, stage: Stage) -> None:
+def stage_command(app: typer.Typer, stage: Stage, show: Callable[[Any], None] | None = None) -> None:
     """Register `kdcli NAME` for a registered stage: flags from its config fields, then `stage.run(config, RunContext)`.
 
-    `stage.positional` names a field that is also accepted as the first argument (e.g. the teacher ref).
+    `stage.positional` names a field that is also accepted as the first argument (e.g. the teacher ref);
+    `show(result)` prints the stage's result for humans (on stderr, even with -q).
     """
     positional = stage.positional
     params = config_parameters(stage.config)
@@ -154,6 +155,8 @@ def stage_command(app: typer.Typer, stage: Stage) -> None:
         def run():
             cfg = config_mod.build(stage.config, common["config_file"], kwargs)
             result = stage(cfg, run_context(common))
+            if show is not None:
+                show(result)
             emit({"id": result.id, "kind": result.artifact.kind, "stage": stage.name, "skipped": result.skipped,
                   "name": common["name"], "metrics": result.metrics}, common["json_out"])
 

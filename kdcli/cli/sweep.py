@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from kdcli.cli.common import config_parameters, emit, execute, open_store, run_context
+from kdcli.cli.common import config_parameters, emit, execute, run_context
 from kdcli.cli.compare import comparisons_table, fmt, interval
 from kdcli.reporting import Reporter
 from kdcli.stages.sweep import sweep, sweep_config
@@ -48,6 +48,16 @@ SWEEP_OPTIONS = [
     _option("set_", list[str] | None, "--set", help="fixed option KEY=VALUE of every run (repeatable)"),
     _option("jobs", int | None, "--jobs", help="parallel worker processes (CPU threads split; one GPU each, round "
                                                "robin) (default: 1)"),
+    _option("executor", str | None, "--executor", help="where the runs execute: local, ray or slurm (default: local)"),
+    _option("ray_address", str | None, "--ray-address", help="Ray cluster to join (default: start a local instance)"),
+    _option("cpus_per_run", float | None, "--cpus-per-run", help="CPUs (and torch threads) of each ray/slurm run "
+                                                                 "(default: 1)"),
+    _option("gpus_per_run", float | None, "--gpus-per-run", help="GPUs of each ray/slurm run; > 0 trains on cuda "
+                                                                 "(default: 0)"),
+    _option("partition", str | None, "--partition", help="Slurm partition"),
+    _option("time_limit", int | None, "--time-limit", help="Slurm time limit per run, minutes (default: 60)"),
+    _option("slurm_cluster", str | None, "--slurm-cluster", help="slurm, or local: submitit runs the jobs on this "
+                                                                  "machine (default: slurm)"),
     _option("metric", str | None, "--metric", help="metric to rank by (default: test_acc, or test_mse for regression)"),
     _option("baseline_ref", str | None, "--baseline-ref", help="group (glob, tag:TAG, refs) the best point is paired "
                                                                "with and tested against"),
@@ -72,6 +82,10 @@ def run_sweep(options: dict, stage_flags: dict | None = None) -> None:
     def run():
         cfg = sweep_config(options["spec"], list(options["grid"] or []), list(options["set_"] or []),
                            options["seeds"], fixed=stage_flags, stage=options["stage"], jobs=options["jobs"],
+                           executor=options["executor"], ray_address=options["ray_address"],
+                           cpus_per_run=options["cpus_per_run"], gpus_per_run=options["gpus_per_run"],
+                           partition=options["partition"], time_limit=options["time_limit"],
+                           slurm_cluster=options["slurm_cluster"],
                            metric=options["metric"], baseline_ref=options["baseline_ref"],
                            reference=options["reference"],
                            plot_dir=str(options["plot_dir"]) if options["plot_dir"] else None)
@@ -101,7 +115,8 @@ def build(stages) -> typer.Typer:
     legacy.__doc__ = HELP
     group.callback()(legacy)
     for name in stages.names():
-        _stage_subcommand(group, stages.get(name))
+        if stages.get(name).sweepable:
+            _stage_subcommand(group, stages.get(name))
     return group
 
 

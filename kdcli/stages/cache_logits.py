@@ -92,4 +92,4 @@ def cache_logits(cfg: CacheLogitsConfig, ctx: RunContext) -> StageResult:
 CACHE_LOGITS = Stage("cache-logits", CacheLogitsConfig, cache_logits,
                      "Store the teacher's logits for every training image (and view) as a logits artifact.",
                      ("kdcli.engine", "kdcli.augment", "kdcli.models", "kdcli.data", "kdcli.stages.cache_logits",
-                      "kdcli.stages.common"), positional="teacher")
+                      "kdcli.stages.common"), positional="teacher", sweepable=False)

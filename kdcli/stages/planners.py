@@ -101,7 +101,7 @@ def plan_regression(cfg: DistillConfig, ctx: RunContext, data: DataSet) -> Plan:
     def make_objective(model, device_data):
         base = RegressionObjective(model, teacher.eval(), w_hard=cfg.w_hard, w_hp=cfg.w_hp, w_feat=cfg.w_feat,
                                    w_gr=cfg.w_gr, pairs=pairs, input_shape=data.input_shape)
-        return FunctionMatching(base, augment) if augment.active else base
+        return FunctionMatching(base, augment, data.x_pool[data.train_idx]) if augment.active else base
 
     extra = {"regression_objective": {"w_hard": cfg.w_hard, "w_hp": cfg.w_hp, "w_feat": cfg.w_feat,
                                       "w_gr": cfg.w_gr, "feature_pairs": list(cfg.feature_pairs),

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from kdcli.registry import Registry
 from kdcli.stages.cache_logits import CACHE_LOGITS
+from kdcli.stages.export import EXPORT
 from kdcli.stages.import_teacher import IMPORT_TEACHER
 from kdcli.stages.runner import Stage
 from kdcli.stages.train import BASELINE, DISTILL, TRAIN_TEACHER
 
 STAGES: Registry[Stage] = Registry("stage")
 
-for _stage in (TRAIN_TEACHER, CACHE_LOGITS, BASELINE, DISTILL, IMPORT_TEACHER):
+for _stage in (TRAIN_TEACHER, CACHE_LOGITS, BASELINE, DISTILL, IMPORT_TEACHER, EXPORT):
     STAGES.register(_stage.name)(_stage)
 
 

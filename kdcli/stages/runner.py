@@ -37,7 +37,14 @@ from kdcli.data import DataSet
 from kdcli.engine import Checkpoint, DeviceData, Objective, fit, predict, prepare_model, test_metrics
 from kdcli.models import parameter_count, state_hash
 from kdcli.reporting import Reporter
-from kdcli.stages.common import Produce, RunContext, StageResult, build_from_config, seed_everything
+from kdcli.stages.common import (
+    Produce,
+    RunContext,
+    StageResult,
+    build_from_config,
+    seed_everything,
+    weights_input,
+)
 from kdcli.store import CorruptArtifact, Store
 
 # the modules whose source decides a training run's numbers (the stage's own modules come on top)
@@ -67,7 +74,8 @@ class Stage:
     help text, and the modules whose source decides its numbers (its cache key's code fingerprint).
 
     positional names a config field also accepted as the command's first argument; removed maps a
-    flag that no longer exists to the one-line hint given instead."""
+    flag that no longer exists to the one-line hint given instead; sweepable stages get a
+    `kdcli sweep NAME` subcommand."""
 
     name: str
     config: type
@@ -76,6 +84,7 @@ class Stage:
     numerics: tuple[str, ...] = ()
     positional: str | None = None
     removed: dict = field(default_factory=dict)
+    sweepable: bool = True  # a model-producing stage whose runs a sweep can rank
 
     def code_fingerprint(self) -> str:
         return code_fingerprint(self.numerics)
@@ -261,4 +270,5 @@ def train(stage: Stage, ctx: RunContext, data: DataSet, plan: Plan) -> StageResu
         ctx.reporter.info(f"{stage.name}: best epoch {result.best_epoch}; {summary}")
         return "model", state, manifest
 
-    return run_cached(ctx, stage, cfg, {"data": data.fingerprint, **plan.parents}, produce, seed=cfg.seed)
+    inputs = {"data": data.fingerprint, **plan.parents, **weights_input(cfg)}
+    return run_cached(ctx, stage, cfg, inputs, produce, seed=cfg.seed)
