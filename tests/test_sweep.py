@@ -8,14 +8,14 @@ import json
 import pytest
 
 import kdcli.stages.sweep as sweep_stage
-import kdcli.stages.train as train
+import kdcli.stages.runner as runner
 
 FAST = ["--device", "cpu", "-q"]
 
 
 def test_interrupted_sweep_resumes_without_redoing_runs(cli, store, monkeypatch):
     calls, limit = [], [2]
-    real_fit = train.fit
+    real_fit = runner.fit
 
     def fit(*args, **kwargs):  # counts the runs that really train; "Ctrl-C" after `limit` of them
         calls.append(1)
@@ -23,7 +23,7 @@ def test_interrupted_sweep_resumes_without_redoing_runs(cli, store, monkeypatch)
             raise KeyboardInterrupt
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(train, "fit", fit)
+    monkeypatch.setattr(runner, "fit", fit)
     args = ["sweep", "--stage", "baseline", "--set", "epochs=1", "--grid", "lr=0.01,0.03", "--seeds", "0-1",
             "--name", "lrs", "--json", *FAST]
     first = cli(*args)
@@ -105,7 +105,7 @@ def test_spec_file_and_parallel_workers(cli, store, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--grid", "temprature=1,2", "--set", "logits=x"], "distill has no option 'temprature'; did you mean temperature?"),
-    (["--stage", "foo"], "--stage must be one of distill, baseline"),
+    (["--stage", "foo"], "unknown stage 'foo'; known: baseline"),
     (["--stage", "baseline", "--seeds", "3-1"], "--seeds expects ranges and lists such as 0-4"),
     (["--stage", "baseline", "--seeds", "0,0"], "--seeds repeats a seed"),
     (["--stage", "baseline", "--grid", "seed=1,2"], "seed is not a --grid key"),

@@ -10,6 +10,7 @@ methods: --ce-weight and --feature-weight (crd also --crd-dim, --crd-negatives);
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from kdcli.errors import UsageError
@@ -49,8 +50,10 @@ def get_method(name: str) -> Method:
     for method in method_table():
         if method.name == name:
             return method
-    names = ", ".join(m.name for m in method_table())
-    raise UsageError(f"unknown method {name!r}; methods: {names} (see 'kdcli methods')")
+    names = [m.name for m in method_table()]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UsageError(f"unknown method {name!r}; {hint}methods: {', '.join(names)} (see 'kdcli methods')")
 
 
 def all_options() -> list[str]:

@@ -29,7 +29,7 @@ from kdcli.stages.common import RunContext, build_from_config, check_fits, load_
 from kdcli.stages.configs import DistillConfig
 from kdcli.stages.objectives.features import FeatureObjective
 from kdcli.stages.objectives.logit import EMATeacherObjective, LogitObjective, MutualObjective, Schedule
-from kdcli.stages.objectives.regression import FunctionMatching, InputAugment, RegressionObjective
+from kdcli.stages.objectives.regression import InputAugment, regression_objective
 from kdcli.stages.objectives.taps import parse_feature_pairs
 from kdcli.stages.runner import Plan
 from kdcli.stages.teachers import teacher_sources
@@ -98,15 +98,11 @@ def plan_regression(cfg: DistillConfig, ctx: RunContext, data: DataSet) -> Plan:
     if pairs and not cfg.w_feat:
         raise UsageError("--feature-pair is used by the feature term only; give --w-feat > 0")
 
-    def make_objective(model, device_data):
-        base = RegressionObjective(model, teacher.eval(), w_hard=cfg.w_hard, w_hp=cfg.w_hp, w_feat=cfg.w_feat,
-                                   w_gr=cfg.w_gr, pairs=pairs, input_shape=data.input_shape)
-        return FunctionMatching(base, augment, data.x_pool[data.train_idx]) if augment.active else base
-
     extra = {"regression_objective": {"w_hard": cfg.w_hard, "w_hp": cfg.w_hp, "w_feat": cfg.w_feat,
                                       "w_gr": cfg.w_gr, "feature_pairs": list(cfg.feature_pairs),
                                       "function_matching": augment.spec()}}
-    return Plan(cfg, {"teacher": artifact.id}, ViewSet(), make_objective, extra_manifest=extra)
+    return Plan(cfg, {"teacher": artifact.id}, ViewSet(),
+                lambda model, dd: regression_objective(cfg, model, teacher.eval(), data), extra_manifest=extra)
 
 
 def plan_features(cfg: DistillConfig, ctx: RunContext, data: DataSet) -> Plan:

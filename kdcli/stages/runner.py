@@ -109,7 +109,7 @@ class CacheProbe(Exception):  # noqa: N818 (a signal, not an error): carries the
 
 
 def cache_key(stage: Stage, config, inputs: dict) -> tuple[str, str]:
-    """(the key of this run, the key of the same run under any code)."""
+    """(the key of this run, the key of the same run under any code: its manifest's config_key)."""
     config = key_dict(config)
     return (Store.cache_key(stage.name, config, inputs, code=stage.code_fingerprint()),
             Store.cache_key(stage.name, config, inputs))
@@ -146,15 +146,15 @@ def _run_cached(ctx: RunContext, stage: Stage, config, inputs: dict, produce: Pr
                 ctx.reporter.warn(f"{exc}; rerunning {stage.name}")
         if ctx.force and store.lookup_run(key) is not None:
             ctx.reporter.info(f"running {stage.name} again (--force)")
-        elif (earlier := store.lookup_run(any_code_key)) is not None:
+        elif (earlier := _same_run_other_code(store, stage, any_code_key)) is not None:
             ctx.reporter.info(f"running {stage.name} again: code changed since run {earlier['artifact'][:12]} "
                               f"({earlier['created']})")
         kind, tensors, manifest = produce(key)
         manifest = {"stage": stage.name, "config": to_dict(config), "parents": inputs, "cache_key": key,
-                    "code_fingerprint": stage.code_fingerprint(), "seed": seed, **manifest}
+                    "config_key": any_code_key, "code_fingerprint": stage.code_fingerprint(), "seed": seed,
+                    **manifest}
         artifact = store.put(kind, tensors, manifest)
         store.record_run(key, stage.name, artifact.id)
-        store.record_run(any_code_key, stage.name, artifact.id)  # the latest run of this config, any code
         with contextlib.suppress(FileNotFoundError):  # only now is the resumable state no longer needed
             store.checkpoint_path(key).unlink()
     return _finish(ctx, StageResult(artifact, skipped=False))
@@ -165,6 +165,18 @@ def rank_context(ctx: RunContext) -> RunContext:
     if distributed.world_size() <= 1 or distributed.is_main():
         return ctx
     return dataclasses.replace(ctx, reporter=Reporter(quiet=True), name=None, tags=[])
+
+
+def _same_run_other_code(store: Store, stage: Stage, any_code_key: str) -> dict | None:
+    """The latest recorded run of this stage with the same config and inputs made by other code (its
+    manifest's config_key matches), or None. Read only on a cache miss, which trains anyway."""
+    matches = []
+    for entry in store.runs():
+        if entry.get("stage") != stage.name:
+            continue
+        if store.read_manifest(entry["artifact"]).get("config_key") == any_code_key:  # {} if unreadable
+            matches.append(entry)
+    return max(matches, key=lambda e: e.get("created", ""), default=None)
 
 
 def _run_cached_ranked(ctx: RunContext, stage: Stage, config, inputs: dict, produce: Produce, seed) -> StageResult:

@@ -40,7 +40,7 @@ from kdcli.engine import Batch
 from kdcli.errors import UsageError
 from kdcli.losses.feature_methods import FEATURE_METHODS
 from kdcli.losses.regression import TERMS, gradient_mse, hard_mse, hp_mse, loss_input_gradient
-from kdcli.stages.objectives.taps import LayerTap, probe_shapes, unwrap
+from kdcli.stages.objectives.taps import LayerTap, parse_feature_pairs, probe_shapes, unwrap
 
 INPUT_AUGMENTS = {"noise": "noise:0.1", "mixup": "mixup:0.4", "uniform": "uniform:1.2"}  # kind -> example
 FEATURE_TERM = FEATURE_METHODS.get("fitnet")  # MSE(P(h_s), h_t), P the learned projector
@@ -263,3 +263,12 @@ def training_box(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if train_x.shape[0] == 0:
         raise UsageError("function matching needs training rows")
     return train_x.float().min(0).values, train_x.float().max(0).values
+
+
+def regression_objective(cfg, student: nn.Module, teacher: nn.Module, data) -> nn.Module:
+    """The engine objective a resolved DistillConfig asks for on regression data: the weighted terms
+    (feature projectors built here), wrapped in function matching when --augment adds inputs."""
+    base = RegressionObjective(student, teacher, w_hard=cfg.w_hard, w_hp=cfg.w_hp, w_feat=cfg.w_feat, w_gr=cfg.w_gr,
+                               pairs=parse_feature_pairs(cfg.feature_pairs), input_shape=data.input_shape)
+    augment = InputAugment.parse(cfg.augment)
+    return FunctionMatching(base, augment, data.x_pool[data.train_idx]) if augment.active else base
