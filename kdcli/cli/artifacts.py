@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from kdcli.cli.common import DebugOpt, JsonOpt, StoreOpt, emit, execute, open_store
-from kdcli.errors import KdcliError
+from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
 
 app = typer.Typer(help="Inspect and maintain the artifact store.", no_args_is_help=True)
@@ -106,15 +106,32 @@ def verify(store: StoreOpt = None, debug: DebugOpt = False):
 
 
 @app.command("gc")
-def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be removed")] = False,
+def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be removed, remove nothing")] = False,
+       keep_checkpoints: Annotated[float | None, typer.Option(
+           "--keep-checkpoints", metavar="DAYS", help="also remove checkpoints of unfinished runs older than DAYS")] = None,
+       checkpoints: Annotated[bool, typer.Option(
+           "--checkpoints", help="also remove every checkpoint no running stage uses")] = False,
        store: StoreOpt = None, debug: DebugOpt = False):
-    """Remove objects that no name, tag or cached run reaches (parents of reachable ones are kept)."""
+    """Remove objects no name, tag, cached run or running stage reaches (their parents are kept),
+    corrupt objects, links to missing objects, finished checkpoints and stale working files.
+    Everything is listed on stdout first."""
 
     def run():
-        removed = open_store(store).gc(dry_run=dry_run)
-        verb = "would remove" if dry_run else "removed"
-        Reporter().info(f"{verb} {len(removed)} object(s)")
-        for artifact_id in removed:
-            typer.echo(artifact_id)
+        if keep_checkpoints is not None and keep_checkpoints < 0:
+            raise UsageError("--keep-checkpoints must be a number of days >= 0")
+        st = open_store(store)
+        plan = st.gc_plan(keep_checkpoints, checkpoints)
+        reporter = Reporter()
+        for line in plan.lines():
+            typer.echo(line)
+        if plan.leased:
+            reporter.info(f"kept {len(plan.leased)} unreferenced object(s) a running stage holds a lease on")
+        if dry_run:
+            reporter.info(f"would remove {len(plan.lines())} item(s), {len(plan.objects)} of them objects (--dry-run)")
+            return
+        removed = st.apply_gc(plan)
+        skipped = len(plan.lines()) - len(removed.lines())
+        reporter.info(f"removed {len(removed.lines())} item(s), {len(removed.objects)} of them objects"
+                      + (f"; kept {skipped} that came into use meanwhile" if skipped else ""))
 
     execute(run, debug)
