@@ -53,7 +53,7 @@ from kdcli.store.objects import (
 __all__ = ["KINDS", "Artifact", "CorruptArtifact", "Store", "canonical_json", "default_root", "sha256_of_file",
            "versions"]
 
-KINDS = ("model", "logits", "run", "sweep", "report")
+KINDS = ("model", "logits", "run", "sweep", "report", "export")
 MIN_PREFIX = 8
 _HEX = re.compile(r"^[0-9a-f]+$")
 _REF_NAME = re.compile(r"^[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*$")
