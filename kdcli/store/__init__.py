@@ -53,7 +53,7 @@ from kdcli.store.objects import (
 __all__ = ["KINDS", "Artifact", "CorruptArtifact", "Store", "canonical_json", "default_root", "sha256_of_file",
            "versions"]
 
-KINDS = ("model", "logits", "run", "sweep", "report", "export")
+KINDS = ("model", "logits", "run", "sweep", "report", "export", "data")
 MIN_PREFIX = 8
 _HEX = re.compile(r"^[0-9a-f]+$")
 _REF_NAME = re.compile(r"^[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*$")
@@ -66,8 +66,26 @@ def default_root() -> Path:
 class Store:
     """The artifact store rooted at `root`. Every method is safe to call from several processes."""
 
-    def __init__(self, root: Path | str | None = None):
+    def __init__(self, root: Path | str | None = None, readonly: bool = False):
+        """A store at `root` (created on first write). A root that is a file, or that cannot be
+        written (unless `readonly`), is refused here with one line, before any work."""
         self.root = Path(root) if root is not None else default_root()
+        self._check_root(readonly)
+
+    def _check_root(self, readonly: bool) -> None:
+        existing = self.root
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            where = "is a file" if existing == self.root else f"is under {existing}, which is a file"
+            raise UsageError(f"--store {self.root} {where}, not a store directory")
+        if not readonly and not os.access(existing, os.W_OK | os.X_OK):
+            where = "" if existing == self.root else f" ({existing} is not writable)"
+            raise UsageError(f"--store {self.root} cannot be written{where}")
+
+    def exists(self) -> bool:
+        """Has anything ever been stored here?"""
+        return any((self.root / part).is_dir() for part in ("objects", "refs", "runs", "tags"))
 
     # -- paths ---------------------------------------------------------------
     def object_path(self, artifact_id: str) -> Path:

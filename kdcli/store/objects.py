@@ -9,8 +9,8 @@ bit-identical tensors, so they stay out of the hashed file and live in the reada
 from __future__ import annotations
 
 import copy
-import fnmatch
 import datetime as _dt
+import fnmatch
 import hashlib
 import json
 import struct
