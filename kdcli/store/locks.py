@@ -108,8 +108,8 @@ def is_live(path: Path) -> Holder | None:
 class Heartbeat:
     """While entered, refresh `path`'s mtime every `interval` seconds from a daemon thread."""
 
-    def __init__(self, path: Path, interval: float = HEARTBEAT_S):
-        self.path, self.interval = path, interval
+    def __init__(self, path: Path, interval: float | None = None):
+        self.path, self.interval = path, interval or HEARTBEAT_S
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat {path.name}")
 
