@@ -17,19 +17,26 @@ from kdcli.reporting import Reporter
 from kdcli.stages.sweep import sweep, sweep_config
 
 HELP = ("Grid of a stage's options x seeds, each run cached; prints the sweep artifact id.\n\n"
-        "An interrupted sweep resumes (finished runs are cache hits). The summary is printed sorted by the metric "
-        "with the best point marked, and paired with --baseline-ref when given.")
+        "An interrupted sweep resumes (finished runs are cache hits). The best point is chosen on the validation "
+        "split (--select), never on the test set; the summary is printed sorted by it with the best point marked, "
+        "the test metric beside, and the best point is paired with --baseline-ref when given.")
 
 
 def summary_table(result: dict) -> Table:
-    """Points sorted by the metric, best first and marked."""
-    table = Table(title=f"sweep {result['id'][:12]}: {result['metric']} per point "
-                        f"({'higher' if result['higher_is_better'] else 'lower'} is better; runs tagged {result['tag']})")
-    for column in ("", "point", "n", "mean ± std", "95% CI"):
+    """Points sorted by the validation metric they are chosen by, best first and marked; the test metric beside."""
+    def better(higher: bool) -> str:
+        return "higher" if higher else "lower"
+
+    table = Table(title=f"sweep {result['id'][:12]}: chosen by {result['select']} (validation, "
+                        f"{better(result['select_higher_is_better'])} is better); {result['metric']} "
+                        f"({better(result['higher_is_better'])} is better) reported; runs tagged {result['tag']}")
+    for column in ("", "point", "n", f"{result['select']} mean ± std", f"{result['metric']} mean ± std",
+                   f"{result['metric']} 95% CI"):
         table.add_column(column)
     for s in result["summary"]:
         table.add_row("best" if s["point"] == result["best"] else "", s["point"], str(s["n"]),
-                      f"{fmt(s['mean'])} ± {fmt(s['std'])}", interval(s["ci_low"], s["ci_high"]))
+                      f"{fmt(s['select_mean'])} ± {fmt(s['select_std'])}", f"{fmt(s['mean'])} ± {fmt(s['std'])}",
+                      interval(s["ci_low"], s["ci_high"]))
     return table
 
 
@@ -58,7 +65,11 @@ SWEEP_OPTIONS = [
     _option("time_limit", int | None, "--time-limit", help="Slurm time limit per run, minutes (default: 60)"),
     _option("slurm_cluster", str | None, "--slurm-cluster", help="slurm, or local: submitit runs the jobs on this "
                                                                   "machine (default: slurm)"),
-    _option("metric", str | None, "--metric", help="metric to rank by (default: test_acc, or test_mse for regression)"),
+    _option("metric", str | None, "--metric", help="test metric reported per point and in the paired test (default: "
+                                                   "test_acc, or test_mse for regression); never used to choose"),
+    _option("select", str | None, "--select", help="validation metric at each run's kept epoch that chooses the best "
+                                                   "point: val_acc, val_nll or val_mse (default: val_acc, or val_mse "
+                                                   "for regression)"),
     _option("baseline_ref", str | None, "--baseline-ref", help="group (glob, tag:TAG, refs) the best point is paired "
                                                                "with and tested against"),
     _option("reference", str | None, "--reference", help="teacher artifact drawn as a line (default: the base "
@@ -86,7 +97,7 @@ def run_sweep(options: dict, stage_flags: dict | None = None) -> None:
                            cpus_per_run=options["cpus_per_run"], gpus_per_run=options["gpus_per_run"],
                            partition=options["partition"], time_limit=options["time_limit"],
                            slurm_cluster=options["slurm_cluster"],
-                           metric=options["metric"], baseline_ref=options["baseline_ref"],
+                           metric=options["metric"], select=options["select"], baseline_ref=options["baseline_ref"],
                            reference=options["reference"],
                            plot_dir=str(options["plot_dir"]) if options["plot_dir"] else None)
         ctx = run_context(options)

@@ -16,9 +16,13 @@ from kdcli.engine import Batch, predict, prepare_model
 from kdcli.errors import UsageError
 from kdcli.stages.common import check_fits, check_logits_fit, load_model
 
+MIXED_TABLE = ("mixup/cutmix make new images that a cached logits table has no logits for; "
+               "give --teacher MODEL_REF to run the teacher online on the mixed batch")
+
 
 class OnlineTeacher:
-    """Teacher forward pass on the student's (already augmented, normalized) batch."""
+    """Teacher forward pass on exactly the student's (augmented, mixed, normalized) batch, in eval
+    mode under inference mode; in the engine's autocast, so bf16/fp16 on a GPU when --precision says so."""
 
     def __init__(self, teacher: nn.Module):
         self.teacher = teacher.eval()
@@ -26,8 +30,10 @@ class OnlineTeacher:
             parameter.requires_grad_(False)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        with torch.no_grad():
-            return self.teacher(batch.x)
+        self.teacher.eval()
+        with torch.inference_mode():
+            logits = self.teacher(batch.x).float()
+        return logits.clone()  # a normal tensor: an inference tensor cannot be saved for backward
 
 
 class CachedLogits:
@@ -69,6 +75,8 @@ class CachedLogits:
         return full.clamp_min(1e-8).log()
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        if batch.mix is not None:
+            raise UsageError(MIXED_TABLE)
         return self.lookup(batch.idx, batch.views)
 
 
@@ -87,12 +95,15 @@ def teacher_sources(cfg, ctx, data):
     logits artifact). -> (parents {role: artifact id}, views, make_signal(device), test logits (N_test, K))."""
     refs = [(cfg.logits, "logits")] if cfg.logits else [(cfg.teacher, "model")] if cfg.teacher else []
     refs += [(ref, None) for ref in cfg.extra_teachers]
+    requested = resolve_augment(cfg.augment, data.default_augment, data.is_image)
     parents, makers, tests, table_views = {}, [], [], None
     for number, (ref, kind) in enumerate(refs, 1):
         artifact = ctx.store.get(ref, kind=kind)
         role = artifact.manifest.get("kind", "")
         suffix = "" if number == 1 else f"_{number}"
         if role == "logits":
+            if requested.mixing:
+                raise UsageError(MIXED_TABLE)
             check_logits_fit(artifact, data)
             own = ViewSet.parse(artifact.manifest["views"])
             if own.count > 1:
@@ -117,7 +128,7 @@ def teacher_sources(cfg, ctx, data):
         views = table_views
         ctx.reporter.info(f"student views follow the logits table: {views.spec()} ({views.count} views)")
     else:
-        views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
+        views = requested
 
     def make_signal(device):
         signals = [make(device) for make in makers]

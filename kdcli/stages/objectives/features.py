@@ -56,7 +56,7 @@ class FeatureObjective(nn.Module):
         outputs = model(batch.x)
         with torch.no_grad():
             self.teacher(batch.x)
-        ce = F.cross_entropy(upcast(outputs), batch.y)
+        ce = batch.label_mixed(lambda labels: {"ce": F.cross_entropy(upcast(outputs), labels)})["ce"]
         terms: dict[str, torch.Tensor] = {"ce": ce}
         for (t_name, s_name), head in zip(self.pairs, self.heads, strict=True):
             for key, value in head(self.student_tap[s_name], self.teacher_tap[t_name], batch.idx, train).items():

@@ -9,14 +9,18 @@ from kdcli.losses.regression import hard_mse
 
 def hard_label_objective(task: str, loss_name: str = "ce") -> Objective:
     """The objective of train-teacher and baseline: the `loss_name` loss (ce, mse-onehot) on
-    classification, MSE(y, y_s) on regression."""
+    classification, MSE(y, y_s) on regression. On a mixed batch the loss is mixed too,
+    lam * L(y) + (1 - lam) * L(y[perm]) (mixed one-hot labels for CE)."""
     loss = LOSSES.get(loss_name)() if task == "classification" else None
 
     def objective(model, batch: Batch, train: bool):
         outputs = model(batch.x)
         if loss is None:
-            mse = hard_mse(outputs.reshape(batch.y.shape), batch.y)
-            return outputs, {"mse": mse, "loss": mse}
-        return outputs, loss(outputs, None, batch.y)
+            def mse(targets):
+                value = hard_mse(outputs.reshape(targets.shape), targets)
+                return {"mse": value, "loss": value}
+
+            return outputs, batch.label_mixed(mse)
+        return outputs, batch.label_mixed(lambda labels: loss(outputs, None, labels))
 
     return objective

@@ -95,7 +95,8 @@ class LogitObjective:
 
     def __call__(self, model, batch: Batch, train: bool):
         outputs = model(batch.x)
-        return outputs, self.current(train)(outputs, self.signal(batch), batch.y)
+        teacher, loss = self.signal(batch), self.current(train)
+        return outputs, batch.label_mixed(lambda labels: loss(outputs, teacher, labels))
 
 
 class EMATeacherObjective(nn.Module):
@@ -149,8 +150,8 @@ class MutualObjective(nn.Module):
         self.peer.train(train)
         loss = self.logit.current(train)
         outputs, peer_outputs = model(batch.x), self.peer(batch.x)
-        terms = loss(outputs, peer_outputs, batch.y)  # each loss detaches its teacher side
-        peer_terms = loss(peer_outputs, outputs, batch.y)
+        terms = batch.label_mixed(lambda labels: loss(outputs, peer_outputs, labels))  # teacher side detached
+        peer_terms = batch.label_mixed(lambda labels: loss(peer_outputs, outputs, labels))
         terms = {**terms, "peer_loss": peer_terms["loss"],
                  "loss": terms["loss"] + peer_terms["loss"] if train else terms["loss"]}
         return outputs, terms
