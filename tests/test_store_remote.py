@@ -205,3 +205,11 @@ def test_bad_remote_urls_are_one_line(tmp_path, make_cli):
     assert bogus.exit_code == 2 and bogus.stderr.count("\n") == 1 and "bogus-protocol" in bogus.stderr
     empty = make_cli(here.root)("artifacts", "pull", str(tmp_path / "nothing"))
     assert empty.exit_code == 1 and "no store at remote" in empty.stderr and empty.stderr.count("\n") == 1
+
+
+def test_bench_rows_measure_a_push_and_an_empty_second_push(tmp_path):
+    from bench.remote_bench import push_pull_rows
+
+    rate, again = push_pull_rows(tmp_path, total_mib=1, n_objects=2)
+    assert float(rate["a"]) > 0 and float(rate["b"]) > 0
+    assert (again["a"], again["b"], again["met"]) == ("2", "0", True)
