@@ -136,7 +136,7 @@ def show(ref: Annotated[str, typer.Argument(help="name, id or id prefix")], stor
     """Print an artifact's manifest (verified) as JSON."""
 
     def run():
-        artifact = open_store(store).get(ref)
+        artifact = Store(store if store is not None else default_root(), readonly=True).get(ref)
         typer.echo(json.dumps({"id": artifact.id, **artifact.manifest}, indent=2, default=str))
 
     execute(run, debug)
