@@ -10,24 +10,25 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import fnmatch
 import hashlib
 import json
 import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
 
 from kdcli import __version__
 from kdcli.errors import KdcliError
 
-if TYPE_CHECKING:
-    import torch
-
-# Dotted paths of the manifest fields kept out of the hash; "*" walks every element of a list.
-VOLATILE_FIELDS = ("created", "versions", "history.*.seconds", "metrics.latency_ms_per_batch64")
-_NUMPY_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64",
-                 "I32": "int32", "U8": "uint8", "I8": "int8", "I16": "int16", "BOOL": "bool_"}
+# Dotted paths of the manifest fields kept out of the hash (wall-clock facts); each part is a glob over
+# dict keys, and "*" also walks every element of a list.
+VOLATILE_FIELDS = ("created", "versions", "history.*.seconds", "metrics.*latency_ms*")
+_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64,
+                 "I32": np.int32, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "BOOL": np.bool_}
 
 
 class CorruptArtifact(KdcliError):
@@ -48,8 +49,6 @@ def sha256_of_file(path: Path) -> str:
 
 
 def versions() -> dict:
-    import torch  # numpy and torch load only where tensors are read or written
-
     return {"kdcli": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
 
 
@@ -85,10 +84,10 @@ def embedded_manifest(path: Path) -> dict:
 def _walk(node, parts: list[str], trail: tuple, found: list) -> None:
     """Collect (path tuple, value) of every field `parts` names under `node`."""
     head, rest = parts[0], parts[1:]
-    if head == "*":
-        children = list(enumerate(node)) if isinstance(node, list) else []
+    if isinstance(node, list):
+        children = list(enumerate(node)) if head == "*" else []
     else:
-        children = [(head, node[head])] if isinstance(node, dict) and head in node else []
+        children = [(k, v) for k, v in node.items() if fnmatch.fnmatchcase(k, head)] if isinstance(node, dict) else []
     for key, child in children:
         if rest:
             _walk(child, rest, (*trail, key), found)
@@ -158,10 +157,7 @@ class Artifact:
         shape = tuple(info["shape"])
         if info["dtype"] not in _NUMPY_DTYPES or end == start:
             return self.tensors()[name]
-        import numpy as np
-        import torch
-
-        array = np.memmap(self.path, dtype=getattr(np, _NUMPY_DTYPES[info["dtype"]]), mode="c",
+        array = np.memmap(self.path, dtype=_NUMPY_DTYPES[info["dtype"]], mode="c",
                           offset=offset + start, shape=shape)
         return torch.from_numpy(array)
 
