@@ -21,12 +21,15 @@ from kdcli import config as config_mod
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
 from kdcli.store import Store, default_root
+from kdcli.tracking import TrackingReporter, parse_tracker, tracked_run
 
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="artifact store root [env KDCLI_STORE, default ./artifacts]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable result on stdout")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="no progress or logs on stderr")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps")]
+TRACK_HELP = "log the run to tensorboard:DIR or mlflow:URI (repeatable)"
+TrackOpt = Annotated[list[str] | None, typer.Option("--track", help=TRACK_HELP)]
 NameOpt = Annotated[str | None, typer.Option("--name", help="name the report (refs/NAME), which also keeps it from gc")]
 
 
@@ -94,6 +97,7 @@ _COMMON = [
     ("json_out", bool, typer.Option(False, "--json", help="print a machine-readable result on stdout")),
     ("quiet", bool, typer.Option(False, "-q", "--quiet", help="no progress or logs on stderr")),
     ("debug", bool, typer.Option(False, "--debug", help="show tracebacks")),
+    ("track", list[str] | None, typer.Option(None, "--track", help=TRACK_HELP)),
 ]
 
 
@@ -123,12 +127,15 @@ def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: 
             kwargs[positional] = given or kwargs.get(positional)
 
         def run():
+            trackers = [parse_tracker(spec) for spec in common["track"] or []]
             cfg = config_mod.build(config_cls, common["config_file"], kwargs)
-            reporter = Reporter(quiet=common["quiet"])
+            reporter = TrackingReporter(trackers, common["quiet"]) if trackers else Reporter(quiet=common["quiet"])
             ctx = RunContext(store=open_store(common["store"]), device=resolve_device(common["device"]),
                              reporter=reporter, force=common["force"], name=common["name"],
                              tags=list(common["tag"] or []))
-            result = stage_fn(cfg, ctx)
+            with tracked_run(reporter, common["name"] or name, config_mod.to_dict(cfg)) as produced:
+                result = stage_fn(cfg, ctx)
+                produced.append(result.artifact)
             if show is not None:
                 show(result)
             emit({"id": result.id, "kind": result.artifact.kind, "stage": name, "skipped": result.skipped,

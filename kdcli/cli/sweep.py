@@ -8,10 +8,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kdcli.cli.common import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, StoreOpt, emit, execute, open_store
+from kdcli.cli.common import (
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    StoreOpt,
+    TrackOpt,
+    emit,
+    execute,
+    open_store,
+)
 from kdcli.cli.compare import comparisons_table, fmt, interval
 from kdcli.reporting import Reporter
 from kdcli.stages.common import RunContext, resolve_device
+from kdcli.tracking import parse_tracker, replay
 
 
 def summary_table(result: dict) -> Table:
@@ -41,7 +52,7 @@ def command(
     tag: Annotated[list[str] | None, typer.Option("--tag", help="tag the sweep artifact (repeatable)")] = None,
     force: Annotated[bool, typer.Option("--force", help="rerun every point even if cached")] = False,
     store: StoreOpt = None, device: DeviceOpt = "auto", json_out: JsonOpt = False, quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    debug: DebugOpt = False, track: TrackOpt = None,
 ):
     """Grid of distill/baseline options x seeds, each run cached; prints the sweep artifact id.
 
@@ -51,6 +62,7 @@ def command(
     def run():
         from kdcli.stages.sweep import sweep, sweep_config  # imported late: keeps `kdcli --help` fast
 
+        trackers = [parse_tracker(spec) for spec in track or []]
         cfg = sweep_config(spec, list(grid or []), list(set_ or []), seeds, stage=stage, jobs=jobs, metric=metric,
                            baseline_ref=baseline_ref, reference=reference,
                            plot_dir=str(plot_dir) if plot_dir else None)
@@ -64,6 +76,8 @@ def command(
             console.print(comparisons_table(result["baseline_test"]))
         reporter.info(f"{result['runs']} runs, {result['ran']} trained, {result['runs'] - result['ran']} cached"
                       + "".join(f"; wrote {p}" for p in result.get("plots", [])))
+        for row in ctx.store.get(result["id"]).manifest["rows"] if trackers else []:  # one tracked run per point
+            replay(trackers, ctx.store.get(row["id"]), f"{name or 'sweep'} {row['point']} seed {row['seed']}")
         emit(result, json_out)
 
     execute(run, debug)
