@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kdcli.cli import artifacts, compare, export, plot, sweep, visualize
+from kdcli.cli import artifacts, card, compare, export, plot, sweep, visualize
 from kdcli.cli.common import stage_command
 from kdcli.stages.cache_logits import cache_logits
 from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, ImportConfig, TeacherConfig
@@ -33,6 +33,8 @@ app.command("sweep")(sweep.command)
 app.command("compare")(compare.command)
 app.command("visualize-temperature")(visualize.command)
 app.add_typer(plot.app, name="plot")
+app.command("card")(card.card_command)
+artifacts.app.command("lineage")(card.lineage_command)
 app.add_typer(artifacts.app, name="artifacts")
 
 
