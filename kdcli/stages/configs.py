@@ -61,6 +61,8 @@ class TrainConfig(DataConfig):
     seed: int = opt(0, "seed of weights initialization, batch order and augmentation draws")
     precision: str = opt("fp32", "fp32, or bf16/fp16 autocast on CUDA")
     compile: bool = opt(False, "torch.compile the model (CUDA)", key=False)
+    checkpoint_every: float = opt(30.0, "seconds between resumable checkpoints (also written after the first "
+                                        "and the last epoch and on Ctrl-C / SIGTERM; 0 = every epoch)", key=False)
     eval_batch_size: int = opt(512, "batch size for validation, test and logit caching", key=False)
 
     def validate(self) -> None:
@@ -71,6 +73,8 @@ class TrainConfig(DataConfig):
                 raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if not self.checkpoint_every >= 0:
+            raise UsageError(f"--checkpoint-every must be >= 0 seconds, got {self.checkpoint_every}")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("scheduler", self.scheduler, SCHEDULERS)
         check_choice("precision", self.precision, PRECISIONS)
