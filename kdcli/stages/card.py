@@ -125,8 +125,8 @@ def render_card(store: Store, ref: str) -> str:
     if exports:
         lines += ["## Exports", "", *_table(
             ["export", "format", "file bytes", "ms/batch 1", "ms/batch 64", "exported test", "parity max abs diff"],
-            [[f"`{e['id'][:12]}`", e.get("format"), e["metrics"].get("file_bytes"), e["metrics"].get("latency_ms_b1"),
-              e["metrics"].get("latency_ms_b64"), e["metrics"].get("test_acc", e["metrics"].get("test_mse")),
+            [[f"`{e['id'][:12]}`", e.get("format"), e["metrics"].get("file_bytes"), e["latency"].get("runtime_b1"),
+              e["latency"].get("runtime_b64"), e["metrics"].get("test_acc", e["metrics"].get("test_mse")),
               e["metrics"].get("parity_max_abs_diff")] for e in exports]), ""]
     root, nodes = lineage(store, artifact.id)
     lines += ["## Lineage", "", "Run in order, these commands rebuild this model:", "", "```sh",

@@ -24,7 +24,7 @@ from kdcli import __version__
 from kdcli.errors import KdcliError
 
 # Dotted paths of the manifest fields kept out of the hash; "*" walks every element of a list.
-VOLATILE_FIELDS = ("created", "versions", "history.*.seconds", "metrics.latency_ms_per_batch64")
+VOLATILE_FIELDS = ("created", "versions", "history.*.seconds", "metrics.latency_ms_per_batch64", "latency")
 _NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64,
                  "I32": np.int32, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "BOOL": np.bool_}
 
