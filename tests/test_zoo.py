@@ -106,3 +106,20 @@ def test_bad_zoo_input_is_one_line(cli, args, message):
 def test_models_lists_the_zoo_families(cli):
     out = cli("models").stdout
     assert "timm:NAME" in out and "torchvision:NAME" in out and "--weights PATH" in out
+
+
+def test_weights_file_initializes_training_and_its_content_is_in_the_cache_key(cli, store, tmp_path):
+    from kdcli.models import state_hash
+
+    torch.manual_seed(5)
+    start = build_model("timm:test_efficientnet", (1, 8, 8), 10)
+    path = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in start.state_dict().items()}, str(path))
+    args = ("baseline", "--model", "timm:test_efficientnet", "--weights", path, "--epochs", "1", "--json")
+    first = json.loads(cli(*args).stdout)
+    assert store.get(first["id"]).manifest["initial_weights_sha256"] == state_hash(start)
+    assert json.loads(cli(*args).stdout)["skipped"]
+    torch.manual_seed(6)  # same path, other weights: not the cached run
+    save_file({k: v.contiguous() for k, v in build_model("timm:test_efficientnet", (1, 8, 8), 10).state_dict().items()},
+              str(path))
+    assert not json.loads(cli(*args).stdout)["skipped"]
