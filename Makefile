@@ -193,7 +193,7 @@ cifar100-kd-bench: install
 	    --tag c100b-kd --name c100b/kd-s$$s; \
 	  $(KD) distill $(C100B) --teacher c100b/teacher --method dkd --ce-weight 1 --dkd-alpha 1 --dkd-beta 8 \
 	    --dkd-warmup 20 --temperature 4 --seed $$s $(DATA) --tag c100b-dkd --name c100b/dkd-s$$s; \
-	  $(KD) distill $(C100B) --teacher c100b/teacher --method dkd --logit-standardize --ce-weight 1 --dkd-alpha 9 \
+	  $(KD) distill $(C100B) --teacher c100b/teacher --method dkd-ls --ce-weight 1 --dkd-alpha 9 \
 	    --dkd-beta 81 --dkd-warmup 20 --temperature 4 --seed $$s $(DATA) --tag c100b-dkd-ls --name c100b/dkd-ls-s$$s; \
 	done; \
 	$(KD) compare tag:c100b-vanilla tag:c100b-kd tag:c100b-dkd tag:c100b-dkd-ls --label vanilla --label kd \

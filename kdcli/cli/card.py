@@ -13,6 +13,8 @@ import typer
 from kdcli.cli.common import DebugOpt, StoreOpt, execute, open_store
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
+from kdcli.stages.card import render_card
+from kdcli.stages.lineage import FORMATS, RENDERERS, lineage
 
 
 def lineage_command(
@@ -23,8 +25,6 @@ def lineage_command(
     """Print the DAG from the data to an artifact: every stage, its resolved config, and the commands that rebuild it."""
 
     def run():
-        from kdcli.stages.lineage import FORMATS, RENDERERS, lineage
-
         if format_ not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {format_!r}")
         root, nodes = lineage(open_store(store), ref)
@@ -58,8 +58,6 @@ def card_command(
     """Write a Markdown model card: teacher, data, recipe, metrics with CIs over seeds, comparison, exports, lineage."""
 
     def run():
-        from kdcli.stages.card import render_card
-
         text = render_card(open_store(store), ref)
         if out is None:
             typer.echo(text)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
-from kdcli.cli.common import stage_command
 from kdcli.reporting import Reporter
-from kdcli.stages.export import ExportConfig, ExportResult, export
+from kdcli.stages.export import ExportResult
 
 COLUMNS = ("model", "runtime", "params", "file", "ms/batch 1", "ms/batch 64", "test", "max |diff|", "agree")
 
@@ -58,10 +56,3 @@ def show(result: ExportResult) -> None:
     if not console.is_terminal:  # a pipe or a log file: the whole row rather than 80 columns
         console = Console(stderr=True, highlight=False, width=160)
     console.print(table)
-
-
-def register(app: typer.Typer) -> None:
-    stage_command(app, "export", ExportConfig, export,
-                  "Export a model to ONNX or TorchScript, check parity against PyTorch on the test split, "
-                  "and measure size, CPU latency and accuracy (with --teacher, the teacher's too).",
-                  positional="model", show=show)

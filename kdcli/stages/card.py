@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kdcli.stages.lineage import REF_FIELDS, STAGE_CONFIGS, commands, lineage
+from kdcli.stages.lineage import REF_FIELDS, commands, lineage, stage_config
 from kdcli.store import Artifact, Store
 
 
@@ -23,7 +23,7 @@ def _fmt(value) -> str:
 def recipe(manifest: dict) -> dict:
     """The resolved config's values that differ from the stage's defaults (all of it for other stages)."""
     config = manifest.get("config") or {}
-    cls = STAGE_CONFIGS.get(manifest.get("stage", ""))
+    cls = stage_config(manifest.get("stage", ""))
     if cls is None:
         return config
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()

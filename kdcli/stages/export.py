@@ -37,8 +37,9 @@ from kdcli.data import DataSet
 from kdcli.engine import predict, test_metrics
 from kdcli.errors import KdcliError, UsageError
 from kdcli.models import parameter_count
-from kdcli.stages.common import RunContext, StageResult, load_model, run_cached
+from kdcli.stages.common import RunContext, StageResult, load_model
 from kdcli.stages.configs import check_choice
+from kdcli.stages.runner import Stage, run_cached
 from kdcli.stages.visualize import data_of
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -236,7 +237,7 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
                                    "model": artifact.manifest["model"]}
 
     config = dataclasses.replace(cfg, model=ref, teacher=None)
-    return run_cached(ctx, "export", config, {"model": artifact.id, "data": data.fingerprint}, produce)
+    return run_cached(ctx, EXPORT, config, {"model": artifact.id, "data": data.fingerprint}, produce)
 
 
 def file_names(result: StageResult) -> dict[str, str]:
@@ -292,3 +293,9 @@ def export(cfg: ExportConfig, ctx: RunContext) -> ExportResult:
     files = write_exports(Path(cfg.out), [student] + ([teacher] if teacher else []))
     ctx.reporter.info(f"export: wrote {', '.join(str(f) for f in files)}")
     return ExportResult(student.artifact, student.skipped, teacher)
+
+
+EXPORT = Stage("export", ExportConfig, export,
+               "Export a model to ONNX or TorchScript, check parity against PyTorch on the test split, "
+               "and measure size, CPU latency and accuracy (with --teacher, the teacher's too).",
+               ("kdcli.stages.export", "kdcli.engine", "kdcli.models", "kdcli.data"), positional="model", sweepable=False)

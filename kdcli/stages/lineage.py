@@ -17,15 +17,10 @@ import typing
 from dataclasses import dataclass, field
 
 from kdcli import config as config_mod
-from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, ImportConfig, TeacherConfig
-from kdcli.stages.export import ExportConfig
+from kdcli.stages.registry import STAGES
 from kdcli.store import Store
 
-# stage -> (config class, fields that name parent artifacts: field -> parent role)
-STAGE_CONFIGS = {
-    "train-teacher": TeacherConfig, "baseline": BaselineConfig, "distill": DistillConfig,
-    "cache-logits": CacheLogitsConfig, "import-teacher": ImportConfig, "export": ExportConfig,
-}
+# config fields that name a parent artifact -> the parent's role in the manifest
 REF_FIELDS = {"teacher": "teacher", "logits": "logits", "model": "model"}
 SHORT = 12
 FORMATS = ("tree", "mermaid", "dot")
@@ -69,9 +64,14 @@ def _flag_tokens(f: dataclasses.Field, tp, value) -> list[str]:
     return [flag, format(value, ".12g") if isinstance(value, float) else str(value)]
 
 
+def stage_config(stage: str):
+    """The config class of a registered stage, or None (sweeps, reports, ...)."""
+    return STAGES.get(stage).config if stage in STAGES else None
+
+
 def command_line(stage: str, config: dict, parents: dict, artifact_id: str) -> str | None:
     """`kdcli STAGE --option value ... --name ID` for a stage run, parents by id; None for other stages."""
-    cls = STAGE_CONFIGS.get(stage)
+    cls = stage_config(stage)
     if cls is None:
         return None
     config = dict(config)
