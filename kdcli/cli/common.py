@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,10 @@ def execute(action: Callable[[], Any], debug: bool) -> Any:
     except Exception as exc:  # anything unforeseen still ends in one line without --debug
         if debug:
             raise
+        torch = sys.modules.get("torch")  # loaded by any command that could run out of GPU memory
+        if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+            raise fail("out of GPU memory: lower --batch-size or --eval-batch-size, or use --precision bf16 "
+                       f"({str(exc).splitlines()[0] if str(exc) else 'CUDA'})", 1) from None
         raise fail(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1) from None
 
 
