@@ -107,3 +107,22 @@ def test_out_of_gpu_memory_is_one_line(cli, store, monkeypatch):
     lines = result.stderr.strip().splitlines()
     line = lines[-1]
     assert sum(x.startswith("error:") for x in lines) == 1 and line.startswith("error: out of GPU memory: lower --batch-size") and "Tried to allocate 2.00 GiB" in line
+
+
+def test_float16_logits_table_refuses_overflow():
+    """A logit above float16's 65504 became inf in the table, then NaN in the KD loss (issue 14, item 11)."""
+    from kdcli.errors import KdcliError
+    from kdcli.stages.cache_logits import view_logits
+
+    cfg = build(BaselineConfig, None, {})
+    data = load_data(cfg)
+
+    class Huge(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((len(x), 10), 7e4)
+
+    with pytest.raises(KdcliError, match="non-finite teacher logits.*--dtype float32"):
+        view_logits(Huge(), data, ViewSet(), 256, torch.device("cpu"), "fp32", lambda n: None, dtype=torch.float16)
+    table = view_logits(Huge(), data, ViewSet(), 256, torch.device("cpu"), "fp32", lambda n: None,
+                        dtype=torch.float32)["logits"]
+    assert bool(torch.isfinite(table).all())
