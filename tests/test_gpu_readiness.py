@@ -126,3 +126,23 @@ def test_float16_logits_table_refuses_overflow():
     table = view_logits(Huge(), data, ViewSet(), 256, torch.device("cpu"), "fp32", lambda n: None,
                         dtype=torch.float32)["logits"]
     assert bool(torch.isfinite(table).all())
+
+
+def test_process_group_backend_follows_the_tensor_device():
+    """It was NCCL whenever CUDA existed, so a --device cpu run on a GPU host gave NCCL CPU tensors."""
+    from kdcli import distributed
+
+    assert distributed.backend(cuda_available=True) == "cpu:gloo,cuda:nccl"
+    assert distributed.backend(cuda_available=False) == "gloo"
+
+
+def test_each_rank_gets_its_own_gpu_or_a_clear_refusal():
+    """`device.index or current_device()` read cuda:0 as "no index"; 2 ranks on 1 GPU failed in set_device."""
+    from kdcli import distributed
+
+    assert distributed.rank_device(torch.device("cuda"), 1, 2) == torch.device("cuda", 1)
+    assert distributed.rank_device(torch.device("cpu"), 1, 0) == torch.device("cpu")  # no GPU touched
+    with pytest.raises(UsageError, match="LOCAL_RANK 1 but this host has 1 GPU"):
+        distributed.rank_device(torch.device("cuda"), 1, 1)
+    with pytest.raises(UsageError, match="each rank uses its own GPU"):
+        distributed.rank_device(torch.device("cuda", 0), 1, 2)

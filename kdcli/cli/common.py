@@ -132,7 +132,7 @@ def run_context(common: dict) -> RunContext:
     """The RunContext of a command's common options; the device is resolved (and, under torchrun on CUDA,
     this rank's GPU pinned) before any stage moves a model to it."""
     device = resolve_device(common["device"])
-    distributed.pin_local_gpu(device)
+    device = distributed.pin_local_gpu(device)
     return RunContext(store=open_store(common["store"]), device=device, reporter=Reporter(quiet=common["quiet"]),
                       force=common["force"], name=common["name"], tags=list(common["tag"] or []))
 
