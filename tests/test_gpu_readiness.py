@@ -146,3 +146,10 @@ def test_each_rank_gets_its_own_gpu_or_a_clear_refusal():
         distributed.rank_device(torch.device("cuda"), 1, 1)
     with pytest.raises(UsageError, match="each rank uses its own GPU"):
         distributed.rank_device(torch.device("cuda", 0), 1, 2)
+
+
+def test_compile_with_the_gradient_term_is_refused():
+    from kdcli.stages.configs import DistillConfig
+
+    with pytest.raises(UsageError, match="--w-gr needs a double backward"):
+        build(DistillConfig, None, {"dataset": "synthetic-regression", "teacher": "t", "w_gr": 0.3, "compile": True})
