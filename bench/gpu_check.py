@@ -12,7 +12,7 @@ Checks (CUDA ones are reported SKIP without a GPU, so a CPU-only machine runs th
   6. torchrun: 2 ranks on 1 GPU refused with one line; 1 rank on NCCL trains (CPU: 2 ranks on gloo)
   7. the CUDA rows of `make bench` (bench/bench.py --device cuda: rows 1-3 and 6a-6d as ratios)
   8. seed 000's CIFAR-10 recipe at full size on generated data (50,000 random uint8 3x32x32 images),
-     2 epochs: seconds per epoch and peak GPU memory (CPU: 2,000 images, to exercise the path)
+     2 epochs: seconds per epoch and peak GPU memory (CPU: 500 images, to exercise the path)
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def check_seed000(store: Path):
     from kdcli.stages.train import baseline, distill, train_teacher
     from kdcli.store import Store
 
-    n = 50_000 if CUDA else 2_000
+    n = 50_000 if CUDA else 500
     name = "gpu-check-cifar10"
 
     def generated(spec) -> DataSet:
