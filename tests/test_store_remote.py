@@ -45,13 +45,16 @@ def s3_endpoint():
                 os.environ[key] = value
 
 
-@pytest.fixture(params=["path", "s3"])
+@pytest.fixture(params=["path", "memory", "s3"])
 def remote(request, tmp_path):
-    """(url, storage options, fsspec filesystem) of an empty remote."""
-    if request.param == "path":
-        import fsspec
+    """(url, storage options, fsspec filesystem) of an empty remote: a path, another fsspec protocol
+    by name, and S3."""
+    import fsspec
 
+    if request.param == "path":
         return str(tmp_path / "remote"), {}, fsspec.filesystem("file")
+    if request.param == "memory":
+        return f"memory://kdcli-{uuid.uuid4().hex[:10]}/team", {}, fsspec.filesystem("memory")
     import s3fs
 
     endpoint = request.getfixturevalue("s3_endpoint")
