@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from kdcli.errors import KdcliError, UsageError
 from kdcli.store.locks import this_host
-from kdcli.store.maintenance import artifact_parents, closure, header_reader
+from kdcli.store.maintenance import TMP_STALE_S, artifact_parents, closure, header_reader
 from kdcli.store.objects import CorruptArtifact, embedded_manifest, sha256_of_file, split_volatile
 
 if TYPE_CHECKING:
@@ -119,6 +119,15 @@ class Remote:
                 if self.fs.exists(staging):
                     self.fs.rm(staging)
 
+    def clear_stale_uploads(self) -> None:
+        """Remove uploads in tmp/ that a killed writer left (older than maintenance.TMP_STALE_S)."""
+        for relative in self.find("tmp"):
+            with contextlib.suppress(OSError, KeyError, TypeError):
+                modified = self.fs.info(self.path(relative))["mtime"]  # seconds, or a datetime
+                seconds = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+                if time.time() - seconds > TMP_STALE_S:
+                    self.fs.rm(self.path(relative))
+
     def read(self, relative: str) -> bytes:
         return self.fs.cat_file(self.path(relative))
 
@@ -170,6 +179,8 @@ def push(store: Store, url: str, ids: list[str] | None = None, storage_options: 
     started = time.perf_counter()
     with _remote_errors(url):
         remote = Remote(url, storage_options)
+        if not remote.atomic:
+            remote.clear_stale_uploads()
         scope = set(store.ids()) if ids is None else closure([store.resolve(i) for i in ids], header_reader(store))
         there = remote.object_ids()
         report.present = len(scope & there)
