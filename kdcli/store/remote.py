@@ -8,7 +8,8 @@ writers pushing at once lose nothing:
     refs/NAME/~<ns>-<host>-<token>.json              one entry per ref update {id, set_ns, host, previous}
     tags/TAG/ID                                      tag membership
     runs/KEY/ID.json                                 run-cache entries
-    tmp/                                             uploads in flight where a put is not atomic
+    tmp/                                             uploads in flight where a put is not atomic (push
+                                                     clears those older than an hour)
 
 Only objects missing on the other side are transferred; every pulled object is re-hashed before it
 is accepted. A ref is moved only to a newer value (its file's mtime locally, `set_ns` remotely);
