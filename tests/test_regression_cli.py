@@ -260,3 +260,20 @@ def test_seed001_recipe_tiny_run_and_rerun(store, tmp_path):
     second = run([0, 1], workers=2, out_dir=out, store=store, reporter=Reporter(quiet=True), quick=quick)
     assert second.ran == 0 and second.reused == len(jobs)
     assert [j.result["id"] for j in second.jobs] == [j.result["id"] for j in first.jobs]
+
+
+def test_recipe_chooses_the_distilled_student_on_validation_not_test():
+    from kdcli.recipes.seed001_report import choose_on_validation
+
+    def row(slug, stage, val, teacher=""):
+        return {"slug": slug, "stage": stage, "teacher": teacher, "val_mse_mean": val}
+
+    test_mse = {"scratch": [0.40, 0.42, 0.41], "expert": [0.30, 0.31, 0.29],
+                "val-best": [0.29, 0.30, 0.28], "test-best": [0.20, 0.21, 0.19]}
+    rows = [row("scratch", "baseline", 0.1), row("expert", "train-teacher", 0.1),
+            row("val-best", "distill", 0.25, "expert"), row("test-best", "distill", 0.26, "expert")]
+    chosen = choose_on_validation(rows, lambda slug: test_mse[slug])
+    assert chosen["slug"] == "val-best" and chosen["ranking"] == ["val-best", "test-best"]
+    assert chosen["vs_teacher"]["mean_b"] == pytest.approx(0.30) and chosen["vs_scratch"]["t_p"] < 0.05
+    rows[2]["val_mse_mean"] = float("nan")  # no validation split: nothing is chosen
+    assert choose_on_validation(rows, lambda slug: test_mse[slug]) is None

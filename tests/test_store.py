@@ -213,3 +213,21 @@ def test_cache_key_ignores_key_order(config):
     reordered = dict(reversed(list(config.items())))
     assert canonical_json(config) == canonical_json(reordered)
     assert Store.cache_key("s", config, {}) == Store.cache_key("s", reordered, {})
+
+
+_json_leaf = st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=4), st.booleans(), st.none())
+_manifests = st.recursive(_json_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.sampled_from(["created", "versions", "history", "seconds", "metrics", "latency_ms_b1", "x"]),
+                    inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(["created", "versions", "history", "metrics", "stage"]), _manifests, max_size=5))
+def test_volatile_fields_split_off_and_join_back(manifest):
+    from kdcli.store.objects import join_volatile, split_volatile
+
+    content, volatile = split_volatile(manifest)
+    assert join_volatile(content, volatile) == manifest
+    assert split_volatile(content) == (content, {})
+    assert "created" not in content and "versions" not in content

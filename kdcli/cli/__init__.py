@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from kdcli.cli import artifacts, compare, export, plot, sweep, visualize
+from kdcli.cli import artifacts, card, compare, export, plot, sweep, visualize
 from kdcli.cli.common import stage_command
 from kdcli.data import DATASETS
 from kdcli.engine import apply_default_threads
@@ -49,6 +49,8 @@ def _list_registry(registry) -> None:
         typer.echo(f"{name:<22} {doc[0] if doc else ''}")
 
 
+artifacts.app.command("lineage")(card.lineage_command)
+
 # how a stage's result is shown to humans, besides its id (stages without an entry show nothing more)
 SHOW = {"export": export.show}
 
@@ -64,6 +66,7 @@ def build_app() -> typer.Typer:
         stage_command(application, STAGES.get(name), show=SHOW.get(name))
     application.add_typer(sweep.build(STAGES), name="sweep")
     application.command("compare")(compare.command)
+    application.command("card")(card.card_command)
     application.command("visualize-temperature")(visualize.command)
     application.add_typer(plot.app, name="plot")
     application.add_typer(artifacts.app, name="artifacts")

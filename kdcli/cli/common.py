@@ -25,12 +25,14 @@ from kdcli.reporting import Reporter
 from kdcli.stages.common import RunContext, resolve_device
 from kdcli.stages.runner import Stage
 from kdcli.store import Store, default_root
+from kdcli.tracking import TrackingReporter, parse_tracker, tracked_run
 
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="artifact store root [env KDCLI_STORE, default ./artifacts]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable result on stdout")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="no progress or logs on stderr")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps")]
+TRACK_HELP = "log the run to tensorboard:DIR or mlflow:URI (repeatable)"
 NameOpt = Annotated[str | None, typer.Option("--name", help="name the report (refs/NAME), which also keeps it from gc")]
 
 
@@ -98,6 +100,7 @@ _COMMON = [
     ("json_out", bool, typer.Option(False, "--json", help="print a machine-readable result on stdout")),
     ("quiet", bool, typer.Option(False, "-q", "--quiet", help="no progress or logs on stderr")),
     ("debug", bool, typer.Option(False, "--debug", help="show tracebacks")),
+    ("track", list[str] | None, typer.Option(None, "--track", help=TRACK_HELP)),
 ]
 
 
@@ -153,8 +156,14 @@ def stage_command(app: typer.Typer, stage: Stage, show: Callable[[Any], None] | 
             kwargs[positional] = given or kwargs.get(positional)
 
         def run():
+            trackers = [parse_tracker(spec) for spec in common["track"] or []]
             cfg = config_mod.build(stage.config, common["config_file"], kwargs)
-            result = stage(cfg, run_context(common))
+            ctx = run_context(common)
+            if trackers:
+                ctx.reporter = TrackingReporter(trackers, common["quiet"])
+            with tracked_run(ctx.reporter, common["name"] or stage.name, config_mod.to_dict(cfg)) as produced:
+                result = stage(cfg, ctx)
+                produced.append(result.artifact)
             if show is not None:
                 show(result)
             emit({"id": result.id, "kind": result.artifact.kind, "stage": stage.name, "skipped": result.skipped,

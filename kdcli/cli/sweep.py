@@ -11,10 +11,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from kdcli.cli.common import config_parameters, emit, execute, run_context
+from kdcli.cli.common import TRACK_HELP, config_parameters, emit, execute, run_context
 from kdcli.cli.compare import comparisons_table, fmt, interval
 from kdcli.reporting import Reporter
 from kdcli.stages.sweep import sweep, sweep_config
+from kdcli.tracking import parse_tracker, replay
 
 HELP = ("Grid of a stage's options x seeds, each run cached; prints the sweep artifact id.\n\n"
         "An interrupted sweep resumes (finished runs are cache hits). The best point is chosen on the validation "
@@ -83,6 +84,7 @@ SWEEP_OPTIONS = [
     _option("json_out", bool, "--json", help="print a machine-readable result on stdout", default=False),
     _option("quiet", bool, "-q", "--quiet", help="no progress or logs on stderr", default=False),
     _option("debug", bool, "--debug", help="show tracebacks", default=False),
+    _option("track", list[str] | None, "--track", help=TRACK_HELP + "; one run per point and seed"),
 ]
 _NAMES = [p.name for p in SWEEP_OPTIONS]
 
@@ -91,6 +93,7 @@ def run_sweep(options: dict, stage_flags: dict | None = None) -> None:
     """Build the sweep config (stage flags join --set as fixed options), run it, print its tables."""
 
     def run():
+        trackers = [parse_tracker(spec) for spec in options["track"] or []]
         cfg = sweep_config(options["spec"], list(options["grid"] or []), list(options["set_"] or []),
                            options["seeds"], fixed=stage_flags, stage=options["stage"], jobs=options["jobs"],
                            executor=options["executor"], ray_address=options["ray_address"],
@@ -108,6 +111,8 @@ def run_sweep(options: dict, stage_flags: dict | None = None) -> None:
             console.print(comparisons_table(result["baseline_test"]))
         ctx.reporter.info(f"{result['runs']} runs, {result['ran']} trained, {result['runs'] - result['ran']} cached"
                           + "".join(f"; wrote {p}" for p in result.get("plots", [])))
+        for row in ctx.store.get(result["id"]).manifest["rows"] if trackers else []:  # their stored histories
+            replay(trackers, ctx.store.get(row["id"]), f"{options['name'] or 'sweep'} {row['point']} seed {row['seed']}")
         emit(result, options["json_out"])
 
     execute(run, options["debug"])

@@ -8,7 +8,8 @@ teacher (dropout 0.3, weight decay 1e-4), the student from scratch, and students
 hp = 1 - hard from the expert, the gradient term (0.2 / 0.5 / gr 0.3), the feature term seed 001
 declared but never ran (0.3 / 0.4 / feat 0.3, expert layer hidden.2 -> student hidden.1, a learned
 projection), and function matching (0.3 / 0.7 plus teacher-labelled noise:0.1 or mixup:0.4
-inputs). Batch 128, no schedule. Every student of run s starts from the same initial weights
+inputs; at the best grid weights 0.1 / 0.9: noise:0.3, mixup:1.0, and fresh inputs drawn uniformly
+in the training rows' box, uniform and uniform:1.2). Batch 128, no schedule. Every student of run s starts from the same initial weights
 (--seed s), as seed 001's saved initial state.
 
 Protocols (--protocol):
@@ -21,7 +22,9 @@ Protocols (--protocol):
 
 Writes OUT/report.md and OUT/report.csv (OUT/report-seed-protocol.* for --protocol seed): mean test MSE, std and mean R^2 per model next to seed
 001's figures, paired one-sided t-tests (and Wilcoxon) of each distilled student against the
-scratch student, the seed's two-sided L_GR vs best-grid test, and function matching vs none.
+scratch student, the seed's two-sided L_GR vs best-grid test, function matching vs none, and the
+distilled student of lowest mean validation MSE (never chosen on test) with its paired tests
+against the scratch student and against its teacher.
 Stages run in parallel worker processes (one torch thread each); every stage is cached, so a
 second run only reads the store.
 """
