@@ -11,17 +11,17 @@ import torch
 
 from kdcli.augment import ViewSet
 from kdcli.data import DataSpec, load_dataset
-from kdcli.engine import DeviceData, fit, make_optimizer, objective_parameters
+from kdcli.engine import Batch, DeviceData, fit, make_optimizer, objective_parameters
 from kdcli.errors import UsageError
 from kdcli.models import build_model
 from kdcli.reporting import Reporter
-from kdcli.stages.regression import (
+from kdcli.stages.objectives.regression import (
     FunctionMatching,
     InputAugment,
-    parse_feature_pairs,
     regression_objective,
     training_box,
 )
+from kdcli.stages.objectives.taps import parse_feature_pairs
 
 SMALL = ["--dataset", "synthetic-regression", "--n-samples", "200", "--epochs", "2", "--batch-size", "32",
          "--device", "cpu", "-q", "--json"]
@@ -99,7 +99,7 @@ def test_bad_regression_inputs_give_one_line(cli, tmp_path):
         (["--augment", "uniform:wide"], "expected uniform:NUMBER, e.g. uniform:1.2"),
         (["--augment", "uniform:0"], "needs a positive finite number"),
         (["--augment", "noise:0.1", "--w-hp", "0"], "it needs --w-hp > 0"),
-        (["--w-feat", "1", "--feature-pair", "hidden.1"], "expects TEACHER_LAYER:STUDENT_LAYER"),
+        (["--w-feat", "1", "--feature-pair", "hidden.1"], "expects teacher.LAYER:student.LAYER"),
         (["--w-feat", "1", "--feature-pair", "hidden.7:hidden.1"], "no layer 'hidden.7'"),
         (["--feature-pair", "hidden.1:hidden.1"], "give --w-feat > 0"),
         (["--w-hard", "-1"], "--w-hard must be >= 0"),
@@ -131,8 +131,8 @@ def test_input_augment_parse_and_draws():
     assert bool((mixed >= -1e-6).all()) and bool((mixed.sum(1) <= 1 + 1e-6).all())
     assert InputAugment.parse("uniform") == InputAugment("uniform", 1.0) == InputAugment.parse("uniform:1")
     assert InputAugment.parse("uniform:1.2").spec() == "uniform:1.2"
-    assert parse_feature_pairs(["hidden.3:hidden.2", " hidden.1 : hidden.0 "]) == (
-        ["hidden.3", "hidden.1"], ["hidden.2", "hidden.0"])
+    assert parse_feature_pairs(["hidden.3:hidden.2", " teacher.hidden.1 : student.hidden.0 "]) == [
+        ("hidden.3", "hidden.2"), ("hidden.1", "hidden.0")]
 
 
 def test_uniform_inputs_fill_the_training_box():
@@ -175,7 +175,7 @@ def test_uniform_box_comes_from_training_rows_only():
     everything = torch.cat([data.x_pool, data.x_test])
     assert bool((everything.min(0).values <= objective.box[0]).all())
     assert not torch.equal(everything.min(0).values, objective.box[0])  # validation/test rows widen it; unused
-    batch = SimpleNamespace(x=data.x_pool[:16], y=data.y_pool[:16])
+    batch = Batch(data.x_pool[:16], data.y_pool[:16], torch.arange(16))
     _, terms = objective(student, batch, True)
     torch.testing.assert_close(terms["hp"], (terms["hp_real"] + terms["hp_new"]) / 2)
 
@@ -183,7 +183,8 @@ def test_uniform_box_comes_from_training_rows_only():
 def _cfg(**kw):
     base = dict(w_hard=0.3, w_hp=0.7, w_feat=0.0, w_gr=0.0, feature_pairs=[], augment="none", epochs=2,
                 batch_size=32, optimizer="adam", lr=1e-2, weight_decay=0.0, momentum=0.9, scheduler="constant",
-                patience=0, seed=0, precision="fp32", eval_batch_size=256, checkpoint_every=30.0)
+                patience=0, monitor="val_loss", warmup_epochs=0, seed=0, precision="fp32", eval_batch_size=256,
+                checkpoint_every=30.0)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -198,7 +199,7 @@ def test_function_matching_averages_hp_over_real_and_new_rows():
     teacher = build_model("seed001-teacher", data.input_shape, 1).eval()
     objective = regression_objective(_cfg(augment="noise:0.2"), student, teacher, data)
     assert isinstance(objective, FunctionMatching)
-    batch = SimpleNamespace(x=data.x_pool[:16], y=data.y_pool[:16])
+    batch = Batch(data.x_pool[:16], data.y_pool[:16], torch.arange(16))
     _, val_terms = objective(student, batch, False)
     assert "hp_new" not in val_terms  # validation is the base objective, on real rows only
     _, terms = objective(student, batch, True)
@@ -215,7 +216,7 @@ def test_feature_projector_is_trained_by_the_engine():
     teacher = build_model("seed001-teacher", data.input_shape, 1).eval()
     cfg = _cfg(w_hp=0.4, w_feat=0.3, feature_pairs=["hidden.2:hidden.1"])
     objective = regression_objective(cfg, student, teacher, data)
-    projector = objective.projectors[0].linear
+    projector = objective.projectors[0].proj
     assert (projector.in_features, projector.out_features) == (64, 128)
     assert {id(p) for p in objective_parameters(objective)} == {id(projector.weight), id(projector.bias)}
     optimizer = make_optimizer(student, cfg, objective_parameters(objective))
