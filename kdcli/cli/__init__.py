@@ -5,14 +5,14 @@ from __future__ import annotations
 import typer
 
 from kdcli.cli import artifacts, compare, plot, sweep, visualize
-from kdcli.cli.common import stage_command
+from kdcli.cli.common import KdcliGroup, stage_command
 from kdcli.stages.cache_logits import cache_logits
 from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, ImportConfig, TeacherConfig
 from kdcli.stages.import_teacher import import_teacher
 from kdcli.stages.train import baseline, distill, train_teacher
 
 app = typer.Typer(
-    name="kdcli", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    name="kdcli", cls=KdcliGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
     help="Knowledge distillation with cached, content-addressed stages and paired statistics.",
 )
 

@@ -7,20 +7,30 @@ the artifact id alone on its last line (or --json); everything for humans goes t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import os
+import tempfile
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import markup
+from typer.core import TyperGroup
 
 from kdcli import config as config_mod
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
-from kdcli.store import Store, default_root
+from kdcli.store import Store, check_ref_name, check_tag, default_root
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:
+    from click import exceptions as click_exceptions
 
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="artifact store root [env KDCLI_STORE, default ./artifacts]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable result on stdout")]
@@ -30,13 +40,103 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps
 NameOpt = Annotated[str | None, typer.Option("--name", help="name the report (refs/NAME), which also keeps it from gc")]
 
 
-def open_store(path: Path | None) -> Store:
-    return Store(path if path is not None else default_root())
+def open_store(path: Path | None, write: bool = False) -> Store:
+    """The store at `path` (default: KDCLI_STORE or ./artifacts), checked first (see check_store_root)."""
+    root = Path(path) if path is not None else default_root()
+    check_store_root(root, write)
+    return Store(root)
+
+
+def check_store_root(root: Path, write: bool) -> None:
+    """A store root is a directory (or not there yet, under directories); with `write`, one we may write to.
+
+    Writability is probed with an unnamed temporary file, so nothing is left behind."""
+    where = f"store {root} (--store or KDCLI_STORE)"
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{where} is a file, not a directory")
+    existing = _existing_ancestor(root, where)
+    if write:
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{where} is not writable: {existing}: {exc.strerror or exc}") from None
+
+
+def _existing_ancestor(path: Path, what: str) -> Path:
+    """The nearest part of `path` (itself included) that exists; it must be a directory."""
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise UsageError(f"{what}: {part} is a file, not a directory")
+            return part
+    return Path(os.curdir)
+
+
+def check_out_file(path: Path | None, flag: str) -> None:
+    """A file to write (a PNG, a CSV): not an existing directory, and not below a file."""
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise UsageError(f"{flag} {path} is a directory; {flag} takes a file name")
+    _existing_ancestor(Path(path).parent, f"{flag} {path}")
+
+
+def check_out_dir(path: Path | None, flag: str) -> None:
+    """A directory to write into: not an existing file, and not below a file."""
+    if path is None:
+        return
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"{flag} {path} is a file; {flag} takes a directory")
+    _existing_ancestor(Path(path), f"{flag} {path}")
+
+
+def check_names(name: str | None, tags: list[str] | None = None) -> None:
+    """--name and every --tag are checked before any work, not when the result is stored."""
+    if name is not None:
+        check_ref_name(name)
+    for tag in tags or []:
+        check_tag(tag)
+
+
+def check_device_options(cfg, device) -> None:
+    """Options that act on CUDA only are refused elsewhere rather than ignored (they would still change
+    the cache key)."""
+    precision = getattr(cfg, "precision", "fp32")
+    if precision != "fp32" and device.type != "cuda":
+        raise UsageError(f"--precision {precision} autocasts on CUDA only; on {device.type} use --precision fp32 "
+                         "(or --device cuda)")
+    if getattr(cfg, "compile", False) and device.type != "cuda":
+        raise UsageError(f"--compile applies on CUDA only; drop it on {device.type} (or use --device cuda)")
 
 
 def fail(message: str, code: int) -> typer.Exit:
     Reporter().console.print(f"error: {' '.join(str(message).split())}", style="red", markup=False, highlight=False)
     return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def one_line_usage_errors() -> Iterator[None]:
+    """Click's usage errors (an unknown flag, `--epochs abc`, a missing argument) as kdcli's one line, exit 2."""
+    try:
+        yield
+    except click_exceptions.UsageError as exc:
+        if isinstance(exc, getattr(click_exceptions, "NoArgsIsHelpError", ())):
+            raise  # `kdcli` alone prints the help
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        raise fail(exc.format_message().rstrip(".") + hint, 2) from None
+
+
+class KdcliGroup(TyperGroup):
+    """The top-level command group: parse errors of it and of every subcommand come out as one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with one_line_usage_errors():
+            return super().invoke(ctx)
 
 
 def execute(action: Callable[[], Any], debug: bool) -> Any:
@@ -72,16 +172,29 @@ def _cli_parameter(field: dataclasses.Field, tp) -> inspect.Parameter:
     base, _ = config_mod._unwrap_optional(tp)
     flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-    help_text = f"{field.metadata.get('help', '')} [default: {default}]"
+    # the flag's own default is None (so that given flags can be told apart): the help text shows the
+    # config's default, escaped from rich markup, which would otherwise swallow "[default: ...]"
+    help_text = f"{field.metadata.get('help', '')} {markup.escape(f'[default: {_default_text(default)}]')}"
+    shown = {"show_default": False}
     if base is bool:
-        annotation, option = bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
+        annotation, option = bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, **shown)
     elif typing.get_origin(base) is list and typing.get_args(base) in ((str,), ()):
-        annotation, option = list[str] | None, typer.Option(None, flag, help=help_text, show_default=False)
+        annotation, option = list[str] | None, typer.Option(None, flag, help=help_text, **shown)
     elif typing.get_origin(base) is list:
-        annotation, option = str | None, typer.Option(None, flag, help=help_text + " (comma separated)", show_default=False)
+        annotation, option = str | None, typer.Option(None, flag, help=help_text + " (comma separated)", **shown)
     else:
-        annotation, option = base | None, typer.Option(None, flag, help=help_text, show_default=False)
+        annotation, option = base | None, typer.Option(None, flag, help=help_text, **shown)
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def _default_text(default) -> str:
+    if default is None or default == []:
+        return "none"
+    if isinstance(default, bool):
+        return "yes" if default else "no"
+    if isinstance(default, list):
+        return ",".join(map(str, default))
+    return str(default)
 
 
 _COMMON = [
@@ -103,7 +216,7 @@ def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: 
 
     `positional` names a field that is also accepted as the first argument (e.g. the teacher ref).
     """
-    from kdcli.stages.common import RunContext, resolve_device
+    from kdcli.stages.common import RunContext
 
     types_ = config_mod.field_types(config_cls)
     fields = dataclasses.fields(config_cls)
@@ -122,11 +235,10 @@ def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: 
             kwargs[positional] = given or kwargs.get(positional)
 
         def run():
-            cfg = config_mod.build(config_cls, common["config_file"], kwargs)
+            cfg, store, device = checked_inputs(config_cls, kwargs, common)
             reporter = Reporter(quiet=common["quiet"])
-            ctx = RunContext(store=open_store(common["store"]), device=resolve_device(common["device"]),
-                             reporter=reporter, force=common["force"], name=common["name"],
-                             tags=list(common["tag"] or []))
+            ctx = RunContext(store=store, device=device, reporter=reporter, force=common["force"],
+                             name=common["name"], tags=list(common["tag"] or []))
             result = stage_fn(cfg, ctx)
             emit({"id": result.id, "kind": result.artifact.kind, "stage": name, "skipped": result.skipped,
                   "name": common["name"], "metrics": result.metrics}, common["json_out"])
@@ -136,6 +248,18 @@ def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: 
     command.__signature__ = inspect.Signature(params)
     command.__doc__ = help_text
     app.command(name, help=help_text)(command)
+
+
+def checked_inputs(config_cls, flags: dict, common: dict):
+    """Everything a stage command was given, validated before any data loads: names and tags, the whole
+    resolved config, the device and the options that need one, the store. -> (config, store, device)."""
+    from kdcli.stages.common import resolve_device
+
+    check_names(common["name"], common["tag"])
+    cfg = config_mod.build(config_cls, common["config_file"], flags)
+    device = resolve_device(common["device"])
+    check_device_options(cfg, device)
+    return cfg, open_store(common["store"], write=True), device
 
 
 def require(condition: bool, message: str) -> None:
