@@ -10,7 +10,19 @@ import typer
 from rich import box
 from rich.table import Table
 
-from kdcli.cli.common import DebugOpt, JsonOpt, NameOpt, QuietOpt, StoreOpt, emit, execute, fail, open_store
+from kdcli.cli.common import (
+    DebugOpt,
+    JsonOpt,
+    NameOpt,
+    QuietOpt,
+    StoreOpt,
+    check_names,
+    check_out_file,
+    emit,
+    execute,
+    fail,
+    open_store,
+)
 from kdcli.reporting import Reporter
 
 GROUP_HELP = ("tag:TAG, a ref-name glob (demo/baseline-*), sweep:SWEEP_REF:POINT, or REF[,REF...]; "
@@ -85,10 +97,13 @@ def command(
             write_csv,
         )
 
+        check_names(name)
+        check_out_file(plot, "--plot")
+        check_out_file(csv, "--csv")
         cfg = CompareConfig(groups=list(groups), labels=list(label or []), metric=metric, baseline=baseline,
                             alternative=alternative, alpha=alpha, reference=reference,
                             plot=str(plot) if plot else None)
-        st = open_store(store)
+        st = open_store(store, write=True)
         result = compare(cfg, st)
         if csv:
             write_csv(result, csv)

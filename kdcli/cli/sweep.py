@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from kdcli.cli.common import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, StoreOpt, emit, execute, open_store
+from kdcli.cli.common import (
+    DebugOpt,
+    DeviceOpt,
+    JsonOpt,
+    QuietOpt,
+    StoreOpt,
+    check_names,
+    check_out_dir,
+    emit,
+    execute,
+    open_store,
+)
 from kdcli.cli.compare import comparisons_table, fmt, interval
 from kdcli.reporting import Reporter
 from kdcli.stages.common import RunContext, resolve_device
@@ -51,11 +62,13 @@ def command(
     def run():
         from kdcli.stages.sweep import sweep, sweep_config  # imported late: keeps `kdcli --help` fast
 
+        check_names(name, tag)
+        check_out_dir(plot_dir, "--plot-dir")
         cfg = sweep_config(spec, list(grid or []), list(set_ or []), seeds, stage=stage, jobs=jobs, metric=metric,
                            baseline_ref=baseline_ref, reference=reference,
                            plot_dir=str(plot_dir) if plot_dir else None)
         reporter = Reporter(quiet=quiet)
-        ctx = RunContext(store=open_store(store), device=resolve_device(device), reporter=reporter, force=force,
+        ctx = RunContext(store=open_store(store, write=True), device=resolve_device(device), reporter=reporter, force=force,
                          name=name, tags=list(tag or []))
         result = sweep(cfg, ctx)
         console = Reporter().console  # the tables are the result, printed even with -q

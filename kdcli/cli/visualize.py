@@ -15,6 +15,8 @@ from kdcli.cli.common import (
     NameOpt,
     QuietOpt,
     StoreOpt,
+    check_names,
+    check_out_dir,
     emit,
     execute,
     open_store,
@@ -69,9 +71,11 @@ def command(
             temperature_view,
         )
 
+        check_names(name)
+        check_out_dir(out, "--out")
         cfg = TemperatureViewConfig(source=source, temperatures=parse_floats(temperatures, "--temperatures"),
                                     index=index, count=count, dataset=dataset, out=str(out))
-        st = open_store(store)
+        st = open_store(store, write=True)
         result = temperature_view(cfg, st, resolve_device(device))
         reporter = Reporter(quiet=quiet)
         for sample in result["samples"]:
