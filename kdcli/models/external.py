@@ -18,8 +18,8 @@ import re
 import socket
 import warnings
 from pathlib import Path
-from urllib.parse import urlparse
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
