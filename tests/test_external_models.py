@@ -85,7 +85,7 @@ def test_hf_spec_label_count_checked(tmp_path):
 
 
 def test_hf_missing_dir_is_usage_error(tmp_path):
-    with pytest.raises(UsageError, match="cannot load"):
+    with pytest.raises(UsageError, match="does not exist"):
         load_hf_classifier(str(tmp_path / "nothing-here"), trust_remote_code=False)
 
 

@@ -44,6 +44,13 @@ def command(
     spec: Annotated[Path | None, typer.Option("--spec", help="YAML with stage, grid, seeds, base (fixed options), ...; flags override")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="fixed option KEY=VALUE of every run (repeatable)")] = None,
     jobs: Annotated[int | None, typer.Option("--jobs", help="parallel worker processes (CPU threads split; one GPU each, round robin) (default: 1)")] = None,
+    executor: Annotated[str | None, typer.Option("--executor", help="where the runs execute: local, ray or slurm (default: local)")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join (default: start a local instance)")] = None,
+    cpus_per_run: Annotated[float | None, typer.Option("--cpus-per-run", help="CPUs (and torch threads) of each ray/slurm run (default: 1)")] = None,
+    gpus_per_run: Annotated[float | None, typer.Option("--gpus-per-run", help="GPUs of each ray/slurm run; > 0 trains on cuda (default: 0)")] = None,
+    partition: Annotated[str | None, typer.Option("--partition", help="Slurm partition")] = None,
+    time_limit: Annotated[int | None, typer.Option("--time-limit", help="Slurm time limit per run, minutes (default: 60)")] = None,
+    slurm_cluster: Annotated[str | None, typer.Option("--slurm-cluster", help="slurm, or local: submitit runs the jobs on this machine (default: slurm)")] = None,
     metric: Annotated[str | None, typer.Option("--metric", help="metric to rank by (default: test_acc, or test_mse for regression)")] = None,
     baseline_ref: Annotated[str | None, typer.Option("--baseline-ref", help="group (glob, tag:TAG, refs) the best point is paired with and tested against")] = None,
     reference: Annotated[str | None, typer.Option("--reference", help="teacher artifact drawn as a line (default: --set teacher/logits)")] = None,
@@ -65,6 +72,9 @@ def command(
         check_names(name, tag)
         check_out_dir(plot_dir, "--plot-dir")
         cfg = sweep_config(spec, list(grid or []), list(set_ or []), seeds, stage=stage, jobs=jobs, metric=metric,
+                           executor=executor, ray_address=ray_address, cpus_per_run=cpus_per_run,
+                           gpus_per_run=gpus_per_run, partition=partition, time_limit=time_limit,
+                           slurm_cluster=slurm_cluster,
                            baseline_ref=baseline_ref, reference=reference,
                            plot_dir=str(plot_dir) if plot_dir else None)
         reporter = Reporter(quiet=quiet)

@@ -1,29 +1,29 @@
 """A grid of distill/baseline options times seeds, each point an ordinary cached stage run.
 
 Because every run goes through `run_cached`, an interrupted sweep resumes where it stopped (finished
-runs are cache hits) and a finished one reruns in seconds. With `jobs` > 1 the runs go to spawned
-worker processes that split the CPU threads (or take one GPU each, round robin). Every run is tagged
+runs are cache hits) and a finished one reruns in seconds. An executor (kdcli.executors) decides only
+where each run executes: here (`jobs` > 1: spawned local workers), as Ray tasks or as Slurm jobs. The
+run is the same cached stage everywhere, so the ids agree and a sweep interrupted on one executor
+resumes on another. A failed run is listed in one line; the others finish, and the sweep then fails
+without writing its artifact. Every run is tagged
 `sweep-<name or short key>`; the sweep artifact holds the rows (point, params, seed, run id, metric),
 the summary per point sorted best first, and the best point's paired test against a baseline group.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import itertools
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from kdcli import config as config_mod
-from kdcli import plots, stats
+from kdcli import executors, plots, stats
 from kdcli.config import opt, parse_seeds
-from kdcli.errors import UsageError
+from kdcli.errors import KdcliError, UsageError
+from kdcli.reporting import Reporter
 from kdcli.stages import train
 from kdcli.stages.common import RunContext, run_cached
 from kdcli.stages.compare import analyze, default_metric, higher_is_better, reference_value, resolve_group
@@ -43,13 +43,27 @@ class SweepConfig:
     metric: str | None = opt(None, "metric to rank by (default test_acc, or test_mse for regression)")
     baseline_ref: str | None = opt(None, "group (glob, tag:TAG, refs) the best point is tested against")
     reference: str | None = opt(None, "teacher artifact drawn as a reference line (default: base teacher/logits)")
-    jobs: int = opt(1, "parallel worker processes", key=False)
+    jobs: int = opt(1, "parallel worker processes of --executor local", key=False)
+    executor: str = opt("local", "where the runs execute: local, ray or slurm", key=False)
+    ray_address: str | None = opt(None, "Ray cluster to join (default: start a local instance)", key=False)
+    cpus_per_run: float = opt(1.0, "CPUs (and torch threads) of each ray/slurm run", key=False)
+    gpus_per_run: float = opt(0.0, "GPUs of each ray/slurm run; > 0 runs on cuda", key=False)
+    partition: str | None = opt(None, "Slurm partition", key=False)
+    time_limit: int = opt(60, "Slurm time limit of each run, minutes", key=False)
+    slurm_cluster: str = opt("slurm", "slurm, or local: submitit runs the jobs on this machine", key=False)
+    slurm_folder: str | None = opt(None, "Slurm job logs (default STORE/slurm; shared with the nodes)", key=False)
     plot_dir: str | None = opt(None, "directory of the grid bar chart and temperature curve", key=False)
 
     def validate(self) -> None:
         check_choice("stage", self.stage, STAGES)
+        check_choice("executor", self.executor, executors.EXECUTORS)
+        check_choice("slurm_cluster", self.slurm_cluster, executors.SLURM_CLUSTERS)
         if self.jobs < 1:
             raise UsageError(f"--jobs must be >= 1, got {self.jobs}")
+        if self.jobs > 1 and self.executor != "local":
+            raise UsageError(f"--jobs is for --executor local; {self.executor} sizes runs with --cpus-per-run")
+        if self.cpus_per_run <= 0 or self.gpus_per_run < 0 or self.time_limit < 1:
+            raise UsageError("--cpus-per-run must be > 0, --gpus-per-run >= 0 and --time-limit >= 1")
         if not self.seeds:
             raise UsageError("--seeds needs at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
@@ -113,49 +127,37 @@ def plan(cfg: SweepConfig) -> list[tuple[str, dict, int, object]]:
             for label, params in zip(labels, points, strict=True) for seed in cfg.seeds]
 
 
-# -- worker processes -------------------------------------------------------------------------------
-_WORKER: dict = {}
+# -- running the points -----------------------------------------------------------------------------
+def run_point(payload: dict, device: str, threads: int) -> dict:
+    """One point x seed as the ordinary cached stage, wherever an executor runs it: the store path,
+    the device and the torch threads come explicitly from the payload and the executor. A failure
+    comes back as {"error": one line}, the same from every executor."""
+    torch.set_num_threads(threads)
+    ctx = RunContext(store=Store(payload["store"]), device=torch.device(device), reporter=Reporter(quiet=True),
+                     force=payload["force"], tags=[payload["tag"]])
+    try:
+        result = getattr(train, payload["stage"])(STAGES[payload["stage"]](**payload["config"]), ctx)
+    except Exception as exc:  # this run's failure; Ctrl-C still stops the sweep
+        return {"error": executors.first_line(exc)}
+    return {"id": result.id, "skipped": result.skipped}
 
 
-def _init_worker(counter, jobs: int, device: str) -> None:
-    with counter.get_lock():
-        index = counter.value
-        counter.value += 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores // jobs))
-    if device.startswith("cuda") and torch.cuda.device_count():
-        device = f"cuda:{index % torch.cuda.device_count()}"
-    _WORKER["device"] = torch.device(device)
-
-
-def _run_in_worker(stage: str, config: dict, root: str, force: bool, tag: str) -> tuple[str, bool]:
-    from kdcli.reporting import Reporter
-
-    ctx = RunContext(store=Store(root), device=_WORKER["device"], reporter=Reporter(quiet=True), force=force,
-                     tags=[tag])
-    result = getattr(train, stage)(STAGES[stage](**config), ctx)
-    return result.id, result.skipped
+def make_executor(cfg: SweepConfig, ctx: RunContext):
+    """The executor `cfg.executor` names, with the sweep's resources."""
+    if cfg.executor == "ray":
+        return executors.RayExecutor(cfg.ray_address, cfg.cpus_per_run, cfg.gpus_per_run)
+    if cfg.executor == "slurm":
+        folder = Path(cfg.slurm_folder) if cfg.slurm_folder else ctx.store.root.resolve() / "slurm"
+        return executors.SlurmExecutor(folder, cfg.partition, cfg.time_limit, cfg.cpus_per_run, cfg.gpus_per_run,
+                                       cluster=cfg.slurm_cluster, poll_seconds=1.0 if cfg.slurm_cluster == "local" else 5.0)
+    return executors.LocalExecutor(cfg.jobs, str(ctx.device))
 
 
 def run_points(cfg: SweepConfig, tasks: list, ctx: RunContext, tag: str):
-    """Yield (task index, run id, skipped) as runs finish, in this process or in `cfg.jobs` workers."""
-    if cfg.jobs == 1:
-        point_ctx = dataclasses.replace(ctx, name=None, tags=[tag])
-        for i, (_, _, _, config) in enumerate(tasks):
-            result = getattr(train, cfg.stage)(config, point_ctx)
-            yield i, result.id, result.skipped
-        return
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=spawn, initializer=_init_worker,
-                             initargs=(spawn.Value("i", 0), cfg.jobs, str(ctx.device))) as pool:
-        futures = {pool.submit(_run_in_worker, cfg.stage, config_mod.to_dict(config), str(ctx.store.root),
-                               ctx.force, tag): i for i, (_, _, _, config) in enumerate(tasks)}
-        try:
-            for future in as_completed(futures):
-                yield futures[future], *future.result()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    """Yield the executor's Started / Finished events over every task (point x seed)."""
+    payloads = [{"stage": cfg.stage, "config": config_mod.to_dict(config), "store": str(ctx.store.root.resolve()),
+                 "force": ctx.force, "tag": tag} for _, _, _, config in tasks]
+    yield from make_executor(cfg, ctx).run(run_point, payloads)
 
 
 # -- the sweep ----------------------------------------------------------------------------------------
@@ -184,12 +186,28 @@ def sweep(cfg: SweepConfig, ctx: RunContext) -> dict:
         raise UsageError(f"--baseline-ref {cfg.baseline_ref!r} has seeds {sorted(baseline_seeds, key=str)}, "
                          f"the sweep has {cfg.seeds}: they must pair up")
     ids: list[str | None] = [None] * len(tasks)
+    failed: list[tuple[int, str]] = []
     ran = 0
-    for done, (i, run_id, skipped) in enumerate(run_points(cfg, tasks, ctx, tag), start=1):
-        ids[i], ran = run_id, ran + (not skipped)
-        label, _, seed, _ = tasks[i]
-        ctx.reporter.info(f"sweep [{done}/{len(tasks)}] {label} seed {seed}: {'cached' if skipped else 'done'} "
-                          f"({run_id[:12]})")
+    with executors.RunProgress(ctx.reporter, len(tasks)) as progress:
+        for event in run_points(cfg, tasks, ctx, tag):
+            progress.update(event)
+            if isinstance(event, executors.Started):
+                continue
+            label, _, seed, _ = tasks[event.index]
+            if "error" in event.result:
+                failed.append((event.index, event.result["error"]))
+                continue
+            ids[event.index], skipped = event.result["id"], event.result["skipped"]
+            ran += not skipped
+            finished = sum(progress.counts.values())
+            ctx.reporter.info(f"sweep [{finished}/{len(tasks)}] {label} seed {seed}: "
+                              f"{'cached' if skipped else 'done'} ({ids[event.index][:12]})")
+    if failed:
+        for i, error in sorted(failed):
+            ctx.reporter.console.print(f"failed: {tasks[i][0]} seed {tasks[i][2]}: {error}", markup=False,
+                                       highlight=False, style="red")
+        raise KdcliError(f"{len(failed)} of {len(tasks)} runs failed (listed above); the others are stored, "
+                         "and rerunning the sweep retries only the failed ones")
     if len(set(ids)) < len(ids):
         ctx.reporter.warn("several points reuse one cached run: a grid key outside the runs' cache key "
                           "(e.g. compile, eval_batch_size) does not change the result")
