@@ -60,10 +60,11 @@ def models() -> None:
 
 @app.command("datasets")
 def datasets() -> None:
-    """List the data sets '--dataset' accepts."""
-    from kdcli.data import DATASETS
+    """List the data sets '--dataset' accepts, with what each one is."""
+    from kdcli.data import DATASET_HELP
 
-    _list_registry(DATASETS)
+    for usage, description in DATASET_HELP.values():
+        typer.echo(f"{usage:<22} {description}")
 
 
 def _list_registry(registry) -> None:
