@@ -53,7 +53,8 @@ demo: install
 	  $(KD) baseline --seed $$s --name demo/baseline-s$$s -q --device $(DEVICE) >/dev/null; \
 	  $(KD) distill --logits demo/logits --seed $$s --name demo/kd-s$$s -q --device $(DEVICE) >/dev/null; \
 	done; \
-	$(KD) compare 'demo/baseline-s*' 'demo/kd-s*' --label baseline --label distilled --reference demo/teacher
+	$(KD) compare 'demo/baseline-s*' 'demo/kd-s*' --label baseline --label distilled --reference demo/teacher \
+	  --plot $(REPORTS)/demo-compare.png
 
 # Seed 000, CIFAR-10: pretrained ResNet-56 (chenyaofo) -> small CNN, Adam 1e-3, batch 64, T=10,
 # alpha=0.2 (CE weight), early stopping patience 5 on a 45k/5k split; no augmentation; paired t-test.
