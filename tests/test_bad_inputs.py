@@ -70,6 +70,7 @@ CASES = [
     (["baseline", "--config", "{tmp}/nan.yaml"], "--lr must be a finite number"),
     (["distill", "--config", "{tmp}/inf.yaml"], "--temperature must be a finite number"),
     (["baseline", "--epochs", "0"], "--epochs must be >= 1"),
+    (["visualize-temperature", "kept", "--temperatures", "1,inf"], "--temperatures expects finite numbers"),
     # names and tags, checked before training
     (["baseline", "--name", "../evil"], "invalid name '../evil'"),
     (["baseline", "--name", "a/../../evil"], "invalid name"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -45,9 +46,12 @@ def bars_table(sample: dict, names: list[str], temperatures: list[float], width:
 
 def parse_floats(text: str, flag: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{flag} expects finite numbers, got {text!r}")
+    return values
 
 
 def command(
