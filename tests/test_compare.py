@@ -70,8 +70,10 @@ def test_statistics_match_scipy(runs, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and bytes(report.tensor("box.png").numpy()) == png
     assert f"wrote the paired plot to {plot}" in result.stderr
     rows = list(csv.DictReader(table.open()))
-    assert [r["row"] for r in rows] == ["group"] * 3 + ["comparison"] * 2
+    assert [r["row"] for r in rows] == ["group"] * 3 + ["reference"] + ["comparison"] * 2
     assert float(rows[1]["mean"]) == pytest.approx(mid.mean())
+    assert int(float(rows[1]["params"])) == store.get("mid/s0").manifest["metrics"]["params"]
+    assert rows[3]["name"] == out["reference"]["id"] and float(rows[3]["compression"]) == pytest.approx(1.0)
 
 
 def test_named_report_survives_gc(runs):

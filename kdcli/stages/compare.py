@@ -380,10 +380,19 @@ def _reuse(store: Store, key: str, plot: str | None) -> dict | None:
     return {"id": report.id, "reused": True, **result}
 
 
+SIDE_KEYS = ("params", "compression", "size_bytes", "latency_ms", "latency_batch", "device", "teacher_agreement")
+
+
 def summary_rows(result: dict) -> list[dict]:
-    """One flat row per group and per comparison (for CSV)."""
-    rows = [{"row": "group", "name": label, **{k: g[k] for k in ("n", "mean", "std", "ci_low", "ci_high")}}
+    """One flat row per group (with its side-by-side facts), for the reference, and per comparison (for CSV)."""
+    side = {row["label"]: row for row in result.get("side_by_side", [])}
+    rows = [{"row": "group", "name": label, **{k: g[k] for k in ("n", "mean", "std", "ci_low", "ci_high")},
+             **{k: side.get(label, {}).get(k) for k in SIDE_KEYS}}
             for label, g in result["groups"].items()]
+    if "reference" in side:
+        ref = side["reference"]
+        rows.append({"row": "reference", "name": ref["id"], "n": 1, "mean": ref["mean"],
+                     **{k: ref[k] for k in SIDE_KEYS}})
     keys = ("n", "mean_diff", "diff_ci_low", "diff_ci_high", "t", "t_p", "t_p_holm", "wilcoxon_p",
             "wilcoxon_p_holm", "cohens_dz")
     rows += [{"row": "comparison", "name": f"{c['a']} - {c['b']}", **{k: c[k] for k in keys}}
