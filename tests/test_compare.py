@@ -166,7 +166,7 @@ def test_side_by_side_and_t_to_two_decimals(runs):
     for row in rows.values():
         assert row["params"] == params and row["compression"] == pytest.approx(1.0)
         assert row["latency_batch"] == 64 and row["device"] == "cpu" and row["latency_ms"] > 0
-    assert rows["reference"]["size_bytes"] == teacher.path.stat().st_size
+    assert rows["reference"]["size_bytes"] == sum(t.numel() * t.element_size() for t in teacher.tensors().values())
     assert rows["reference"]["mean"] == teacher.manifest["metrics"]["test_acc"]
     assert rows["strong/*"]["mean"] == pytest.approx(metric(store, "strong").mean())
     (c,) = out["comparisons"]

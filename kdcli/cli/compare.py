@@ -50,15 +50,15 @@ def size_text(size_bytes) -> str:
 
 def side_by_side_table(result: dict, title: str) -> Table:
     """One row per group and one for the reference teacher: the metric (mean ± std, 95% CI) beside
-    parameters, compression against the teacher, size on disk, latency per batch and teacher agreement."""
+    parameters, compression against the teacher, size of the weights, latency per batch and teacher agreement."""
     rows = result.get("side_by_side", [])
     batches = sorted({row["latency_batch"] for row in rows if row["latency_batch"]})
     devices = sorted({row["device"] for row in rows if row["device"]})
     batch = batches[0] if len(batches) == 1 else "batch"
     table = Table(title=title, caption=f"latency: ms per batch of {batch} on {', '.join(devices) or '-'}; "
-                                       "compr.: the teacher's parameters / the model's; agree: top-1 agreement "
-                                       "with the teacher, % of test images")
-    for column in ("group", "n", "mean ± std", "95% CI", "params", "compr.", "size", f"ms/{batch}", "agree"):
+                                       "compr.: the teacher's parameters / the model's; weights: bytes stored; "
+                                       "agree: top-1 agreement with the teacher, % of test images")
+    for column in ("group", "n", "mean ± std", "95% CI", "params", "compr.", "weights", f"ms/{batch}", "agree"):
         table.add_column(column, justify="left" if column == "group" else "right",
                          overflow="fold" if column == "group" else "ellipsis")
     for row in rows:

@@ -7,7 +7,7 @@ in more than the method options (epochs, model, data options...) are compared wi
 those keys. An identical compare (same groups, same options) reuses its stored report.
 
 Beside the statistics, `side_by_side` holds one row per group and one for the reference teacher:
-the metric with its CI, parameters, compression against the teacher, size on disk, latency per batch
+the metric with its CI, parameters, compression against the teacher, size of the weights, latency per batch
 on the device it ran on, and agreement with the teacher (seed 004's production evidence).
 
 `alternative` is about "better", not about the sign: "greater" tests whether a group beats the
@@ -249,19 +249,28 @@ def latency_of(manifest: dict) -> dict | None:
     return {"ms": float(ms), "batch": 64, "device": manifest.get("device", "?")}
 
 
+def weights_bytes(artifact: Artifact) -> int:
+    """The bytes of a model's stored weights (what a deployment ships; the artifact file also holds the
+    manifest): the recorded size_bytes, else summed over its tensors."""
+    recorded = (artifact.manifest.get("metrics") or {}).get("size_bytes")
+    if isinstance(recorded, int):
+        return recorded
+    return sum(t.numel() * t.element_size() for t in artifact.tensors().values())
+
+
 def _mean_of(values: list) -> float | None:
     numbers = [float(v) for v in values if isinstance(v, (int, float))]
     return statistics.fmean(numbers) if numbers else None
 
 
 def side_row(label: str, runs: list[Artifact], teacher_params: float | None) -> dict:
-    """Model facts of one group (means over its runs): params, compression, size on disk, latency, agreement."""
+    """Model facts of one group (means over its runs): params, compression, weights' size, latency, agreement."""
     params = _mean_of([(run.manifest.get("metrics") or {}).get("params") for run in runs])
     latencies = [lat for lat in (latency_of(run.manifest) for run in runs) if lat is not None]
     return {
         "label": label, "params": params,
         "compression": teacher_params / params if teacher_params and params else None,
-        "size_bytes": _mean_of([run.path.stat().st_size for run in runs]),
+        "size_bytes": _mean_of([weights_bytes(run) for run in runs]),
         "latency_ms": _mean_of([lat["ms"] for lat in latencies]),
         "latency_batch": latencies[0]["batch"] if latencies else None,
         "device": ", ".join(sorted({lat["device"] for lat in latencies})) or None,
