@@ -88,8 +88,8 @@ def paired_plot(groups: dict[str, Sequence[float]], seeds: Sequence[int], differ
             d = differences[label]
             values = np.asarray(d["values"], dtype=float)
             offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
-            right.scatter(i + offsets, values, s=22, color="tab:blue", alpha=0.7, zorder=3,
-                          label="per-seed difference" if i == 0 else None)
+            right.scatter(i + offsets, values, s=26, c=[colors[j % len(colors)] for j in range(len(values))],
+                          alpha=0.9, zorder=3, label="per-seed difference (colours: seeds)" if i == 0 else None)
             low, high = d["low"], d["high"]
             if np.isfinite(low) and np.isfinite(high):
                 right.errorbar([i + 0.3], [d["mean"]], yerr=[[d["mean"] - low], [high - d["mean"]]], fmt="D",
@@ -98,7 +98,7 @@ def paired_plot(groups: dict[str, Sequence[float]], seeds: Sequence[int], differ
                 right.scatter([i + 0.3], [d["mean"]], marker="D", color="black", label="mean" if i == 0 else None)
         right.axhline(0.0, color="grey", linewidth=1)
         right.set_xticks(np.arange(len(labels)), labels)
-        right.set_xlim(-0.6, len(labels) - 0.3)
+        right.set_xlim(-0.6, len(labels) - 0.2)
         right.set_title("paired difference (group - baseline) per seed")
         right.set_xlabel("comparison")
         right.set_ylabel(f"difference in {metric}")
