@@ -65,7 +65,8 @@ demo: install
 	    --name $(DEMO_NAME)/kd-s$$s -q --device $(DEVICE) >/dev/null; \
 	  base=$${base:+$$base,}$(DEMO_NAME)/baseline-s$$s; kd=$${kd:+$$kd,}$(DEMO_NAME)/kd-s$$s; \
 	done; \
-	$(KD) compare "$$base" "$$kd" --label baseline --label distilled --reference demo/teacher; \
+	$(KD) compare "$$base" "$$kd" --label baseline --label distilled --reference demo/teacher \
+	  --plot $(REPORTS)/$(DEMO_NAME)-compare.png; \
 	$(BIN)/python bench/demo_seeds.py "$$base" "$$kd"
 
 # The lesson of the first demo: the same teacher and recipe with the 1.25k-param digits-student

@@ -488,7 +488,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
     scaled = scaler.is_enabled()
     set_epoch = getattr(objective, "set_epoch", None)
     with Interrupts() as interrupts, reporter.progress(
-            f"{cfg.epochs} epochs", total=(cfg.epochs - start_epoch) * n_batches) as advance:
+            f"epoch {start_epoch + 1}/{cfg.epochs}", total=(cfg.epochs - start_epoch) * n_batches) as advance:
         try:
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
                 started = time.perf_counter()
@@ -581,7 +581,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                     best_state = _state_copy(module)
                 else:
                     bad_epochs += 1
-                reporter.epoch(entry, improved=bad_epochs == 0)
+                reporter.epoch(entry, improved=bad_epochs == 0, of=cfg.epochs)
                 stop = cfg.patience > 0 and bad_epochs >= cfg.patience
                 schedule.epoch_end(state(epoch, stop), final=stop or epoch == cfg.epochs)
                 if interrupts.received:
