@@ -24,7 +24,6 @@ from kdcli.cli.common import (
 )
 from kdcli.errors import UsageError
 from kdcli.reporting import Reporter
-from kdcli.stages.common import resolve_device
 
 
 def bars_table(sample: dict, names: list[str], temperatures: list[float], width: int = 80) -> Table:
@@ -70,10 +69,8 @@ def command(
     """
 
     def run():
-        from kdcli.stages.visualize import (  # imported late: keeps `kdcli --help` fast
-            TemperatureViewConfig,
-            temperature_view,
-        )
+        from kdcli.stages.common import resolve_device  # imported late: keeps `kdcli --help` fast
+        from kdcli.stages.visualize import TemperatureViewConfig, temperature_view
 
         check_names(name)
         check_out_dir(out, "--out")

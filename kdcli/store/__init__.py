@@ -30,9 +30,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from kdcli.errors import KdcliError, UsageError
 from kdcli.store.locks import Holder, Leases, file_lock, hold_lease, is_live, scan_leases
@@ -50,6 +48,9 @@ from kdcli.store.objects import (
 )
 from kdcli.store.remote import Transfer, pull, push
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["KINDS", "Artifact", "CorruptArtifact", "Store", "canonical_json", "default_root", "sha256_of_file",
            "versions"]
 
@@ -57,6 +58,14 @@ KINDS = ("model", "logits", "run", "sweep", "report", "export", "data")
 MIN_PREFIX = 8
 _HEX = re.compile(r"^[0-9a-f]+$")
 _REF_NAME = re.compile(r"^[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*$")
+
+
+def save_file(tensors: dict[str, torch.Tensor], path, metadata: dict | None = None) -> None:
+    """safetensors' save_file, imported on first use: torch, numpy and safetensors load only when
+    tensors are read or written, so listing, naming and verifying the store start without them."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, path, metadata=metadata)
 
 
 def default_root() -> Path:
