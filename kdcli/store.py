@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from kdcli import __version__
 from kdcli.errors import KdcliError, UsageError
 
-KINDS = ("model", "logits", "run", "sweep", "report")
+KINDS = ("model", "logits", "run", "sweep", "report", "data")
 MIN_PREFIX = 8
 _HEX = re.compile(r"^[0-9a-f]+$")
 _REF_NAME = re.compile(r"^[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*$")

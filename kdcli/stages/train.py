@@ -107,7 +107,7 @@ def train_model(stage: str, cfg: TrainConfig, ctx: RunContext, data: DataSet, pa
 
 def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> StageResult:
     """Cross-entropy (or MSE for regression) training of a teacher."""
-    data = load_data(cfg)
+    data = load_data(cfg, ctx)
     views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
     return train_model("train-teacher", cfg, ctx, data, {},
                        lambda model, dd: hard_label_objective(data.task), views)
@@ -115,7 +115,7 @@ def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> StageResult:
 
 def baseline(cfg: BaselineConfig, ctx: RunContext) -> StageResult:
     """The student from scratch on the labels alone (cross-entropy, or seed 003's MSE on one-hot)."""
-    data = load_data(cfg)
+    data = load_data(cfg, ctx)
     if data.task == "classification" and LOSSES.get(cfg.loss).needs_teacher:
         raise UsageError(f"--loss {cfg.loss} needs a teacher; use 'kdcli distill'")
     views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
@@ -125,7 +125,7 @@ def baseline(cfg: BaselineConfig, ctx: RunContext) -> StageResult:
 
 def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
     """A student trained on the teacher's outputs: online (--teacher) or from a cached table (--logits)."""
-    data = load_data(cfg)
+    data = load_data(cfg, ctx)
     if data.task == "regression":  # seed 001's weighted terms with the teacher online (kdcli.stages.regression)
         from kdcli.stages.regression import distill_regression
 
