@@ -4,8 +4,9 @@ The whole data set sits on the training device as tensors (uint8 images), or sta
 (DeviceData); a batch is cut by
 index, augmented as a whole on the device (kdcli.augment), normalized, and handed to an
 objective `(model, batch, train) -> (outputs, terms)`. Early stopping watches the validation
-loss and restores the best weights (seed 000). Each epoch ends with a resumable checkpoint, so
-a killed run restarts from its last completed epoch with the same result.
+loss and restores the best weights (seed 000). Resumable checkpoints are written by time
+(`CheckpointSchedule`): a killed run restarts from its last written epoch, an interrupted one
+(Ctrl-C, SIGTERM) from its last completed epoch, with the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -225,8 +228,35 @@ def task_metrics(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> dic
     return {"sq_err": ((outputs.reshape(targets.shape).float() - targets.float()) ** 2).sum()}
 
 
+class TermSums:
+    """Weighted sums of an objective's scalar terms, kept on the device: one stack and one add per
+    step, no host synchronization and no per-key work until `totals` (once per epoch)."""
+
+    def __init__(self):
+        self.groups: dict[tuple[str, ...], torch.Tensor] = {}  # a term set that changes (alpha -> 0) starts a group
+
+    def add(self, terms: dict[str, torch.Tensor], weight: float) -> None:
+        names = tuple(terms)
+        values = torch.stack([value.detach().float() for value in terms.values()]) * weight
+        total = self.groups.get(names)
+        self.groups[names] = values if total is None else total + values
+
+    def totals(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for names, values in self.groups.items():
+            for name, value in zip(names, values):
+                out[name] = out[name] + value if name in out else value
+        return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module itself behind a torch.compile wrapper: its state_dict keys carry no `_orig_mod.`,
+    so checkpoints and artifacts are the same with and without --compile."""
+    return getattr(model, "_orig_mod", model)
+
+
 class Checkpoint:
-    """Resumable training state at one path: written atomically after every epoch.
+    """Resumable training state at one path, written atomically (see `CheckpointSchedule` for when).
 
     Read with torch.load(weights_only=True): tensors and plain containers only, never arbitrary
     pickled objects. An unreadable checkpoint is ignored (training restarts) and `problem` says why.
@@ -273,11 +303,81 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _detached_copy(value):
+    """A deep copy of a checkpoint state: tensors cloned, containers rebuilt, other values shared."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _detached_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached_copy(v) for v in value)
+    return value
+
+
+class CheckpointSchedule:
+    """When `fit` writes its checkpoint: after the first epoch of a run (a crash that nothing can
+    catch, SIGKILL or power loss, then loses at most that much), afterwards at most every
+    `every` seconds, always after the last epoch, and on an interrupt or error. Between writes the
+    last completed epoch is held in memory (a copy), so `flush` can still write it."""
+
+    def __init__(self, checkpoint: Checkpoint, every: float, saved_epoch: int, enabled: bool = True):
+        self.checkpoint, self.every = checkpoint, every
+        self.enabled = enabled and checkpoint.path is not None
+        self.saved_epoch = saved_epoch  # the epoch on disk, 0 when none
+        self.pending: dict | None = None
+        self.last_write = time.monotonic()
+        self.first = True
+
+    def epoch_end(self, state: dict, final: bool) -> None:
+        if not self.enabled:
+            return
+        if final or self.first or time.monotonic() - self.last_write >= self.every:
+            self.write(state)
+        else:
+            self.pending = _detached_copy(state)
+        self.first = False
+
+    def write(self, state: dict) -> None:
+        self.pending = None
+        self.checkpoint.save(state)
+        self.saved_epoch, self.last_write = state["epoch"], time.monotonic()
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self.write(self.pending)
+
+
+class Interrupts:
+    """SIGINT and SIGTERM while training only set `received`; the loop stops at the next step and
+    writes the last completed epoch. A second signal interrupts at once. Outside the main thread
+    (where handlers cannot be installed) Python's default KeyboardInterrupt remains."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
 def run_epoch_eval(model: nn.Module, dd: DeviceData, idx: torch.Tensor, objective: Objective, views: ViewSet,
                    batch_size: int, precision: str) -> dict[str, float]:
     """Mean objective terms and task metrics over pool indices `idx` on clean images."""
     model.eval()
-    totals: dict[str, torch.Tensor] = {}
+    sums = TermSums()
     clean = torch.full((batch_size,), views.identity, dtype=torch.long) if views.count > 1 else None
     with torch.no_grad():
         for start in range(0, len(idx), batch_size):
@@ -286,19 +386,36 @@ def run_epoch_eval(model: nn.Module, dd: DeviceData, idx: torch.Tensor, objectiv
             batch.views = None if clean is None else clean[: len(chunk)]
             with autocast(dd.device, precision):
                 outputs, terms = objective(model, batch, False)
-            for key, value in {**terms, **task_metrics(dd.data.task, outputs, batch.y)}.items():
-                weight = len(chunk) if key in terms else 1
-                totals[key] = totals.get(key, 0) + value.detach().float() * weight
+            sums.add(terms, len(chunk))
+            sums.add(task_metrics(dd.data.task, outputs, batch.y), 1)
     n = max(len(idx), 1)
-    return {k: float(v) / n for k, v in totals.items()}
+    return {k: float(v) / n for k, v in sums.totals().items()}
+
+
+def _restore(saved: dict, module: nn.Module, objective, optimizer, scheduler, scaler, generator,
+             device: torch.device) -> None:
+    """Load a checkpoint's training state (model, objective, optimizer, schedule, loss scale, RNGs)."""
+    module.load_state_dict(saved["model"])
+    if isinstance(objective, nn.Module) and "objective" in saved:
+        objective.load_state_dict(saved["objective"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if "scaler" in saved and scaler.is_enabled():
+        scaler.load_state_dict(saved["scaler"])
+    generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    if "cuda_rng" in saved and device.type == "cuda":
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
 
 
 def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: ViewSet, reporter: Reporter,
         checkpoint: Checkpoint | None = None) -> FitResult:
-    """Train `model` in place with `objective`; restore the weights of the best validation epoch."""
+    """Train `model` in place with `objective`; restore the weights of the best validation epoch.
+
+    `model` may be a torch.compile wrapper: its module's own state (`unwrap`) is what is checkpointed."""
     data = dd.data
     device = dd.device
-    checkpoint = checkpoint or Checkpoint(None)
+    module = unwrap(model)
     optimizer = make_optimizer(model, cfg, objective_parameters(objective))
     # under torchrun: DDP for the model, a hand all-reduce for the objective's own parameters, each
     # rank a strided shard of every global batch (kdcli.distributed)
@@ -311,20 +428,15 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     result = FitResult()
-    best_state = _state_copy(model)
+    best_state = _state_copy(module)
     bad_epochs, start_epoch = 0, 0
 
+    checkpoint = checkpoint or Checkpoint(None)
     saved = checkpoint.load()
     if checkpoint.problem:
         reporter.warn(checkpoint.problem)
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        if objective_state is not None and "objective" in saved:
-            objective.load_state_dict(saved["objective"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
+        _restore(saved, module, objective, optimizer, scheduler, scaler, generator, device)
         best_state, bad_epochs = saved["best_state"], saved["bad_epochs"]
         result.history, result.best_epoch = saved["history"], saved["best_epoch"]
         result.best_val_loss = saved["best_val_loss"]
@@ -332,95 +444,121 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
         reporter.info(f"resuming from the checkpoint after epoch {start_epoch}")
         if saved.get("stopped_early"):  # killed after early stopping had already ended training
             result.stopped_early, start_epoch = True, cfg.epochs
+    schedule = CheckpointSchedule(checkpoint, cfg.checkpoint_every, start_epoch, enabled=distributed.is_main())
+
+    def state(epoch: int, stop: bool) -> dict:
+        return {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                **({"objective": objective_state()} if objective_state is not None else {}),
+                **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}),
+                **({"cuda_rng": torch.cuda.get_rng_state_all()} if device.type == "cuda" else {}),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "best_state": best_state,
+                "bad_epochs": bad_epochs, "history": list(result.history),
+                "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                "epoch": epoch, "stopped_early": stop}
 
     train_idx = data.train_idx
     n_batches = math.ceil(len(train_idx) / cfg.batch_size)
     use_val = len(data.val_idx) > 0
-    with reporter.progress(f"{cfg.epochs} epochs", total=(cfg.epochs - start_epoch) * n_batches) as advance:
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            started = time.perf_counter()
-            # per-epoch hook: an objective with a schedule (temperature, alpha, warm-up) updates itself
-            # and returns the values it now uses, which the history records
-            set_epoch = getattr(objective, "set_epoch", None)
-            scheduled = (set_epoch(epoch, cfg.epochs) or {}) if callable(set_epoch) else {}
-            model.train()
-            order = dd.epoch_order(train_idx, generator)
-            epoch_views = views.sample(len(order), generator) if views.count > 1 else None
-            # the epoch's indices and view draws go to the device once, not once per batch
-            order_dev = order.to(device)
-            epoch_views_dev = epoch_views.to(device) if epoch_views is not None else None
-            sums: dict[str, torch.Tensor] = {}
-            for start in range(0, len(order), cfg.batch_size):
-                stop_at = start + cfg.batch_size
-                cut, cut_dev, scale = slice(start, stop_at), slice(start, stop_at), 1.0
-                if ranked:  # this rank's strided share of the global batch
-                    cut, scale = distributed.shard(torch.arange(start, min(stop_at, len(order))))
-                    cut_dev = cut.to(device)
-                idx = order[cut]
-                view_ids = epoch_views[cut] if epoch_views is not None else None
-                batch = dd.batch(idx, views, view_ids, order_dev[cut_dev],
-                                 epoch_views_dev[cut_dev] if epoch_views_dev is not None else None)
-                with autocast(device, cfg.precision):
-                    outputs, terms = objective(train_model, batch, True)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(terms["loss"] * scale if ranked else terms["loss"]).backward()
-                if ranked:
-                    distributed.average_gradients(objective_parameters(objective))
-                scaler.step(optimizer)
-                scaler.update()
-                weight = len(idx) if scale else 0
-                for key, value in terms.items():
-                    sums[key] = sums.get(key, 0) + value.detach().float() * weight
-                advance(1)
-            if ranked:  # the epoch's terms summed over ranks; BatchNorm statistics from rank 0
-                sums = distributed.sum_over_ranks(sums, device)
-                distributed.broadcast_buffers(model)
-            train = {k: float(v) / len(order) for k, v in sums.items()}
-            bad_terms = [k for k, v in train.items() if not math.isfinite(v)]
-            if bad_terms:
-                raise KdcliError(
-                    f"non-finite loss in epoch {epoch} (term {', '.join(sorted(bad_terms))}); "
-                    + (f"the checkpoint after epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written")
-                    + "; try a lower --lr")
-            entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **scheduled,
-                     **{f"train_{k}": v for k, v in train.items()}}
-            if use_val:
-                if ranked and len(data.val_idx) >= distributed.world_size():  # strided shares, then the mean
-                    shard_idx = data.val_idx[distributed.rank()::distributed.world_size()]
-                    val = run_epoch_eval(model, dd, shard_idx, objective, views, cfg.eval_batch_size, cfg.precision)
-                    val = distributed.sum_over_ranks({k: v * len(shard_idx) for k, v in val.items()}, device)
-                    val = {k: v / len(data.val_idx) for k, v in val.items()}
+    scaled = scaler.is_enabled()
+    set_epoch = getattr(objective, "set_epoch", None)
+    with Interrupts() as interrupts, reporter.progress(
+            f"{cfg.epochs} epochs", total=(cfg.epochs - start_epoch) * n_batches) as advance:
+        try:
+            for epoch in range(start_epoch + 1, cfg.epochs + 1):
+                started = time.perf_counter()
+                # per-epoch hook: an objective with a schedule (temperature, alpha, warm-up) updates itself
+                # and returns the values it now uses, which the history records
+                scheduled = (set_epoch(epoch, cfg.epochs) or {}) if callable(set_epoch) else {}
+                model.train()
+                order = dd.epoch_order(train_idx, generator)
+                epoch_views = views.sample(len(order), generator) if views.count > 1 else None
+                # the epoch's indices and view draws go to the device once, not once per batch
+                order_dev = order.to(device)
+                epoch_views_dev = epoch_views.to(device) if epoch_views is not None else None
+                sums = TermSums()
+                for start in range(0, len(order), cfg.batch_size):
+                    if interrupts.received:
+                        raise KeyboardInterrupt
+                    stop_at = start + cfg.batch_size
+                    cut, cut_dev, scale = slice(start, stop_at), slice(start, stop_at), 1.0
+                    if ranked:  # this rank's strided share of the global batch
+                        cut, scale = distributed.shard(torch.arange(start, min(stop_at, len(order))))
+                        cut_dev = cut.to(device)
+                    idx = order[cut]
+                    view_ids = epoch_views[cut] if epoch_views is not None else None
+                    batch = dd.batch(idx, views, view_ids, order_dev[cut_dev],
+                                     epoch_views_dev[cut_dev] if epoch_views_dev is not None else None)
+                    with autocast(device, cfg.precision):
+                        outputs, terms = objective(train_model, batch, True)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = terms["loss"] * scale if ranked else terms["loss"]
+                    if scaled:
+                        scaler.scale(loss).backward()
+                    else:
+                        loss.backward()
+                    if ranked:
+                        distributed.average_gradients(objective_parameters(objective))
+                    if scaled:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    sums.add(terms, len(idx) if scale else 0)
+                    advance(1)
+                totals = sums.totals()
+                if ranked:  # the epoch's terms summed over ranks; BatchNorm statistics from rank 0
+                    totals = distributed.sum_over_ranks(totals, device)
+                    distributed.broadcast_buffers(module)
+                train = {k: float(v) / len(order) for k, v in totals.items()}
+                bad_terms = [k for k, v in train.items() if not math.isfinite(v)]
+                if bad_terms:
+                    schedule.flush()
+                    kept = schedule.saved_epoch
+                    raise KdcliError(
+                        f"non-finite loss in epoch {epoch} (term {', '.join(sorted(bad_terms))}); "
+                        + (f"the checkpoint after epoch {kept} is kept" if kept else "no checkpoint was written")
+                        + "; try a lower --lr")
+                entry = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **scheduled,
+                         **{f"train_{k}": v for k, v in train.items()}}
+                if use_val:
+                    if ranked and len(data.val_idx) >= distributed.world_size():  # strided shares, then the mean
+                        shard_idx = data.val_idx[distributed.rank()::distributed.world_size()]
+                        val = run_epoch_eval(model, dd, shard_idx, objective, views, cfg.eval_batch_size,
+                                             cfg.precision)
+                        val = distributed.sum_over_ranks({k: v * len(shard_idx) for k, v in val.items()}, device)
+                        val = {k: v / len(data.val_idx) for k, v in val.items()}
+                    else:
+                        val = run_epoch_eval(model, dd, data.val_idx, objective, views, cfg.eval_batch_size,
+                                             cfg.precision)
+                    entry.update({f"val_{k}": v for k, v in val.items() if k not in ("correct", "sq_err")})
+                    if "correct" in val:
+                        entry["val_acc"] = 100.0 * val["correct"]
+                    if "sq_err" in val:
+                        entry["val_mse"] = val["sq_err"]
+                scheduler.step()
+                entry["seconds"] = round(time.perf_counter() - started, 3)
+                result.history.append(entry)
+                monitored = entry.get("val_loss", entry["train_loss"])
+                if monitored < result.best_val_loss:
+                    result.best_val_loss, result.best_epoch, bad_epochs = monitored, epoch, 0
+                    best_state = _state_copy(module)
                 else:
-                    val = run_epoch_eval(model, dd, data.val_idx, objective, views, cfg.eval_batch_size, cfg.precision)
-                entry.update({f"val_{k}": v for k, v in val.items() if k not in ("correct", "sq_err")})
-                if "correct" in val:
-                    entry["val_acc"] = 100.0 * val["correct"]
-                if "sq_err" in val:
-                    entry["val_mse"] = val["sq_err"]
-            scheduler.step()
-            entry["seconds"] = round(time.perf_counter() - started, 3)
-            result.history.append(entry)
-            monitored = entry.get("val_loss", entry["train_loss"])
-            if monitored < result.best_val_loss:
-                result.best_val_loss, result.best_epoch, bad_epochs = monitored, epoch, 0
-                best_state = _state_copy(model)
-            else:
-                bad_epochs += 1
-            reporter.epoch(entry, improved=bad_epochs == 0)
-            stop = cfg.patience > 0 and bad_epochs >= cfg.patience
-            if distributed.is_main():
-                checkpoint.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 **({"objective": objective_state()} if objective_state is not None else {}),
-                                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                                 "torch_rng": torch.get_rng_state(), "best_state": best_state,
-                                 "bad_epochs": bad_epochs, "history": result.history,
-                                 "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                                 "epoch": epoch, "stopped_early": stop})
-            if stop:
-                result.stopped_early = True
-                reporter.info(f"early stopping after epoch {epoch}: no validation improvement in {cfg.patience} epochs")
-                break
-    model.load_state_dict(best_state)
+                    bad_epochs += 1
+                reporter.epoch(entry, improved=bad_epochs == 0)
+                stop = cfg.patience > 0 and bad_epochs >= cfg.patience
+                schedule.epoch_end(state(epoch, stop), final=stop or epoch == cfg.epochs)
+                if interrupts.received:
+                    raise KeyboardInterrupt
+                if stop:
+                    result.stopped_early = True
+                    reporter.info(f"early stopping after epoch {epoch}: no validation improvement in "
+                                  f"{cfg.patience} epochs")
+                    break
+        except (KeyboardInterrupt, Exception):
+            schedule.flush()  # the last completed epoch, so the rerun resumes from there
+            raise
+    module.load_state_dict(best_state)
     return result
 
 

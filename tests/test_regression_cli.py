@@ -15,7 +15,13 @@ from kdcli.engine import DeviceData, fit, make_optimizer, objective_parameters
 from kdcli.errors import UsageError
 from kdcli.models import build_model
 from kdcli.reporting import Reporter
-from kdcli.stages.regression import FunctionMatching, InputAugment, parse_feature_pairs, regression_objective
+from kdcli.stages.regression import (
+    FunctionMatching,
+    InputAugment,
+    parse_feature_pairs,
+    regression_objective,
+    training_box,
+)
 
 SMALL = ["--dataset", "synthetic-regression", "--n-samples", "200", "--epochs", "2", "--batch-size", "32",
          "--device", "cpu", "-q", "--json"]
@@ -38,6 +44,7 @@ def test_regression_chain_through_cli(cli, store):
         "gr": ["--w-hard", "0.2", "--w-hp", "0.5", "--w-gr", "0.3"],
         "noise": ["--augment", "noise:0.1"],
         "mixup": ["--augment", "mixup:0.4"],
+        "uniform": ["--augment", "uniform:1.1"],
     }
     runs = {name: _run(cli, "distill", *STUDENT, "--teacher", "t", "--seed", "3", *extra)
             for name, extra in variants.items()}
@@ -51,6 +58,7 @@ def test_regression_chain_through_cli(cli, store):
     assert "train_feat" in manifests["feat"]["history"][0] and "train_gr" in manifests["gr"]["history"][0]
     assert "train_hp_new" in manifests["noise"]["history"][0]
     assert manifests["mixup"]["regression_objective"]["function_matching"] == "mixup:0.4"
+    assert manifests["uniform"]["regression_objective"]["function_matching"] == "uniform:1.1"
     assert manifests["feat"]["regression_objective"]["feature_pairs"] == ["hidden.2:hidden.1"]
     # fairness: one seed, one initial student, whatever the objective
     start = store.get(base["id"]).manifest["initial_weights_sha256"]
@@ -86,8 +94,10 @@ def test_bad_regression_inputs_give_one_line(cli, tmp_path):
 
     _run(cli, "train-teacher", *STUDENT, "--epochs", "1", "--name", "t")
     cases = [
-        (["--augment", "flip"], "use none, noise:SIGMA or mixup:ALPHA"),
+        (["--augment", "flip"], "use none, noise:SIGMA, mixup:ALPHA or uniform[:SCALE]"),
         (["--augment", "noise:-1"], "needs a positive finite number"),
+        (["--augment", "uniform:wide"], "expected uniform:NUMBER, e.g. uniform:1.2"),
+        (["--augment", "uniform:0"], "needs a positive finite number"),
         (["--augment", "noise:0.1", "--w-hp", "0"], "it needs --w-hp > 0"),
         (["--w-feat", "1", "--feature-pair", "hidden.1"], "expects TEACHER_LAYER:STUDENT_LAYER"),
         (["--w-feat", "1", "--feature-pair", "hidden.7:hidden.1"], "no layer 'hidden.7'"),
@@ -104,7 +114,8 @@ def test_input_augment_parse_and_draws():
     assert not InputAugment.parse("auto").active and InputAugment.parse("none").spec() == "none"
     assert InputAugment.parse("noise:0.1") == InputAugment("noise", 0.1)
     assert InputAugment.parse("mixup:0.4").spec() == "mixup:0.4"
-    for bad in ("crop:4", "noise", "noise:x", "mixup:0", "noise:0.1,mixup:0.4"):
+    for bad in ("crop:4", "noise", "noise:x", "mixup:0", "noise:0.1,mixup:0.4", "uniform:", "uniform:-1",
+                "uniform:inf", "uniform:nan", "uniform,noise:0.1"):
         with pytest.raises(UsageError):
             InputAugment.parse(bad)
     x = torch.randn(4096, 3)
@@ -118,8 +129,55 @@ def test_input_augment_parse_and_draws():
     mixed = InputAugment("mixup", 0.4).draw(rows)
     # every mixed row lies on a segment between two rows of the batch: inside the triangle
     assert bool((mixed >= -1e-6).all()) and bool((mixed.sum(1) <= 1 + 1e-6).all())
+    assert InputAugment.parse("uniform") == InputAugment("uniform", 1.0) == InputAugment.parse("uniform:1")
+    assert InputAugment.parse("uniform:1.2").spec() == "uniform:1.2"
     assert parse_feature_pairs(["hidden.3:hidden.2", " hidden.1 : hidden.0 "]) == (
         ["hidden.3", "hidden.1"], ["hidden.2", "hidden.0"])
+
+
+def test_uniform_inputs_fill_the_training_box():
+    train_x = torch.tensor([[-1.0, 0.0, 5.0], [3.0, 2.0, 5.0]]).repeat(50, 1)  # feature 2 is constant
+    box = training_box(train_x)
+    torch.testing.assert_close(box[0], torch.tensor([-1.0, 0.0, 5.0]))
+    torch.testing.assert_close(box[1], torch.tensor([3.0, 2.0, 5.0]))
+    batch = torch.zeros(4096, 3)
+    torch.manual_seed(0)
+    fresh = InputAugment("uniform", 1.0).draw(batch, box)
+    assert fresh.shape == batch.shape and fresh.dtype == batch.dtype
+    assert bool((fresh >= box[0]).all()) and bool((fresh <= box[1]).all())
+    torch.testing.assert_close(fresh[:, 2], torch.full((4096,), 5.0))
+    # uniform over the box: mean at the centre, std = range / sqrt(12), both edges reached
+    assert abs(float(fresh[:, 0].mean()) - 1.0) < 0.1 and abs(float(fresh[:, 0].std()) - 4 / 12 ** 0.5) < 0.05
+    assert float(fresh[:, 0].min()) < -0.95 and float(fresh[:, 0].max()) > 2.95
+    torch.manual_seed(0)
+    torch.testing.assert_close(InputAugment("uniform", 1.0).draw(batch, box), fresh)  # same seed, same draws
+    torch.manual_seed(1)
+    assert not torch.equal(InputAugment("uniform", 1.0).draw(batch, box), fresh)
+    # the draws do not depend on the batch's values, only on its shape
+    torch.manual_seed(0)
+    torch.testing.assert_close(InputAugment("uniform", 1.0).draw(torch.full((4096, 3), 7.0), box), fresh)
+    wide = InputAugment("uniform", 1.5).draw(batch, box)  # half-width x 1.5 around the centre: [-2, 4]
+    assert float(wide[:, 0].min()) < -1.5 and float(wide[:, 0].max()) > 3.5
+    assert bool((wide[:, 0] >= -2.0).all()) and bool((wide[:, 0] <= 4.0).all())
+    with pytest.raises(UsageError, match="training rows' box"):
+        InputAugment("uniform", 1.0).draw(batch)
+
+
+def test_uniform_box_comes_from_training_rows_only():
+    data = _tiny_data()
+    torch.manual_seed(0)
+    student = build_model("seed001-student", data.input_shape, 1)
+    teacher = build_model("seed001-teacher", data.input_shape, 1).eval()
+    objective = regression_objective(_cfg(augment="uniform"), student, teacher, data)
+    train_x = data.x_pool[data.train_idx]
+    torch.testing.assert_close(objective.box[0], train_x.min(0).values)
+    torch.testing.assert_close(objective.box[1], train_x.max(0).values)
+    everything = torch.cat([data.x_pool, data.x_test])
+    assert bool((everything.min(0).values <= objective.box[0]).all())
+    assert not torch.equal(everything.min(0).values, objective.box[0])  # validation/test rows widen it; unused
+    batch = SimpleNamespace(x=data.x_pool[:16], y=data.y_pool[:16])
+    _, terms = objective(student, batch, True)
+    torch.testing.assert_close(terms["hp"], (terms["hp_real"] + terms["hp_new"]) / 2)
 
 
 def _cfg(**kw):

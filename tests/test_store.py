@@ -33,8 +33,70 @@ def test_put_is_idempotent(store):
     tensors = {"w": torch.arange(4.0)}
     manifest = {"stage": "x", "created_by": "test"}
     first = store.put("logits", tensors, manifest)
-    assert store.put("logits", tensors, manifest).path.is_file()
-    assert first.id in store.ids()
+    mtimes = first.path.stat().st_mtime_ns, first.path.with_suffix(".json").stat().st_mtime_ns
+    second = store.put("logits", tensors, manifest)
+    assert second.id == first.id and second.manifest == first.manifest
+    assert (second.path.stat().st_mtime_ns, second.path.with_suffix(".json").stat().st_mtime_ns) == mtimes
+    assert store.ids() == [first.id] and list((store.root / "tmp").iterdir()) == []
+
+
+def test_same_content_same_id_across_stores_and_clocks(tmp_path, monkeypatch):
+    import kdcli.store as store_module
+
+    content = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64)}
+    manifest = {"stage": "x", "seed": 3, "metrics": {"test_acc": 91.0, "latency_ms_per_batch64": 1.0},
+                "history": [{"epoch": 1, "train_loss": 0.5, "seconds": 2.0}]}
+    made = []
+    for n, clock in enumerate(("2026-01-01T00:00:00+00:00", "2027-06-30T12:00:00+00:00")):
+        monkeypatch.setattr(store_module, "now", lambda clock=clock: clock)
+        timed = {**manifest, "metrics": {**manifest["metrics"], "latency_ms_per_batch64": 1.0 + n},
+                 "history": [{**manifest["history"][0], "seconds": 2.0 + n}]}
+        made.append(Store(tmp_path / f"store{n}").put("run", content, timed))
+    assert made[0].id == made[1].id
+    assert made[0].path.read_bytes() == made[1].path.read_bytes()
+    # the volatile fields are kept beside the object, per store
+    assert [a.manifest["created"] for a in made] == ["2026-01-01T00:00:00+00:00", "2027-06-30T12:00:00+00:00"]
+    assert [a.manifest["history"][0]["seconds"] for a in made] == [2.0, 3.0]
+    again = Store(tmp_path / "store1").get(made[1].id)
+    assert again.manifest == made[1].manifest and again.manifest["metrics"]["test_acc"] == 91.0
+    # ...and out of the hashed file
+    from kdcli.store.objects import embedded_manifest
+
+    inside = embedded_manifest(made[0].path)
+    assert "created" not in inside and "versions" not in inside and "seconds" not in inside["history"][0]
+
+
+def test_changed_content_changes_the_id(store):
+    first = store.put("run", {"w": torch.zeros(2)}, {"stage": "x", "seed": 0})
+    assert store.put("run", {"w": torch.zeros(2)}, {"stage": "x", "seed": 1}).id != first.id
+    assert store.put("run", {"w": torch.ones(2)}, {"stage": "x", "seed": 0}).id != first.id
+
+
+def test_put_replaces_a_corrupt_copy_of_the_same_content(store):
+    first = put_model(store)
+    first.path.write_bytes(b"garbage")
+    again = put_model(store)
+    assert again.id == first.id and store.verify() == []
+
+
+def test_old_objects_with_embedded_volatile_fields_still_read(store):
+    """Objects written before content ids kept created/versions in the file: still readable and valid."""
+    from safetensors.torch import save_file
+
+    from kdcli.store import sha256_of_file
+
+    manifest = {"kind": "model", "stage": "old", "parents": {}, "versions": {"kdcli": "0.1.0"},
+                "created": "2025-01-01T00:00:00+00:00"}
+    tmp = store.root / "old.safetensors"
+    store.root.mkdir(parents=True)
+    save_file({"w": torch.ones(2)}, str(tmp), metadata={"kdcli": canonical_json(manifest)})
+    old_id = sha256_of_file(tmp)
+    store.object_path(old_id).parent.mkdir(parents=True)
+    tmp.rename(store.object_path(old_id))
+    store.object_path(old_id).with_suffix(".json").write_text(json.dumps(manifest))
+    assert store.get(old_id[:10]).manifest == manifest and store.verify() == []
+    new = store.put("model", {"w": torch.ones(2)}, {"stage": "old", "parents": {}})
+    assert new.id != old_id and store.get(old_id).manifest == manifest  # same content now: its content id
 
 
 def test_flipped_byte_is_caught(store):

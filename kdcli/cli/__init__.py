@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kdcli.cli import artifacts, compare, plot, sweep, visualize
+from kdcli.cli import artifacts, compare, export, plot, sweep, visualize
 from kdcli.cli.common import stage_command
 from kdcli.stages.cache_logits import cache_logits
 from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, ImportConfig, TeacherConfig
@@ -28,6 +28,7 @@ stage_command(app, "distill", DistillConfig, distill,
 stage_command(app, "import-teacher", ImportConfig, import_teacher,
               "Import a pretrained teacher (hf:, torchhub:, or a checkpoint file) and report its test accuracy.",
               positional="source")
+export.register(app)
 app.command("sweep")(sweep.command)
 app.command("compare")(compare.command)
 app.command("visualize-temperature")(visualize.command)
@@ -46,10 +47,15 @@ def methods() -> None:
 
 @app.command("models")
 def models() -> None:
-    """List the registry models '--model' accepts, with their one-line descriptions."""
+    """List the registry models '--model' accepts, with their one-line descriptions, and the zoo families."""
     from kdcli.models import MODELS
+    from kdcli.models.zoo import family_rows
 
     _list_registry(MODELS)
+    for naming, summary in family_rows():
+        typer.echo(f"{naming:<22} {summary}")
+    typer.echo("zoo models take --model-arg KEY=VALUE (passed to the library), --model-arg pretrained=true "
+               "(the library's hub, online) or --weights PATH")
 
 
 @app.command("datasets")

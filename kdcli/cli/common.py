@@ -98,10 +98,11 @@ _COMMON = [
 
 
 def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: str,
-                  positional: str | None = None) -> None:
+                  positional: str | None = None, show: Callable[[Any], None] | None = None) -> None:
     """Register `kdcli NAME`: flags from `config_cls` fields, then `stage_fn(config, RunContext)`.
 
-    `positional` names a field that is also accepted as the first argument (e.g. the teacher ref).
+    `positional` names a field that is also accepted as the first argument (e.g. the teacher ref);
+    `show(result)` prints the stage's result for humans (on stderr, even with -q).
     """
     from kdcli.stages.common import RunContext, resolve_device
 
@@ -128,6 +129,8 @@ def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: 
                              reporter=reporter, force=common["force"], name=common["name"],
                              tags=list(common["tag"] or []))
             result = stage_fn(cfg, ctx)
+            if show is not None:
+                show(result)
             emit({"id": result.id, "kind": result.artifact.kind, "stage": name, "skipped": result.skipped,
                   "name": common["name"], "metrics": result.metrics}, common["json_out"])
 

@@ -1,6 +1,6 @@
 """Model zoo: importing this package registers every model."""
 
-from kdcli.models import external, mlp, resnet18, resnet_cifar, small_cnn, wrn  # noqa: F401  (registers models)
+from kdcli.models import external, mlp, resnet18, resnet_cifar, small_cnn, wrn, zoo  # noqa: F401  (registers models)
 from kdcli.models.registry import MODELS, build_model, parameter_count, state_hash
 
 __all__ = ["MODELS", "build_model", "parameter_count", "state_hash"]

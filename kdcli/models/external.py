@@ -46,11 +46,11 @@ def import_transformers():
     try:
         import transformers
     except ImportError as exc:
-        raise KdcliError(f"Hugging Face models need transformers: {_first_line(exc)}") from None
+        raise KdcliError(f"Hugging Face models need transformers: {first_line(exc)}") from None
     return transformers
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -114,10 +114,10 @@ def load_hf_classifier(id_or_dir: str, trust_remote_code: bool = False, *,
         if not trust_remote_code and "trust_remote_code" in str(exc):  # transformers' hint is on a later line
             raise UsageError(f"cannot load Hugging Face image classifier {id_or_dir!r}: it needs the model's own "
                              "code to run; allow that with --trust-remote-code") from None
-        raise UsageError(f"cannot load Hugging Face image classifier {id_or_dir!r}: {_first_line(exc)}") from None
+        raise UsageError(f"cannot load Hugging Face image classifier {id_or_dir!r}: {first_line(exc)}") from None
     except ImportError as exc:
         raise KdcliError(f"transformers could not import the model class for {id_or_dir!r}: "
-                         f"{_first_line(exc)}") from None
+                         f"{first_line(exc)}") from None
     size = _pair(image_size) if image_size is not None else _input_size(model.config, id_or_dir)
     spec = {"config": _config_dict(model.config), "image_size": list(size),
             "trust_remote_code": bool(trust_remote_code)}
@@ -150,7 +150,7 @@ def rebuild_hf_classifier(spec: dict) -> nn.Module:
         model = transformers.AutoModelForImageClassification.from_config(
             config, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"cannot rebuild Hugging Face model type {model_type!r}: {_first_line(exc)}") from None
+        raise UsageError(f"cannot rebuild Hugging Face model type {model_type!r}: {first_line(exc)}") from None
     return HFClassifier(model.float(), image_size)
 
 
@@ -190,7 +190,7 @@ def load_torchhub(owner_repo_entry: str, trust_remote_code: bool = False) -> nn.
         model = torch.hub.load(match["repo"], match["entry"], pretrained=True, trust_repo=True)
     except Exception as exc:  # network, missing entry, broken hubconf: one line for the user
         raise KdcliError(f"torch.hub.load({match['repo']!r}, {match['entry']!r}) failed: "
-                         f"{_first_line(exc)}") from None
+                         f"{first_line(exc)}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"torch.hub entry {owner_repo_entry!r} returned {type(model).__name__}, not a model")
     return model
@@ -199,7 +199,8 @@ def load_torchhub(owner_repo_entry: str, trust_remote_code: bool = False) -> nn.
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Plain weights from .safetensors, or .pt/.pth/.bin via torch.load(weights_only=True)."""
     if not path.is_file():
         raise UsageError(f"checkpoint {str(path)!r} does not exist")
     suffix = path.suffix.lower()
@@ -209,13 +210,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except Exception as exc:
-            raise UsageError(f"cannot read safetensors checkpoint {str(path)!r}: {_first_line(exc)}") from None
+            raise UsageError(f"cannot read safetensors checkpoint {str(path)!r}: {first_line(exc)}") from None
     if suffix not in (".pt", ".pth", ".bin"):
         raise UsageError(f"checkpoint {str(path)!r}: expected .safetensors, .pt, .pth or .bin")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # includes pickles of arbitrary objects, refused by weights_only
-        raise UsageError(f"cannot read checkpoint {str(path)!r} as plain weights: {_first_line(exc)}") from None
+        raise UsageError(f"cannot read checkpoint {str(path)!r} as plain weights: {first_line(exc)}") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
@@ -249,7 +250,7 @@ def load_checkpoint_into(model: nn.Module, path) -> nn.Module:
     or under 'state_dict' / 'model'; 'module.' prefixes are stripped. Any mismatch is a UsageError.
     """
     path = Path(path)
-    return load_state_into(model, _read_state_dict(path), f"checkpoint {str(path)!r}")
+    return load_state_into(model, read_state_dict(path), f"checkpoint {str(path)!r}")
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> nn.Module:

@@ -1,6 +1,12 @@
-"""The model registry: `@MODELS.register("name")` on a factory (input_shape, num_outputs, **args) -> nn.Module."""
+"""The model registry: `@MODELS.register("name")` on a factory (input_shape, num_outputs, **args) -> nn.Module.
+
+Model families (`@FAMILIES.register("timm")` on a factory (model_name, input_shape, num_outputs, **args))
+name whole libraries of models: `--model FAMILY:NAME`, e.g. timm:resnet18 (kdcli.models.zoo).
+"""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -9,6 +15,9 @@ from kdcli.errors import UsageError
 from kdcli.registry import Registry
 
 MODELS: Registry = Registry("model")
+FAMILIES: Registry = Registry("model family")
+# --model-arg keys that say how to load weights, not what to build: kept out of the rebuildable spec
+LOAD_ONLY_ARGS = ("pretrained",)
 
 
 def register_preset(name: str, cls, doc: str, **defaults) -> None:
@@ -22,12 +31,19 @@ def register_preset(name: str, cls, doc: str, **defaults) -> None:
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_outputs: int, **args) -> nn.Module:
-    """Build registry model `name` for inputs of `input_shape` (no batch dim) and `num_outputs` outputs."""
-    factory = MODELS.get(name)
+    """Build registry model `name` (or FAMILY:NAME) for inputs of `input_shape` (no batch dim) and
+    `num_outputs` outputs."""
+    family, sep, model_name = name.partition(":")
+    factory = functools.partial(FAMILIES.get(family), model_name) if sep else MODELS.get(name)
     try:
         return factory(tuple(input_shape), int(num_outputs), **args)
     except TypeError as exc:
         raise UsageError(f"model {name!r}: bad --model-arg ({exc})") from None
+
+
+def architecture_args(args: dict) -> dict:
+    """The --model-arg values that rebuild the architecture (no weight-loading switches)."""
+    return {k: v for k, v in args.items() if k not in LOAD_ONLY_ARGS}
 
 
 def parameter_count(model: nn.Module) -> int:

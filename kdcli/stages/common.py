@@ -6,6 +6,7 @@ import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,8 +16,10 @@ from kdcli.config import key_dict, parse_kv, to_dict
 from kdcli.data import DataSet, DataSpec, load_dataset
 from kdcli.errors import KdcliError, UsageError
 from kdcli.models import build_model
+from kdcli.models.registry import architecture_args
+from kdcli.models.zoo import load_weights
 from kdcli.reporting import Reporter
-from kdcli.store import Artifact, CorruptArtifact, Store
+from kdcli.store import Artifact, CorruptArtifact, Store, sha256_of_file
 
 
 @dataclass
@@ -119,14 +122,29 @@ def load_data(cfg, ctx: RunContext | None = None) -> DataSet:
 
 
 def model_spec(name: str, args: dict, data: DataSet) -> dict:
-    return {"name": name, "args": args, "input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
+    """What rebuilds the architecture offline (weights come from the artifact, so no `pretrained`)."""
+    return {"name": name, "args": architecture_args(args), "input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
 
 
 def build_from_config(cfg, data: DataSet) -> tuple[nn.Module, dict]:
-    """A fresh registry model for `data` (seed it first) and its rebuildable spec."""
+    """A fresh registry model for `data` (seed it first), initialized from --weights when given, and
+    its rebuildable spec."""
     args = parse_kv(cfg.model_args)
     spec = model_spec(cfg.model, args, data)
-    return build_model(cfg.model, data.input_shape, data.num_outputs, **args), spec
+    model = build_model(cfg.model, data.input_shape, data.num_outputs, **args)
+    if getattr(cfg, "weights", None):
+        load_weights(model, cfg.weights, adapt=True)
+    return model, spec
+
+
+def weights_input(cfg) -> dict[str, str]:
+    """The cache input of a --weights file: its sha256 (the path alone would hide a changed file)."""
+    if not getattr(cfg, "weights", None):
+        return {}
+    path = Path(cfg.weights)
+    if not path.is_file():
+        raise UsageError(f"weights file not found: {path}")
+    return {"weights": sha256_of_file(path)}
 
 
 def load_model(store: Store, ref: str) -> tuple[nn.Module, Artifact]:

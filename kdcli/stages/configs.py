@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdcli.config import opt
+from kdcli.config import opt, parse_kv
 from kdcli.errors import UsageError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine", "step", "multistep")
 PRECISIONS = ("fp32", "bf16", "fp16")
+ZOO_PREFIXES = ("timm:", "torchvision:")  # import-teacher sources built by kdcli.models.zoo
 
 
 def check_choice(name: str, value: str, choices) -> None:
@@ -43,6 +44,8 @@ class DataConfig:
 class TrainConfig(DataConfig):
     model: str = opt("digits-student", "registry model name (see 'kdcli models')")
     model_args: list[str] = opt([], "model argument key=value (repeatable)", flag="--model-arg")
+    weights: str | None = opt(None, "initialize the model from this .safetensors or torch state-dict file "
+                                    "(a head of another class count stays fresh)", key=False)
     epochs: int = opt(100, "maximum number of epochs")
     batch_size: int = opt(64, "training batch size")
     optimizer: str = opt("adam", "adam, adamw or sgd")
@@ -58,6 +61,8 @@ class TrainConfig(DataConfig):
     seed: int = opt(0, "seed of weights initialization, batch order and augmentation draws")
     precision: str = opt("fp32", "fp32, or bf16/fp16 autocast on CUDA")
     compile: bool = opt(False, "torch.compile the model (CUDA)", key=False)
+    checkpoint_every: float = opt(30.0, "seconds between resumable checkpoints (also written after the first "
+                                        "and the last epoch and on Ctrl-C / SIGTERM; 0 = every epoch)", key=False)
     eval_batch_size: int = opt(512, "batch size for validation, test and logit caching", key=False)
 
     def validate(self) -> None:
@@ -68,6 +73,8 @@ class TrainConfig(DataConfig):
                 raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if not self.checkpoint_every >= 0:
+            raise UsageError(f"--checkpoint-every must be >= 0 seconds, got {self.checkpoint_every}")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("scheduler", self.scheduler, SCHEDULERS)
         check_choice("precision", self.precision, PRECISIONS)
@@ -191,10 +198,13 @@ class CacheLogitsConfig(InferenceConfig):
 
 @dataclass
 class ImportConfig(InferenceConfig):
-    source: str = opt("", "hf:ID_OR_DIR, torchhub:OWNER/REPO:ENTRY, or a checkpoint file (.pt, .pth, .safetensors)",
+    source: str = opt("", "hf:ID_OR_DIR, torchhub:OWNER/REPO:ENTRY, timm:NAME, torchvision:NAME, or a checkpoint "
+                          "file (.pt, .pth, .safetensors)",
                       key=False)
     model: str | None = opt(None, "registry model to load torch.hub or checkpoint weights into (e.g. resnet56)")
     model_args: list[str] = opt([], "model argument key=value (repeatable)", flag="--model-arg")
+    weights: str | None = opt(None, "timm:NAME / torchvision:NAME sources: their weights, a .safetensors or "
+                                    "torch state-dict file (or --model-arg pretrained=true online)", key=False)
     hf_image_size: int | None = opt(None, "hf: resize inputs to this size (default: what the model's config says)")
     trust_remote_code: bool = opt(False, "allow torch.hub code and Hugging Face remote code to run", key=False)
 
@@ -202,5 +212,9 @@ class ImportConfig(InferenceConfig):
         super().validate()
         if not self.source:
             raise UsageError("import-teacher needs a SOURCE: hf:ID_OR_DIR, torchhub:OWNER/REPO:ENTRY or a file")
-        if not self.source.startswith("hf:") and not self.model:
+        if self.source.startswith(ZOO_PREFIXES):
+            if not self.weights and parse_kv(self.model_args).get("pretrained") is not True:
+                raise UsageError(f"import-teacher {self.source} needs its weights: --weights PATH "
+                                 "(or --model-arg pretrained=true to fetch the library's own, online)")
+        elif not self.source.startswith("hf:") and not self.model:
             raise UsageError("--model names the registry model that receives torch.hub or checkpoint weights")

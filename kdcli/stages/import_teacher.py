@@ -1,7 +1,8 @@
 """import-teacher: a pretrained teacher from outside becomes a model artifact in the store.
 
 Sources: `hf:ID_OR_DIR` (transformers AutoModelForImageClassification, inputs resized as the model
-needs, seed 000), `torchhub:OWNER/REPO:ENTRY` or a local checkpoint (.pt via torch.load
+needs, seed 000), `timm:NAME` / `torchvision:NAME` (kdcli.models.zoo, weights from --weights or the
+library's hub), `torchhub:OWNER/REPO:ENTRY` or a local checkpoint (.pt via torch.load
 weights_only=True, or .safetensors) loaded into a registry model. The stored artifact rebuilds
 offline, so a teacher no longer depends on a download link. Its test accuracy is reported.
 """
@@ -15,8 +16,9 @@ from kdcli.engine import predict, prepare_model, test_metrics
 from kdcli.errors import UsageError
 from kdcli.models import build_model, parameter_count, state_hash
 from kdcli.models.external import load_checkpoint_into, load_hf_classifier, load_state_into, load_torchhub
+from kdcli.models.zoo import load_weights
 from kdcli.stages.common import RunContext, StageResult, load_data, model_spec, run_cached
-from kdcli.stages.configs import ImportConfig
+from kdcli.stages.configs import ZOO_PREFIXES, ImportConfig
 
 
 def load_source(cfg: ImportConfig, data):
@@ -25,6 +27,11 @@ def load_source(cfg: ImportConfig, data):
         model, spec = load_hf_classifier(cfg.source[3:], cfg.trust_remote_code, image_size=cfg.hf_image_size)
         return model, model_spec("hf", spec, data)
     args = parse_kv(cfg.model_args)
+    if cfg.source.startswith(ZOO_PREFIXES):  # the architecture from the library, weights from --weights
+        model = build_model(cfg.source, data.input_shape, data.num_outputs, **args)
+        if cfg.weights:
+            load_weights(model, cfg.weights, adapt=False)
+        return model, model_spec(cfg.source, args, data)
     model = build_model(cfg.model, data.input_shape, data.num_outputs, **args)
     if cfg.source.startswith("torchhub:"):
         hub_model = load_torchhub(cfg.source[len("torchhub:"):], cfg.trust_remote_code)

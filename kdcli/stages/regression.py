@@ -11,11 +11,16 @@ TEACHER_LAYER:STUDENT_LAYER` (kdcli MLPs: hidden.{i}); the projector P of each p
 with the student (the engine optimizes `objective.parameters()`).
 
 Function matching (beyond seed 001; Beyer et al. 2022, "a good teacher is patient and
-consistent"): the teacher can label any input, so with `--augment noise:SIGMA` or
-`--augment mixup:ALPHA` each training batch is joined by as many new inputs,
+consistent"): the teacher can label any input, so with `--augment noise:SIGMA`,
+`--augment mixup:ALPHA` or `--augment uniform[:SCALE]` each training batch is joined by as many
+new inputs,
 
-    noise:SIGMA   x + SIGMA * N(0, I), in the standardized feature space
-    mixup:ALPHA   lam * x_i + (1 - lam) * x_j, lam ~ Beta(ALPHA, ALPHA) per row, j a shuffle of the batch
+    noise:SIGMA     x + SIGMA * N(0, I), in the standardized feature space
+    mixup:ALPHA     lam * x_i + (1 - lam) * x_j, lam ~ Beta(ALPHA, ALPHA) per row, j a shuffle of the batch
+    uniform:SCALE   fresh inputs, not tied to the batch: each feature drawn uniformly in the box of
+                    the training rows (per-feature min..max, validation and test rows excluded),
+                    its half-width scaled by SCALE around the box centre (uniform = uniform:1; 1.2
+                    reaches 10% of the range beyond each edge)
 
 which have no label: the student matches the teacher's predictions on them. The prediction
 term then runs over the real and the new inputs alike (MSE over the 2B rows), so its weight
@@ -39,31 +44,33 @@ from kdcli.errors import UsageError
 from kdcli.losses.regression import RegressionObjective, hp_mse
 from kdcli.stages.common import RunContext, StageResult, check_fits, load_model
 
-INPUT_AUGMENTS = ("noise", "mixup")
+INPUT_AUGMENTS = {"noise": "noise:0.1", "mixup": "mixup:0.4", "uniform": "uniform:1.2"}  # kind -> example
 
 
 @dataclass(frozen=True)
 class InputAugment:
-    """Extra inputs for function matching: `kind` none | noise (value = std) | mixup (value = Beta alpha)."""
+    """Extra inputs for function matching: `kind` none | noise (value = std) | mixup (value = Beta
+    alpha) | uniform (value = scale of the training rows' box)."""
 
     kind: str = "none"
     value: float = 0.0
 
     @classmethod
     def parse(cls, spec: str) -> InputAugment:
-        """'auto' / 'none' -> no extra inputs; 'noise:0.1'; 'mixup:0.4'."""
+        """'auto' / 'none' -> no extra inputs; 'noise:0.1'; 'mixup:0.4'; 'uniform' / 'uniform:1.2'."""
         text = (spec or "").strip()
         if text in ("", "auto", "none"):
             return cls()
         name, _, value = text.partition(":")
         if name not in INPUT_AUGMENTS or "," in text:
-            raise UsageError(f"augmentation {spec!r} on tabular data: use none, noise:SIGMA or mixup:ALPHA "
-                             "(one of them)")
+            raise UsageError(f"augmentation {spec!r} on tabular data: use none, noise:SIGMA, mixup:ALPHA or "
+                             "uniform[:SCALE] (one of them)")
+        if text == "uniform":
+            return cls(name, 1.0)
         try:
             number = float(value)
         except ValueError:
-            raise UsageError(f"augmentation {spec!r}: expected {name}:NUMBER, e.g. "
-                             f"{'noise:0.1' if name == 'noise' else 'mixup:0.4'}") from None
+            raise UsageError(f"augmentation {spec!r}: expected {name}:NUMBER, e.g. {INPUT_AUGMENTS[name]}") from None
         if not number > 0 or number != number or number == float("inf"):
             raise UsageError(f"augmentation {spec!r}: {name} needs a positive finite number")
         return cls(name, number)
@@ -75,8 +82,18 @@ class InputAugment:
     def spec(self) -> str:
         return f"{self.kind}:{self.value:g}" if self.active else "none"
 
-    def draw(self, x: torch.Tensor) -> torch.Tensor:
-        """New inputs (B, F) from a batch x (B, F), on x's device; random numbers from the CPU generator."""
+    def draw(self, x: torch.Tensor, box: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """New inputs (B, F) for a batch x (B, F), on x's device; random numbers from the CPU generator.
+
+        `box` = (low, high), each (F,): the training rows' per-feature min and max; uniform needs it.
+        """
+        if self.kind == "uniform":
+            if box is None:
+                raise UsageError("augmentation uniform needs the training rows' box")
+            low, high = box
+            centre, half = (high + low) / 2, self.value * (high - low) / 2
+            unit = torch.rand(x.shape, dtype=x.dtype).to(x.device)  # U[0, 1)
+            return centre + half * (2 * unit - 1)
         if self.kind == "noise":
             return x + self.value * torch.randn(x.shape).to(x.device)
         if self.kind == "mixup":
@@ -99,19 +116,20 @@ class FunctionMatching(nn.Module):
     logged. Validation (train=False) is the base objective unchanged.
     """
 
-    def __init__(self, base: RegressionObjective, augment: InputAugment):
+    def __init__(self, base: RegressionObjective, augment: InputAugment, train_x: torch.Tensor):
         super().__init__()
         if not base.weights["hp"]:
             raise UsageError(f"--augment {augment.spec()} shows the student inputs only the teacher labels; "
                              "it needs --w-hp > 0")
         self.base = base  # a submodule: its feature projectors are this objective's parameters
         self.augment = augment
+        self.box = training_box(train_x)
 
     def forward(self, model: nn.Module, batch: Batch, train: bool = True):
         out, terms = self.base(model, batch, train)
         if not train:
             return out, terms
-        x_new = self.augment.draw(batch.x)
+        x_new = self.augment.draw(batch.x, tuple(bound.to(batch.x.device) for bound in self.box))
         student_new = _flat(model(x_new))
         with torch.no_grad():
             teacher_new = _flat(self.base.teacher(x_new)).float()
@@ -121,6 +139,13 @@ class FunctionMatching(nn.Module):
         terms = {**terms, "hp_real": terms["hp"], "hp_new": hp_new, "hp": hp_all,
                  "loss": terms["loss"] + w * (hp_all - terms["hp"])}
         return out, terms
+
+
+def training_box(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training rows' per-feature (min, max), each (F,), from train_x (N, F)."""
+    if train_x.shape[0] == 0:
+        raise UsageError("function matching needs training rows")
+    return train_x.float().min(0).values, train_x.float().max(0).values
 
 
 def parse_feature_pairs(pairs: list[str]) -> tuple[list[str], list[str]]:
@@ -145,7 +170,7 @@ def regression_objective(cfg, student: nn.Module, teacher: nn.Module, data: Data
                                w_gr=cfg.w_gr, student_layers=student_layers or None,
                                teacher_layers=teacher_layers or None, input_shape=data.input_shape)
     augment = InputAugment.parse(cfg.augment)
-    return FunctionMatching(base, augment) if augment.active else base
+    return FunctionMatching(base, augment, data.x_pool[data.train_idx]) if augment.active else base
 
 
 def distill_regression(cfg, ctx: RunContext, data: DataSet) -> StageResult:

@@ -30,6 +30,7 @@ from kdcli.stages.common import (
     load_data,
     run_cached,
     seed_everything,
+    weights_input,
 )
 from kdcli.stages.configs import BaselineConfig, DistillConfig, TeacherConfig, TrainConfig
 from kdcli.stages.objectives import hard_label_objective
@@ -67,6 +68,7 @@ def train_model(stage: str, cfg: TrainConfig, ctx: RunContext, data: DataSet, pa
 
     Under torchrun every rank trains its shard and rank 0 alone stores the result (kdcli.distributed)."""
     ctx = distributed.rank_context(ctx)
+    parents = {**parents, **weights_input(cfg)}
 
     def produce(key: str):
         seed_everything(cfg.seed)

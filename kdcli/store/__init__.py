@@ -2,125 +2,65 @@
 
 Layout under the root (default ./artifacts, or --store / KDCLI_STORE):
 
-    objects/sha256/ab/cdef....safetensors   tensors + manifest (safetensors metadata "kdcli")
-    objects/sha256/ab/cdef....json          readable mirror of the manifest
+    objects/sha256/ab/cdef....safetensors   tensors + the manifest's content (safetensors metadata "kdcli")
+    objects/sha256/ab/cdef....json          sidecar: the whole manifest, readable, volatile fields included
     refs/NAME                               human name -> artifact id
     tags/TAG/ID                             tag membership (empty files)
     runs/KEY.json                           run cache: stage key -> artifact id
-    locks/, tmp/, checkpoints/              working files
+    locks/, leases/, tmp/, checkpoints/     working files
 
 An artifact id is the sha256 of its .safetensors file. Writes go to tmp/ first and are renamed
 into place, so a reader never sees half an object; reads re-hash the file and refuse a mismatch.
+
+Ids are content: the file holds the tensors and the manifest minus the volatile fields
+(objects.VOLATILE_FIELDS: creation time, versions, wall-clock timings), which live in the sidecar. The
+same content therefore gets the same id on every run and machine, and storing it again rewrites nothing.
+Objects written before this rule carry their creation time and versions inside the file: their ids
+are still the sha256 of their bytes, so they read and verify as before, but rerunning their stage
+gives a new (content) id rather than the old one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fcntl
 import hashlib
 import json
 import os
 import re
-import struct
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from kdcli import __version__
 from kdcli.errors import KdcliError, UsageError
+from kdcli.store.objects import (
+    Artifact,
+    CorruptArtifact,
+    canonical_json,
+    embedded_manifest,
+    join_volatile,
+    now,
+    sha256_of_file,
+    split_volatile,
+    versions,
+)
 
-KINDS = ("model", "logits", "run", "sweep", "report", "data")
+__all__ = ["KINDS", "Artifact", "CorruptArtifact", "Store", "canonical_json", "default_root", "sha256_of_file",
+           "versions"]
+
+KINDS = ("model", "logits", "run", "sweep", "report", "export", "data")
 MIN_PREFIX = 8
 _HEX = re.compile(r"^[0-9a-f]+$")
 _REF_NAME = re.compile(r"^[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*$")
-_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64,
-                 "I32": np.int32, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "BOOL": np.bool_}
-
-
-class CorruptArtifact(KdcliError):
-    """An object whose bytes no longer hash to its id."""
 
 
 def default_root() -> Path:
     return Path(os.environ.get("KDCLI_STORE", "artifacts"))
-
-
-def canonical_json(obj) -> str:
-    """Deterministic JSON: sorted keys, no whitespace; the input of every cache key."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def versions() -> dict:
-    return {"kdcli": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _read_header(path: Path) -> tuple[int, dict]:
-    """Return (data offset, header dict) of a safetensors file."""
-    with open(path, "rb") as handle:
-        raw = handle.read(8)
-        if len(raw) < 8:
-            raise CorruptArtifact(f"artifact file {path} is truncated")
-        (size,) = struct.unpack("<Q", raw)
-        header = handle.read(size)
-    if len(header) < size:
-        raise CorruptArtifact(f"artifact file {path} is truncated")
-    return 8 + size, json.loads(header)
-
-
-@dataclass
-class Artifact:
-    """A verified object in the store: its id, file and manifest. Tensors load on demand."""
-
-    id: str
-    path: Path
-    manifest: dict
-
-    @property
-    def kind(self) -> str:
-        return self.manifest["kind"]
-
-    def tensor_names(self) -> list[str]:
-        _, header = _read_header(self.path)
-        return sorted(k for k in header if k != "__metadata__")
-
-    def tensor(self, name: str) -> torch.Tensor:
-        """One tensor, memory-mapped copy-on-write: pages are read only when touched."""
-        offset, header = _read_header(self.path)
-        if name not in header or name == "__metadata__":
-            raise KdcliError(f"artifact {self.id[:12]} has no tensor {name!r}")
-        info = header[name]
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if info["dtype"] not in _NUMPY_DTYPES or end == start:
-            return self.tensors()[name]
-        array = np.memmap(self.path, dtype=_NUMPY_DTYPES[info["dtype"]], mode="c",
-                          offset=offset + start, shape=shape)
-        return torch.from_numpy(array)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
-
-        return load_file(str(self.path))
 
 
 class Store:
@@ -174,10 +114,14 @@ class Store:
 
     # -- objects ---------------------------------------------------------------
     def put(self, kind: str, tensors: dict[str, torch.Tensor], manifest: dict) -> Artifact:
-        """Write an artifact atomically and return it; writing the same bytes twice is a no-op."""
+        """Store tensors + manifest and return the artifact; content already stored is returned as is.
+
+        The id hashes the tensors and the manifest's content (VOLATILE_FIELDS aside), so the same
+        content gets the same id on every run and machine. Writes go through tmp/ and a rename."""
         if kind not in KINDS:
             raise ValueError(f"unknown artifact kind {kind!r}")
-        manifest = {"kind": kind, **manifest, "versions": versions(), "created": _now()}
+        content, volatile = split_volatile({"kind": kind, **manifest})
+        volatile.update(versions=versions(), created=now())
         prepared, seen = {}, set()
         for key, value in tensors.items():
             value = value.detach().cpu().contiguous()
@@ -188,13 +132,16 @@ class Store:
         fd, tmp = tempfile.mkstemp(dir=self._dir("tmp"), suffix=".safetensors")
         os.close(fd)
         try:
-            save_file(prepared, tmp, metadata={"kdcli": canonical_json(manifest)})
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
+            save_file(prepared, tmp, metadata={"kdcli": canonical_json(content)})
             artifact_id = sha256_of_file(Path(tmp))
             final = self.object_path(artifact_id)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
+            if final.is_file() and sha256_of_file(final) == artifact_id:
+                os.unlink(tmp)
+            else:
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, final)
         except OSError as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -203,11 +150,29 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        self._atomic_write_text(final.with_suffix(".json"), json.dumps(manifest, indent=2, default=str))
-        return Artifact(artifact_id, final, manifest)
+        return Artifact(artifact_id, final, self._settle_sidecar(final, content, volatile))
+
+    def _settle_sidecar(self, path: Path, content: dict, volatile: dict) -> dict:
+        """The whole manifest of the object at `path`: keep a sidecar that agrees, else (re)write it."""
+        sidecar = self._read_sidecar(path)
+        if sidecar is not None and split_volatile(sidecar)[0] == content:
+            return join_volatile(content, split_volatile(sidecar)[1])
+        manifest = join_volatile(content, volatile)
+        self._atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=2, default=str))
+        return manifest
+
+    @staticmethod
+    def _read_sidecar(path: Path) -> dict | None:
+        try:
+            sidecar = json.loads(path.with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            return None
+        return sidecar if isinstance(sidecar, dict) else None
 
     def get(self, ref: str, kind: str | None = None) -> Artifact:
-        """Resolve `ref`, re-hash its file and return it; corrupt or wrong-kind objects are refused."""
+        """Resolve `ref`, re-hash its file and return it; corrupt or wrong-kind objects are refused.
+
+        The manifest is the verified one inside the object, completed with the sidecar's volatile fields."""
         artifact_id = self.resolve(ref)
         path = self.object_path(artifact_id)
         actual = sha256_of_file(path)
@@ -216,10 +181,11 @@ class Store:
                 f"artifact {artifact_id[:12]} is corrupt ({path} hashes to {actual[:12]}); "
                 "run 'kdcli artifacts verify' and recreate it")
         try:
-            _, header = _read_header(path)
-            manifest = json.loads(header["__metadata__"]["kdcli"])
-        except (KeyError, ValueError) as exc:
+            content = embedded_manifest(path)
+        except CorruptArtifact as exc:
             raise CorruptArtifact(f"artifact {artifact_id[:12]} has no readable manifest ({path})") from exc
+        sidecar = self._read_sidecar(path)
+        manifest = join_volatile(content, split_volatile(sidecar)[1]) if sidecar is not None else content
         if kind is not None and manifest.get("kind") != kind:
             raise UsageError(f"{ref!r} is a {manifest.get('kind')} artifact, expected a {kind}")
         return Artifact(artifact_id, path, manifest)
@@ -257,12 +223,16 @@ class Store:
         raise UsageError(f"unknown artifact {ref!r} in store {self.root}{hint}")
 
     def read_manifest(self, artifact_id: str) -> dict:
-        """The readable .json mirror (fast, unverified): for listings only."""
-        mirror = self.object_path(artifact_id).with_suffix(".json")
+        """The manifest inside the object (its header, not re-hashed) with the sidecar's volatile fields.
+
+        Fast, for listings: a hand-edited sidecar cannot change what it returns; {} when unreadable."""
+        path = self.object_path(artifact_id)
         try:
-            return json.loads(mirror.read_text())
-        except (OSError, ValueError):
+            content = embedded_manifest(path)
+        except (OSError, CorruptArtifact):
             return {}
+        sidecar = self._read_sidecar(path)
+        return join_volatile(content, split_volatile(sidecar)[1]) if sidecar is not None else content
 
     # -- refs and tags ----------------------------------------------------------
     def set_ref(self, name: str, artifact_id: str) -> None:
@@ -307,7 +277,7 @@ class Store:
         return entry if self.object_path(entry["artifact"]).is_file() else None
 
     def record_run(self, key: str, stage: str, artifact_id: str) -> None:
-        entry = {"key": key, "stage": stage, "artifact": artifact_id, "created": _now()}
+        entry = {"key": key, "stage": stage, "artifact": artifact_id, "created": now()}
         self._atomic_write_text(self.root / "runs" / f"{key}.json", json.dumps(entry, indent=2))
 
     def runs(self) -> list[dict]:
@@ -333,7 +303,7 @@ class Store:
             if current in seen or not self.object_path(current).is_file():
                 continue
             seen.add(current)
-            parents = self.read_manifest(current).get("parents") or {}
+            parents = self.read_manifest(current).get("parents") or {}  # from the object, not its sidecar
             roots.extend(p for p in _flatten(parents) if isinstance(p, str))
         return seen
 

@@ -1,0 +1,67 @@
+"""`kdcli export MODEL --format onnx|torchscript --out DIR`: the export table (kdcli.stages.export)."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kdcli.cli.common import stage_command
+from kdcli.reporting import Reporter
+from kdcli.stages.export import ExportConfig, ExportResult, export
+
+COLUMNS = ("model", "runtime", "params", "file", "ms/batch 1", "ms/batch 64", "test", "max |diff|", "agree")
+
+
+def _size(num_bytes: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if num_bytes < 1024 or unit == "MB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return ""
+
+
+def _metric(m: dict, prefix: str) -> str:
+    if f"{prefix}test_acc" in m:
+        return f"{m[f'{prefix}test_acc']:.2f}%"
+    return f"mse {m[f'{prefix}test_mse']:.4g}"
+
+
+def export_rows(result) -> list[list[str]]:
+    """PyTorch, the exported runtime and (with --int8) the quantized model, for one export artifact."""
+    manifest = result.artifact.manifest
+    m, role, fmt = manifest["metrics"], manifest["role"], manifest["format"]
+    agree = m.get("parity_agreement")
+    runtime = "onnxruntime" if fmt == "onnx" else "torchscript"
+    rows = [[role, "pytorch", f"{m['params']:,}", "", f"{m['pytorch_latency_ms_b1']:.3f}",
+             f"{m['pytorch_latency_ms_b64']:.3f}", _metric(m, "pytorch_"), "", ""],
+            [role, runtime, f"{m['params']:,}", _size(m["file_bytes"]), f"{m['latency_ms_b1']:.3f}",
+             f"{m['latency_ms_b64']:.3f}", _metric(m, ""), f"{m['parity_max_abs_diff']:.2g}",
+             "" if agree is None else f"{agree:.2f}%"]]
+    if "int8_file_bytes" in m:
+        change = next(v for k, v in m.items() if k.startswith("int8_") and k.endswith("_change"))
+        rows.append([role, f"{runtime} int8", f"{m['params']:,}", _size(m["int8_file_bytes"]),
+                     f"{m['int8_latency_ms_b1']:.3f}", f"{m['int8_latency_ms_b64']:.3f}",
+                     f"{_metric(m, 'int8_')} ({change:+.2f})", "", ""])
+    return rows
+
+
+def show(result: ExportResult) -> None:
+    threads = result.artifact.manifest["metrics"].get("threads")
+    table = Table(title=f"export {result.id[:12]}: test split, CPU latency (median, {threads} thread(s))")
+    for column in COLUMNS:
+        table.add_column(column)
+    for part in [result] + ([result.teacher] if result.teacher else []):
+        for row in export_rows(part):
+            table.add_row(*row)
+    console = Reporter().console
+    if not console.is_terminal:  # a pipe or a log file: the whole row rather than 80 columns
+        console = Console(stderr=True, highlight=False, width=160)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    stage_command(app, "export", ExportConfig, export,
+                  "Export a model to ONNX or TorchScript, check parity against PyTorch on the test split, "
+                  "and measure size, CPU latency and accuracy (with --teacher, the teacher's too).",
+                  positional="model", show=show)

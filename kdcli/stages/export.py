@@ -1,0 +1,287 @@
+"""export: a model artifact becomes an ONNX or TorchScript file whose outputs are checked against PyTorch's.
+
+Parity is measured on the model's own data set's test split (reloaded from its manifest): the largest
+absolute logit difference between the exported runtime (a real onnxruntime InferenceSession, or the
+loaded TorchScript module) and PyTorch, and the share of test images on which both pick the same class.
+An export outside the tolerances is an error, never a file. Measured besides, for the model and for
+an optional `--teacher`: parameters, file size, CPU latency per batch of 1 and 64 for PyTorch and the
+runtime, and the exported model's test accuracy. `--int8` adds onnxruntime's dynamic int8 quantization,
+refused when it costs more than `--max-drop` points of test accuracy.
+
+The exported bytes are stored as a uint8 tensor in an "export" artifact (the model as parent), so an
+export is content-addressed, verified on read and cached: an unchanged export is not redone. The files
+reach `--out` only after every check passed, each through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdcli.config import opt
+from kdcli.data import DataSet
+from kdcli.engine import predict, test_metrics
+from kdcli.errors import KdcliError, UsageError
+from kdcli.models import parameter_count
+from kdcli.stages.common import RunContext, StageResult, load_model, run_cached
+from kdcli.stages.configs import check_choice
+from kdcli.stages.visualize import data_of
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+INPUT, OUTPUT = "input", "logits"
+Runtime = Callable[[torch.Tensor], torch.Tensor]  # prepared inputs (N, ...) float32 -> outputs (N, K)
+
+
+@dataclass
+class ExportConfig:
+    model: str = opt("", "model artifact to export (name, id or id prefix)", key=False)
+    teacher: str | None = opt(None, "also export and measure this teacher model artifact", key=False)
+    format: str = opt("onnx", "onnx or torchscript")
+    out: str = opt("", "directory the exported files are written to", key=False)
+    atol: float = opt(1e-3, "parity: largest allowed max |logit difference| between the export and PyTorch")
+    min_agreement: float = opt(99.9, "parity: smallest allowed argmax agreement with PyTorch, % of test images")
+    int8: bool = opt(False, "onnx: also quantize to int8 (onnxruntime dynamic quantization)")
+    max_drop: float = opt(1.0, "int8: refuse it if test accuracy falls by more than this many points "
+                                    "(a negative value demands a gain)")
+    opset: int = opt(17, "onnx: opset version")
+    latency_repeats: int = opt(20, "timed runs per latency figure (their median)", key=False)
+    eval_batch_size: int = opt(512, "batch size of the parity and accuracy passes", key=False)
+
+    def validate(self) -> None:
+        if not self.model:
+            raise UsageError("export needs a MODEL artifact")
+        if not self.out:
+            raise UsageError("export needs --out DIR")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise UsageError(f"--out {self.out} is a file; give a directory")
+        check_choice("format", self.format, FORMATS)
+        if self.int8 and self.format != "onnx":
+            raise UsageError("--int8 quantizes ONNX models; use --format onnx")
+        if self.atol < 0 or not 0 <= self.min_agreement <= 100:
+            raise UsageError("--atol must be >= 0 and --min-agreement in [0, 100]")
+        if self.latency_repeats < 1 or self.eval_batch_size < 1:
+            raise UsageError("--latency-repeats and --eval-batch-size must be >= 1")
+
+
+@dataclass
+class ExportResult(StageResult):
+    """The model's export; `teacher` is the teacher's, when one was given."""
+
+    teacher: StageResult | None = None
+
+
+def cpu_latency_ms(run: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `run()` over `repeats` calls after one warm-up call, in milliseconds."""
+    run()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        timings.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(timings), 4)
+
+
+def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int) -> bytes:
+    """The model traced to ONNX with a dynamic batch axis (TorchScript-based exporter: fast, no Dynamo)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT],
+                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+    return buffer.getvalue()
+
+
+def torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(model, example), buffer)
+    return buffer.getvalue()
+
+
+def onnx_runtime(blob: bytes) -> Runtime:
+    """A CPU onnxruntime InferenceSession on `blob`, with as many threads as torch uses."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = onnxruntime.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own error types
+        raise KdcliError(f"onnxruntime cannot load the export: {str(exc).splitlines()[0]}") from None
+    return lambda x: torch.from_numpy(session.run([OUTPUT], {INPUT: x.numpy()})[0])
+
+
+def torchscript_runtime(blob: bytes) -> Runtime:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(io.BytesIO(blob), map_location="cpu").eval()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(x)
+
+    return run
+
+
+def int8_bytes(blob: bytes) -> bytes:
+    """onnxruntime.quantization.quantize_dynamic (int8 weights, activations quantized on the fly)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        source.write_bytes(blob)
+        logging.disable(logging.WARNING)  # its advice to pre-process the model first, on the root logger
+        try:
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
+        return target.read_bytes()
+
+
+def run_batched(runtime: Runtime, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([runtime(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+
+
+def parity(reference: torch.Tensor, exported: torch.Tensor, classification: bool) -> dict:
+    """max |difference| of the outputs (N, K), and the % of rows with the same argmax (classification)."""
+    diff = float((reference - exported).abs().max()) if reference.numel() else 0.0
+    agree = 100.0 * float((reference.argmax(1) == exported.argmax(1)).float().mean()) if classification else None
+    return {"max_abs_diff": diff, "agreement": agree, "n": len(reference)}
+
+
+def _latency_batches(x: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Batches of 1 and 64 test inputs (the test split repeated if it is smaller)."""
+    repeated = x.repeat((64 // len(x) + 1,) + (1,) * (x.dim() - 1))
+    return {1: x[:1].contiguous(), 64: repeated[:64].contiguous()}
+
+
+def _measure(runtime: Runtime, data: DataSet, x: torch.Tensor, cfg: ExportConfig) -> tuple[torch.Tensor, dict]:
+    outputs = run_batched(runtime, x, cfg.eval_batch_size)
+    metrics = test_metrics(data.task, outputs, data.y_test)
+    for batch, inputs in _latency_batches(x).items():
+        metrics[f"latency_ms_b{batch}"] = cpu_latency_ms(lambda inputs=inputs: runtime(inputs), cfg.latency_repeats)
+    return outputs, metrics
+
+
+def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> StageResult:
+    """Export, check and measure one model artifact; the export artifact is cached by model and options."""
+    model, artifact = load_model(ctx.store, ref)
+    data = data_of(artifact.manifest)
+    cpu = torch.device("cpu")
+
+    def produce(key: str):
+        classification = data.task == "classification"
+        x = data.prepare(data.x_test)
+        reference = predict(model, data, data.x_test, cfg.eval_batch_size, cpu)
+        with torch.no_grad():
+            pytorch = {f"pytorch_latency_ms_b{b}": cpu_latency_ms(lambda v=v: model(v), cfg.latency_repeats)
+                       for b, v in _latency_batches(x).items()}
+        blob = onnx_bytes(model, x[:1], cfg.opset) if cfg.format == "onnx" else torchscript_bytes(model, x[:1])
+        runtime = onnx_runtime(blob) if cfg.format == "onnx" else torchscript_runtime(blob)
+        outputs, measured = _measure(runtime, data, x, cfg)
+        check = parity(reference, outputs, classification)
+        where = f"{role} {artifact.id[:12]}: the {cfg.format} export"
+        if check["max_abs_diff"] > cfg.atol:
+            raise KdcliError(f"{where} fails parity on {check['n']} test inputs: max |output difference| "
+                             f"{check['max_abs_diff']:.3g} > --atol {cfg.atol:g}; nothing was written")
+        if classification and check["agreement"] < cfg.min_agreement:
+            raise KdcliError(f"{where} fails parity: argmax agreement {check['agreement']:.2f}% < "
+                             f"--min-agreement {cfg.min_agreement:g}%; nothing was written")
+        metrics = {"params": parameter_count(model), "file_bytes": len(blob), **pytorch,
+                   **{f"pytorch_{k}": v for k, v in test_metrics(data.task, reference, data.y_test).items()},
+                   **measured, **{f"parity_{k}": v for k, v in check.items()}, "threads": torch.get_num_threads()}
+        tensors = {"export": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
+        if cfg.int8:
+            quantized = int8_bytes(blob)
+            _, measured8 = _measure(onnx_runtime(quantized), data, x, cfg)
+            metric = "test_acc" if classification else "test_mse"
+            change = measured8[metric] - measured[metric]
+            drop = -change if classification else change
+            if drop > cfg.max_drop:
+                raise KdcliError(f"{role} {artifact.id[:12]}: int8 quantization changes test {metric} by "
+                                 f"{change:+.2f} (from {measured[metric]:.2f} to {measured8[metric]:.2f}), more "
+                                 f"than --max-drop {cfg.max_drop:g}; nothing was written")
+            metrics.update({f"int8_{k}": v for k, v in measured8.items()})
+            metrics.update({"int8_file_bytes": len(quantized), f"int8_{metric}_change": change})
+            tensors["export_int8"] = torch.frombuffer(bytearray(quantized), dtype=torch.uint8)
+        ctx.reporter.info(f"export: {role} {artifact.id[:12]} to {cfg.format}: parity max |diff| "
+                          f"{check['max_abs_diff']:.2g}" + (f", agreement {check['agreement']:.2f}%" if classification
+                                                            else ""))
+        return "export", tensors, {"format": cfg.format, "role": role, "metrics": metrics,
+                                   "data_fingerprint": data.fingerprint, "data": data.describe(),
+                                   "model": artifact.manifest["model"]}
+
+    config = dataclasses.replace(cfg, model=ref, teacher=None)
+    return run_cached(ctx, "export", config, {"model": artifact.id, "data": data.fingerprint}, produce)
+
+
+def file_names(result: StageResult) -> dict[str, str]:
+    """Tensor name -> file name in --out: ROLE.onnx / ROLE.int8.onnx / ROLE.pt."""
+    manifest = result.artifact.manifest
+    suffix = FORMATS[manifest["format"]]
+    names = {"export": f"{manifest['role']}{suffix}"}
+    if "export_int8" in result.artifact.tensor_names():
+        names["export_int8"] = f"{manifest['role']}.int8{suffix}"
+    return names
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; an exported model is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_exports(out: Path, results: list[StageResult]) -> list[Path]:
+    """Every export's files and export.json (id, role, format, metrics per file) into `out`."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written, summary = [], []
+        for result in results:
+            names = file_names(result)
+            for tensor, name in names.items():
+                _write_atomic(out / name, result.artifact.tensor(tensor).numpy().tobytes())
+                written.append(out / name)
+            summary.append({"id": result.id, "role": result.artifact.manifest["role"],
+                            "format": result.artifact.manifest["format"], "files": list(names.values()),
+                            "metrics": result.metrics})
+        _write_atomic(out / "export.json", json.dumps(summary, indent=2).encode())
+    except OSError as exc:
+        raise KdcliError(f"could not write to --out {out}: {exc.strerror or exc}") from None
+    return [*written, out / "export.json"]
+
+
+def export(cfg: ExportConfig, ctx: RunContext) -> ExportResult:
+    """Export the model (and the teacher), check parity, store the exports, then write --out."""
+    teacher = None
+    if cfg.teacher:  # never named or tagged: --name and --tag are the model's export's
+        teacher = export_one(cfg, dataclasses.replace(ctx, name=None, tags=[]), cfg.teacher, "teacher")
+    student = export_one(cfg, ctx, cfg.model, "student")
+    files = write_exports(Path(cfg.out), [student] + ([teacher] if teacher else []))
+    ctx.reporter.info(f"export: wrote {', '.join(str(f) for f in files)}")
+    return ExportResult(student.artifact, student.skipped, teacher)
