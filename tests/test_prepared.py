@@ -8,7 +8,6 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -21,29 +20,14 @@ from kdcli.data.prepared import STORAGE_SEED, MappedImages, block_order
 from kdcli.engine import DeviceData
 from kdcli.store import Store
 
-CLASSES = {"ant": (200, 40, 40), "bee": (40, 200, 40), "cow": (40, 40, 200)}
-
-
-def write_folder(root: Path, per_class: int = 10, size: int = 20) -> Path:
-    """Noisy solid-colour images, half PNG and half JPEG, per class folder."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name, color in CLASSES.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = np.clip(np.array(color) + rng.integers(-30, 30, (size, size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if i % 2 else 'jpg'}")
-    return root
-
 
 def spec(root: Path, store: Store | None, **extra) -> DataSpec:
     return DataSpec(name=f"imagefolder:{root}", store=store, extra={"image_size": 16, **extra})
 
 
 @pytest.fixture
-def folder(tmp_path) -> Path:
-    return write_folder(tmp_path / "images")
+def folder(tmp_path, make_image_folder) -> Path:
+    return make_image_folder(tmp_path / "images")
 
 
 def test_decoded_once_into_a_mapped_artifact_equal_to_the_in_memory_decode(folder, store, monkeypatch):
@@ -66,12 +50,12 @@ def test_decoded_once_into_a_mapped_artifact_equal_to_the_in_memory_decode(folde
     assert torch.equal(mapped.x_pool, memory.x_pool[order]) and torch.equal(mapped.y_pool, memory.y_pool[order])
     assert torch.equal(mapped.x_test, memory.x_test) and torch.equal(mapped.y_test, memory.y_test)
     assert mapped.mean == pytest.approx(memory.mean, abs=1e-6) and mapped.std == pytest.approx(memory.std, abs=1e-6)
-    assert (mapped.class_names, mapped.num_outputs, len(mapped.train_idx)) == (list(CLASSES), 3, 21)
+    assert (mapped.class_names, mapped.num_outputs, len(mapped.train_idx)) == (["ant", "bee", "cow"], 3, 21)
 
 
-def test_a_changed_file_makes_a_new_prepared_array_and_a_new_fingerprint(folder, store):
+def test_a_changed_file_makes_a_new_prepared_array_and_a_new_fingerprint(folder, store, make_image_folder):
     before = load_dataset(spec(folder, store))
-    write_folder(folder, per_class=11)  # one more image per class
+    make_image_folder(folder, per_class=11)  # one more image per class
     after = load_dataset(spec(folder, store))
     assert len(after.y_pool) + len(after.y_test) == 33 and after.fingerprint != before.fingerprint
     other_split = load_dataset(DataSpec(name=f"imagefolder:{folder}", store=store, split_seed=1,
@@ -79,7 +63,7 @@ def test_a_changed_file_makes_a_new_prepared_array_and_a_new_fingerprint(folder,
     assert other_split.fingerprint != after.fingerprint
 
 
-def test_stages_train_on_the_mapped_set_and_logits_stay_tied_to_it(folder, cli, store):
+def test_stages_train_on_the_mapped_set_and_logits_stay_tied_to_it(folder, cli, store, make_image_folder):
     common = ["--dataset", f"imagefolder:{folder}", "--image-size", "16", "--device", "cpu", "-q"]
     teacher = cli("train-teacher", *common, "--model", "cnn-small", "--epochs", "2", "--name", "t")
     assert teacher.exit_code == 0, teacher.stderr
@@ -92,7 +76,7 @@ def test_stages_train_on_the_mapped_set_and_logits_stay_tied_to_it(folder, cli, 
     assert 0 <= run["metrics"]["test_acc"] <= 100 and len(run["history"]) == 2
     assert len([i for i in store.ids() if store.read_manifest(i).get("kind") == "data"]) == 1
 
-    write_folder(folder, per_class=11)  # the folder changed: the old table no longer fits its data
+    make_image_folder(folder, per_class=11)  # the folder changed: the old table no longer fits its data
     refused = cli("distill", "--logits", "tl", *common, "--model", "cnn-small", "--epochs", "1")
     assert refused.exit_code == 2 and "logits table" in refused.stderr and "was computed on data" in refused.stderr
 
