@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import PeakMemory  # noqa: E402  (bench/bench.py, beside this file)
 from kdcli.augment import ViewSet  # noqa: E402
 from kdcli.engine import DeviceData, fit, prepare_model  # noqa: E402
 from kdcli.models import build_model  # noqa: E402
@@ -109,21 +110,18 @@ def sweep_rows(workdir: Path, reps: int = 2, epochs: int = 3) -> list[dict]:
 # ------------------------------------------------------------------ S2: peak RSS of distill, mapped, N vs 4N
 
 def child(args) -> None:
-    """One stage in a fresh process; prints {"id", "peak_rss", "rss_anon", "rss_file"} (bytes)."""
-    ctx = ctx_for(Path(args.store))
+    """One stage in a fresh process; distill prints {"id", "peak_rss", "peak_anon", "peak_file"} (bytes)."""
+    ctx = ctx_for(Path(args.store), force=args.child == "distill")  # every distill child trains
     data = {"dataset": f"imagefolder:{args.folder}", "image_size": IMAGE_SIZE}
     if args.child == "prepare":  # decode once, a teacher and its logit table
         teacher = train_teacher(TeacherConfig(**data, model=MODEL, epochs=0), ctx)
         result = cache_logits(CacheLogitsConfig(**data, teacher=teacher.id), ctx)
-    else:
+        print(json.dumps({"id": result.id}))
+        return
+    with PeakMemory() as peak:
         result = distill(DistillConfig(**data, model=MODEL, logits=args.logits, epochs=1, patience=0), ctx)
-    status = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "RssAnon", "RssFile"):
-            status[key] = int(value.split()[0]) * 1024
-    print(json.dumps({"id": result.id, "peak_rss": status["VmHWM"], "rss_anon": status["RssAnon"],
-                      "rss_file": status["RssFile"]}))
+    print(json.dumps({"id": result.id, "peak_rss": PeakMemory.status()["VmHWM"], "peak_anon": peak.peaks["RssAnon"],
+                      "peak_file": peak.peaks["RssFile"]}))
 
 
 def run_child(store: Path, folder: Path, *extra: str) -> dict:
@@ -152,8 +150,8 @@ def memory_rows(workdir: Path, n: int = 1500) -> list[dict]:
                  f"{IMAGE_SIZE}x{IMAGE_SIZE}, MiB", f"{a['peak_rss'] / 2**20:.0f}", f"{b['peak_rss'] / 2**20:.0f}",
                  ratio, "flat (<= 1.10)", ratio <= 1.10,
                  f"prepared array {a['array'] / 2**20:.0f} -> {b['array'] / 2**20:.0f} MiB; "
-                 f"final anon {a['rss_anon'] / 2**20:.0f} -> {b['rss_anon'] / 2**20:.0f} MiB, file-backed "
-                 f"{a['rss_file'] / 2**20:.0f} -> {b['rss_file'] / 2**20:.0f} MiB")]
+                 f"peak anonymous {a['peak_anon'] / 2**20:.0f} -> {b['peak_anon'] / 2**20:.0f} MiB, peak "
+                 f"file-backed {a['peak_file'] / 2**20:.0f} -> {b['peak_file'] / 2**20:.0f} MiB")]
 
 
 # ------------------------------------------------------------------ S3: mapped vs in-memory images per second
