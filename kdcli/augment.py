@@ -7,28 +7,91 @@ a uniform draw of a translation in [-p, p]^2, so training augmentation and the v
 Because the view set is finite, a teacher's logits can be cached for every view and looked up
 for exactly the view the student sees (Beyer et al. 2022, "Knowledge distillation: a good
 teacher is patient and consistent").
+
+Mixing (mixup, Zhang et al. 2018; cutmix, Yun et al. 2019) is not a view: it makes a new image
+from two images of the batch, so no table can hold its teacher logits. `mixup:A` / `cutmix:A`
+in an augmentation spec ask the engine to mix every training batch after its views are applied,
+with lam ~ Beta(A, A) and a partner permutation drawn from the training run's seeded generator:
+resumable, and the same draws for a baseline and a distilled student with the same seed. The
+objective then sees `Batch.mix` and mixes its label terms, lam * L(y) + (1 - lam) * L(y[perm]);
+an online teacher labels exactly the mixed input (function matching, Beyer et al. 2022).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from kdcli.errors import UsageError
 
+MIXINGS = ("mixup", "cutmix")
+
+
+@dataclass
+class MixDraw:
+    """One batch's mixing: input b was mixed with input perm[b]; the labels weigh lam and 1 - lam."""
+
+    perm: torch.Tensor  # (B,) int64, on the batch's device
+    lam: float
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """Within-batch mixing of training inputs: `kind` mixup or cutmix, lam ~ Beta(alpha, alpha)."""
+
+    kind: str
+    alpha: float
+
+    def spec(self) -> str:
+        return f"{self.kind}:{self.alpha:g}"
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, float, torch.Tensor]:
+        """Keys (n,) whose argsort is the partner permutation, lam, and 2 uniforms for a cutmix box.
+
+        torch has no seeded Beta sampler, so lam comes from numpy seeded by one draw of `generator`;
+        every call consumes the same amount of `generator` for a given n."""
+        keys = torch.rand(n, generator=generator)
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        lam = float(np.random.default_rng(seed).beta(self.alpha, self.alpha))
+        return keys, lam, torch.rand(2, generator=generator)
+
+    def apply(self, x: torch.Tensor, keys: torch.Tensor, lam: float, centre: torch.Tensor) -> tuple[torch.Tensor, MixDraw]:
+        """x (B, ...) float, keys (B,) -> the mixed batch (B, ...) and its MixDraw.
+
+        mixup: lam * x + (1 - lam) * x[perm]. cutmix (x (B, C, H, W)): a box of area (1 - lam) * H * W
+        centred at `centre` (2 uniforms in [0, 1)) and clipped to the image is pasted from x[perm];
+        lam becomes the share of the image left unpasted."""
+        perm = keys.argsort().to(x.device)
+        if self.kind == "mixup":
+            return torch.lerp(x[perm], x, lam), MixDraw(perm, lam)
+        height, width = x.shape[-2:]
+        ratio = math.sqrt(1.0 - lam)
+        cy, cx = int(centre[0] * height), int(centre[1] * width)
+        half_h, half_w = int(height * ratio) // 2, int(width * ratio) // 2
+        top, bottom = max(cy - half_h, 0), min(cy + half_h, height)
+        left, right = max(cx - half_w, 0), min(cx + half_w, width)
+        mixed = x.clone()
+        mixed[..., top:bottom, left:right] = x[perm][..., top:bottom, left:right]
+        return mixed, MixDraw(perm, 1.0 - (bottom - top) * (right - left) / (height * width))
+
 
 @dataclass(frozen=True)
 class ViewSet:
-    """All combinations of flip in {no, yes} (if `flip`) and translations in [-shift, shift]^2."""
+    """All combinations of flip in {no, yes} (if `flip`) and translations in [-shift, shift]^2, and an
+    optional within-batch `mixing` applied on top (not a view: it is never cached)."""
 
     flip: bool = False
     shift: int = 0
+    mixing: Mixing | None = None
 
     @classmethod
     def parse(cls, spec: str) -> ViewSet:
-        """'flip,translate:2' / 'crop:4,flip' / 'none' -> ViewSet. crop:p and translate:p are the same."""
-        flip, shift = False, 0
+        """'flip,translate:2' / 'crop:4,flip' / 'translate:1,mixup:1' / 'none' -> ViewSet. crop:p and
+        translate:p are the same; at most one of mixup:A and cutmix:A (A > 0, the Beta parameter)."""
+        flip, shift, mixing = False, 0, None
         for part in (p.strip() for p in spec.split(",")):
             if part in ("", "none"):
                 continue
@@ -42,12 +105,23 @@ class ViewSet:
                     raise UsageError(f"augmentation {part!r}: expected {name}:PIXELS, e.g. {name}:2") from None
                 if shift < 0:
                     raise UsageError(f"augmentation {part!r}: pixels must be >= 0")
+            elif name in MIXINGS:
+                try:
+                    alpha = float(value)
+                except ValueError:
+                    raise UsageError(f"augmentation {part!r}: expected {name}:ALPHA, e.g. {name}:1") from None
+                if not alpha > 0 or not math.isfinite(alpha):
+                    raise UsageError(f"augmentation {part!r}: the Beta parameter ALPHA must be > 0")
+                if mixing is not None:
+                    raise UsageError(f"augmentation {spec!r}: give one of mixup:A and cutmix:A, not both")
+                mixing = Mixing(name, alpha)
             else:
-                raise UsageError(f"unknown augmentation {part!r}; use flip, crop:P or translate:P")
-        return cls(flip, shift)
+                raise UsageError(f"unknown augmentation {part!r}; use flip, crop:P, translate:P, mixup:A or cutmix:A")
+        return cls(flip, shift, mixing)
 
     def spec(self) -> str:
         parts = (["flip"] if self.flip else []) + ([f"translate:{self.shift}"] if self.shift else [])
+        parts += [self.mixing.spec()] if self.mixing else []
         return ",".join(parts) or "none"
 
     @property
@@ -109,6 +183,6 @@ def resolve_augment(spec: str, default: tuple[str, ...], is_image: bool) -> View
     if spec == "auto":
         spec = ",".join(default) if is_image else "none"
     views = ViewSet.parse(spec)
-    if views.count > 1 and not is_image:
+    if (views.count > 1 or (views.mixing and views.mixing.kind == "cutmix")) and not is_image:
         raise UsageError(f"augmentation {spec!r} needs image data")
     return views

@@ -3,10 +3,14 @@
 The whole data set sits on the training device as tensors (uint8 images), or stays memory-mapped
 (DeviceData); a batch is cut by
 index, augmented as a whole on the device (kdcli.augment), normalized, and handed to an
-objective `(model, batch, train) -> (outputs, terms)`. Early stopping watches the validation
-loss and restores the best weights (seed 000). Resumable checkpoints are written by time
+objective `(model, batch, train) -> (outputs, terms)`. Early stopping watches a validation
+metric (--monitor: the objective's loss by default, or accuracy, or the KL term) and restores the
+weights of the best epoch by that metric (seed 000). Resumable checkpoints are written by time
 (`CheckpointSchedule`): a killed run restarts from its last written epoch, an interrupted one
 (Ctrl-C, SIGTERM) from its last completed epoch, with the same result as an uninterrupted run.
+
+Learning-rate schedules step once per epoch (constant, cosine, step, multistep), except one-cycle
+and cosine with a linear warm-up, which step once per batch (Smith & Topin 2019; Goyal et al. 2017).
 """
 
 from __future__ import annotations
@@ -27,21 +31,32 @@ import torch
 from torch import nn
 
 from kdcli import distributed
-from kdcli.augment import ViewSet
+from kdcli.augment import MixDraw, ViewSet
 from kdcli.data import DataSet
 from kdcli.data.prepared import block_order
-from kdcli.errors import KdcliError
+from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
 
 
 @dataclass
 class Batch:
-    """x: prepared input (B, ...); y: targets (B,); idx: pool indices (B,); views: view ids (B,) or None."""
+    """x: prepared input (B, ...); y: targets (B,); idx: pool indices (B,); views: view ids (B,) or None;
+    mix: how x was mixed within the batch (mixup / cutmix, training only) or None."""
 
     x: torch.Tensor
     y: torch.Tensor
     idx: torch.Tensor
     views: torch.Tensor | None = None
+    mix: MixDraw | None = None
+
+    def label_mixed(self, terms_of: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """terms_of(labels) -> terms, mixed like the input: lam * terms_of(y) + (1 - lam) * terms_of(y[perm])
+        (Zhang et al. 2018); terms_of(y) for an unmixed batch. Terms that ignore the labels are unchanged."""
+        terms = terms_of(self.y)
+        if self.mix is None:
+            return terms
+        partner = terms_of(self.y[self.mix.perm])
+        return {key: torch.lerp(partner[key], value, self.mix.lam) for key, value in terms.items()}
 
 
 Objective = Callable[[nn.Module, Batch, bool], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -49,11 +64,18 @@ Objective = Callable[[nn.Module, Batch, bool], tuple[torch.Tensor, dict[str, tor
 
 @dataclass
 class FitResult:
+    """best_value: the monitored metric (`monitor`) at the kept epoch `best_epoch`."""
+
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
-    best_val_loss: float = math.inf
+    best_value: float = math.nan
+    monitor: str = "val_loss"
     stopped_early: bool = False
     resumed_from: int = 0
+
+    def kept(self) -> dict:
+        """The history entry of the kept epoch ({} before any epoch)."""
+        return self.history[self.best_epoch - 1] if self.best_epoch else {}
 
 
 def default_threads() -> int:
@@ -211,7 +233,32 @@ def make_optimizer(model: nn.Module, cfg, extra_params=()) -> torch.optim.Optimi
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
-def make_scheduler(optimizer, cfg):
+def steps_per_batch(cfg) -> bool:
+    """Whether the schedule steps once per batch (one-cycle, cosine with warm-up) or once per epoch."""
+    return cfg.scheduler == "onecycle" or (cfg.scheduler == "cosine" and cfg.warmup_epochs > 0)
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """lr factor at batch `step` (0-based): linear from 1/warmup to 1 over `warmup` steps, then a half
+    cosine from 1 to 0 over the remaining steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
+
+
+def make_scheduler(optimizer, cfg, batches_per_epoch: int = 1):
+    """The learning-rate schedule; `steps_per_batch(cfg)` says whether it steps per batch or per epoch.
+
+    onecycle: torch's OneCycleLR with --lr as the peak (warm-up over --warmup-epochs if given, else the
+    first 30% of the steps; cosine annealing both ways, momentum / Adam beta1 cycled inversely)."""
+    total = max(cfg.epochs * batches_per_epoch, 1)
+    if cfg.scheduler == "onecycle":
+        share = cfg.warmup_epochs / cfg.epochs if cfg.warmup_epochs and cfg.epochs else 0.3
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
+                                                   pct_start=min(max(share, 1.0 / total), 1.0))
+    if cfg.scheduler == "cosine" and cfg.warmup_epochs > 0:
+        warmup = cfg.warmup_epochs * batches_per_epoch
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     if cfg.scheduler == "step":
@@ -221,10 +268,15 @@ def make_scheduler(optimizer, cfg):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+TASK_SUMS = ("correct", "nll_sum", "sq_err")
+
+
 def task_metrics(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Summable per-batch sums: correct predictions (classification) or squared error (regression)."""
+    """Summable per-batch sums: correct predictions and the labels' cross-entropy (classification),
+    or squared error (regression). They measure the model alone, whatever the objective."""
     if task == "classification":
-        return {"correct": (outputs.argmax(1) == targets).sum().float()}
+        return {"correct": (outputs.argmax(1) == targets).sum().float(),
+                "nll_sum": nn.functional.cross_entropy(outputs.float(), targets, reduction="sum")}
     return {"sq_err": ((outputs.reshape(targets.shape).float() - targets.float()) ** 2).sum()}
 
 
@@ -297,6 +349,20 @@ class Checkpoint:
             if isinstance(exc, OSError):
                 raise KdcliError(f"could not write checkpoint {self.path}: {exc.strerror or exc}") from exc
             raise
+
+
+def monitored_value(entry: dict, monitor: str) -> float:
+    """The epoch's value of `monitor`, as a loss (lower is better): accuracy enters negated."""
+    return -entry["val_acc"] if monitor == "val_acc" else entry[monitor]
+
+
+def check_monitor(monitor: str, entry: dict, has_val: bool) -> None:
+    """Refuse a --monitor that the run cannot record (no validation split, or the objective has no such term)."""
+    if monitor != "val_loss" and not has_val:
+        raise UsageError(f"--monitor {monitor} needs a validation split (--val-fraction > 0)")
+    if entry and monitor not in entry:
+        terms = ", ".join(k for k in entry if k.startswith("val_")) or "none"
+        raise UsageError(f"--monitor {monitor}: this objective records no {monitor} (its validation metrics: {terms})")
 
 
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -410,7 +476,10 @@ def _restore(saved: dict, module: nn.Module, objective, optimizer, scheduler, sc
 
 def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: ViewSet, reporter: Reporter,
         checkpoint: Checkpoint | None = None) -> FitResult:
-    """Train `model` in place with `objective`; restore the weights of the best validation epoch.
+    """Train `model` in place with `objective`; restore the weights of the best epoch by `cfg.monitor`.
+
+    With `views.mixing`, every training batch is mixed after its views (kdcli.augment.Mixing), the
+    draws taken from the run's generator after the epoch's order and views.
 
     `model` may be a torch.compile wrapper: its module's own state (`unwrap`) is what is checkpointed."""
     data = dd.data
@@ -424,10 +493,17 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
     # an objective that is an nn.Module (projectors, CRD memory banks, an EMA teacher, a DML peer) is
     # checkpointed beside the model so a resumed run continues with the same state
     objective_state = objective.state_dict if isinstance(objective, nn.Module) else None
-    scheduler = make_scheduler(optimizer, cfg)
+    train_idx = data.train_idx
+    n_batches = math.ceil(len(train_idx) / cfg.batch_size)
+    use_val = len(data.val_idx) > 0
+    check_monitor(cfg.monitor, {}, use_val)
+    scheduler = make_scheduler(optimizer, cfg, n_batches)
+    per_batch = steps_per_batch(cfg)
+    mixing = views.mixing
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
     generator = torch.Generator().manual_seed(cfg.seed + 1)
-    result = FitResult()
+    result = FitResult(monitor=cfg.monitor)
+    best_score = math.inf  # monitored_value of the kept epoch
     best_state = _state_copy(module)
     bad_epochs, start_epoch = 0, 0
 
@@ -439,7 +515,8 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
         _restore(saved, module, objective, optimizer, scheduler, scaler, generator, device)
         best_state, bad_epochs = saved["best_state"], saved["bad_epochs"]
         result.history, result.best_epoch = saved["history"], saved["best_epoch"]
-        result.best_val_loss = saved["best_val_loss"]
+        best_score = saved["best_score"]
+        result.best_value = result.kept().get(cfg.monitor, math.nan)
         start_epoch = result.resumed_from = saved["epoch"]
         reporter.info(f"resuming from the checkpoint after epoch {start_epoch}")
         if saved.get("stopped_early"):  # killed after early stopping had already ended training
@@ -454,12 +531,9 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "best_state": best_state,
                 "bad_epochs": bad_epochs, "history": list(result.history),
-                "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                "best_epoch": result.best_epoch, "best_score": best_score,
                 "epoch": epoch, "stopped_early": stop}
 
-    train_idx = data.train_idx
-    n_batches = math.ceil(len(train_idx) / cfg.batch_size)
-    use_val = len(data.val_idx) > 0
     scaled = scaler.is_enabled()
     set_epoch = getattr(objective, "set_epoch", None)
     with Interrupts() as interrupts, reporter.progress(
@@ -489,6 +563,10 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                     view_ids = epoch_views[cut] if epoch_views is not None else None
                     batch = dd.batch(idx, views, view_ids, order_dev[cut_dev],
                                      epoch_views_dev[cut_dev] if epoch_views_dev is not None else None)
+                    if mixing is not None:  # drawn for the global batch, so every rank consumes the same
+                        keys, lam, centre = mixing.draw(min(stop_at, len(order)) - start, generator)
+                        batch.x, batch.mix = mixing.apply(batch.x, keys[cut - start] if ranked else keys, lam,
+                                                          centre)
                     with autocast(device, cfg.precision):
                         outputs, terms = objective(train_model, batch, True)
                     optimizer.zero_grad(set_to_none=True)
@@ -504,6 +582,8 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                         scaler.update()
                     else:
                         optimizer.step()
+                    if per_batch:
+                        scheduler.step()
                     sums.add(terms, len(idx) if scale else 0)
                     advance(1)
                 totals = sums.totals()
@@ -531,17 +611,22 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                     else:
                         val = run_epoch_eval(model, dd, data.val_idx, objective, views, cfg.eval_batch_size,
                                              cfg.precision)
-                    entry.update({f"val_{k}": v for k, v in val.items() if k not in ("correct", "sq_err")})
+                    entry.update({f"val_{k}": v for k, v in val.items() if k not in TASK_SUMS})
                     if "correct" in val:
                         entry["val_acc"] = 100.0 * val["correct"]
+                        entry["val_nll"] = val["nll_sum"]
                     if "sq_err" in val:
                         entry["val_mse"] = val["sq_err"]
-                scheduler.step()
+                if not per_batch:
+                    scheduler.step()
                 entry["seconds"] = round(time.perf_counter() - started, 3)
                 result.history.append(entry)
-                monitored = entry.get("val_loss", entry["train_loss"])
-                if monitored < result.best_val_loss:
-                    result.best_val_loss, result.best_epoch, bad_epochs = monitored, epoch, 0
+                if epoch == 1:
+                    check_monitor(cfg.monitor, entry, use_val)
+                score = monitored_value(entry, cfg.monitor) if use_val else entry["train_loss"]
+                if score < best_score:
+                    best_score, result.best_epoch, bad_epochs = score, epoch, 0
+                    result.best_value = entry.get(cfg.monitor, score)
                     best_state = _state_copy(module)
                 else:
                     bad_epochs += 1
@@ -552,8 +637,8 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                     raise KeyboardInterrupt
                 if stop:
                     result.stopped_early = True
-                    reporter.info(f"early stopping after epoch {epoch}: no validation improvement in "
-                                  f"{cfg.patience} epochs")
+                    reporter.info(f"early stopping after epoch {epoch}: no {cfg.monitor if use_val else 'train_loss'} "
+                                  f"improvement in {cfg.patience} epochs")
                     break
         except (KeyboardInterrupt, Exception):
             schedule.flush()  # the last completed epoch, so the rerun resumes from there

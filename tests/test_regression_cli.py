@@ -183,7 +183,8 @@ def test_uniform_box_comes_from_training_rows_only():
 def _cfg(**kw):
     base = dict(w_hard=0.3, w_hp=0.7, w_feat=0.0, w_gr=0.0, feature_pairs=[], augment="none", epochs=2,
                 batch_size=32, optimizer="adam", lr=1e-2, weight_decay=0.0, momentum=0.9, scheduler="constant",
-                patience=0, seed=0, precision="fp32", eval_batch_size=256)
+                patience=0, monitor="val_loss", warmup_epochs=0, seed=0, precision="fp32", eval_batch_size=256,
+                checkpoint_every=30.0)
     return SimpleNamespace(**{**base, **kw})
 
 

@@ -44,12 +44,12 @@ def test_same_content_same_id_across_stores_and_clocks(tmp_path, monkeypatch):
     import kdcli.store as store_module
 
     content = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64)}
-    manifest = {"stage": "x", "seed": 3, "metrics": {"test_acc": 91.0, "latency_ms_per_batch64": 1.0},
+    manifest = {"stage": "x", "seed": 3, "metrics": {"test_acc": 91.0, "latency_ms_per_batch64": 1.0, "int8_latency_ms_b1": 2.0},
                 "history": [{"epoch": 1, "train_loss": 0.5, "seconds": 2.0}]}
     made = []
     for n, clock in enumerate(("2026-01-01T00:00:00+00:00", "2027-06-30T12:00:00+00:00")):
         monkeypatch.setattr(store_module, "now", lambda clock=clock: clock)
-        timed = {**manifest, "metrics": {**manifest["metrics"], "latency_ms_per_batch64": 1.0 + n},
+        timed = {**manifest, "metrics": {**manifest["metrics"], "latency_ms_per_batch64": 1.0 + n, "int8_latency_ms_b1": n},
                  "history": [{**manifest["history"][0], "seconds": 2.0 + n}]}
         made.append(Store(tmp_path / f"store{n}").put("run", content, timed))
     assert made[0].id == made[1].id

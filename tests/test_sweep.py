@@ -46,9 +46,12 @@ def test_interrupted_sweep_resumes_without_redoing_runs(cli, store, monkeypatch)
         assert (run["config"]["lr"], run["seed"], run["metrics"]["test_acc"]) == (row["params"]["lr"], row["seed"],
                                                                                    row["value"])
     assert sorted(store.tagged("sweep-lrs")) == sorted(r["id"] for r in rows)
-    means = [s["mean"] for s in manifest["summary"]]
-    assert means == sorted(means, reverse=True) and manifest["best"] == manifest["summary"][0]["point"]
-    assert means[0] == pytest.approx(sum(r["value"] for r in rows if r["point"] == manifest["best"]) / 2)
+    chosen_by = [s["select_mean"] for s in manifest["summary"]]  # validation accuracy, best first
+    assert chosen_by == sorted(chosen_by, reverse=True) and manifest["best"] == manifest["summary"][0]["point"]
+    assert manifest["select"] == "val_acc" and all(
+        r["select_value"] == store.get(r["id"]).manifest["metrics"]["val_acc"] for r in rows)
+    best = manifest["summary"][0]
+    assert best["mean"] == pytest.approx(sum(r["value"] for r in rows if r["point"] == manifest["best"]) / 2)
 
     compared = cli("compare", "sweep:lrs:lr=0.01", "sweep:lrs:lr=0.03", "--json")
     assert compared.exit_code == 0, compared.stderr
@@ -91,12 +94,12 @@ def test_temperature_sweep_plots_and_baseline_test(cli, store, tmp_path, monkeyp
 
 def test_spec_file_and_parallel_workers(cli, store, tmp_path):
     spec = tmp_path / "sweep.yaml"
-    spec.write_text("stage: baseline\ngrid:\n  lr: [0.01, 0.02]\nseeds: 0-3\nbase:\n  epochs: 0\n")
+    spec.write_text("stage: baseline\ngrid:\n  lr: [0.01, 0.02]\nseeds: 0-3\nbase:\n  epochs: 1\n")
     parallel = json.loads(cli("sweep", "--spec", spec, "--seeds", "0", "--jobs", "2", "--json", *FAST).stdout)
     assert (parallel["runs"], parallel["ran"]) == (2, 2)
     rows = store.get(parallel["id"]).manifest["rows"]
     assert [(r["params"], r["seed"]) for r in rows] == [({"lr": 0.01}, 0), ({"lr": 0.02}, 0)]
-    assert all(store.get(r["id"]).manifest["config"]["epochs"] == 0 for r in rows)
+    assert all(store.get(r["id"]).manifest["config"]["epochs"] == 1 for r in rows)
     assert sorted(store.tagged(parallel["tag"])) == sorted(r["id"] for r in rows)
     # the workers' runs are the ordinary cached runs: in-process, nothing trains again
     again = json.loads(cli("sweep", "--spec", spec, "--seeds", "0", "--json", *FAST).stdout)
@@ -130,3 +133,31 @@ def test_unknown_spec_key(cli, tmp_path):
     spec.write_text("stage: baseline\ngrids:\n  lr: [0.1]\n")
     result = cli("sweep", "--spec", spec)
     assert result.exit_code == 2 and "unknown config key(s) grids" in result.stderr
+
+
+def test_sweep_chooses_on_validation_even_when_the_test_set_disagrees(cli, store, monkeypatch):
+    """lr=0.01 has the better test accuracy but the worse validation accuracy: the validation winner
+    lr=0.03 is chosen, and the test values of both points are still reported."""
+    from kdcli.stages.common import StageResult
+
+    figures = {0.01: {"val_acc": 90.0, "val_nll": 0.40, "test_acc": 99.0},
+               0.03: {"val_acc": 95.0, "val_nll": 0.30, "test_acc": 91.0}}
+
+    def fake_baseline(cfg, ctx):  # a stored model artifact with scripted metrics, one per (lr, seed)
+        metrics = {k: v + cfg.seed * 0.1 for k, v in figures[cfg.lr].items()}
+        artifact = ctx.store.put("model", {}, {"stage": "baseline", "seed": cfg.seed, "metrics": metrics,
+                                               "data_fingerprint": "d", "config": {"lr": cfg.lr}})
+        return StageResult(artifact, False)
+
+    monkeypatch.setattr(train, "baseline", fake_baseline)
+    args = ["sweep", "--stage", "baseline", "--grid", "lr=0.01,0.03", "--seeds", "0-1", "--json", *FAST]
+    out = json.loads(cli(*args).stdout)
+    assert (out["select"], out["metric"], out["best"]) == ("val_acc", "test_acc", "lr=0.03")
+    by_point = {s["point"]: s for s in out["summary"]}
+    assert by_point["lr=0.01"]["mean"] == pytest.approx(99.05) and by_point["lr=0.03"]["mean"] == pytest.approx(91.05)
+    assert by_point["lr=0.03"]["select_mean"] == pytest.approx(95.05)
+    by_nll = json.loads(cli(*args, "--select", "val_nll").stdout)  # lower is better
+    assert (by_nll["best"], by_nll["select_higher_is_better"]) == ("lr=0.03", False)
+    for bad in ("test_acc", "val_loss"):
+        refused = cli(*args, "--select", bad)
+        assert refused.exit_code == 2 and "validation metric" in refused.stderr

@@ -15,14 +15,20 @@ from kdcli.stages.common import RunContext, resolve_device
 
 
 def summary_table(result: dict) -> Table:
-    """Points sorted by the metric, best first and marked."""
-    table = Table(title=f"sweep {result['id'][:12]}: {result['metric']} per point "
-                        f"({'higher' if result['higher_is_better'] else 'lower'} is better; runs tagged {result['tag']})")
-    for column in ("", "point", "n", "mean ± std", "95% CI"):
+    """Points sorted by the validation metric they are chosen by, best first and marked; the test metric beside."""
+    def better(higher: bool) -> str:
+        return "higher" if higher else "lower"
+
+    table = Table(title=f"sweep {result['id'][:12]}: chosen by {result['select']} (validation, "
+                        f"{better(result['select_higher_is_better'])} is better); {result['metric']} "
+                        f"({better(result['higher_is_better'])} is better) reported; runs tagged {result['tag']}")
+    for column in ("", "point", "n", f"{result['select']} mean ± std", f"{result['metric']} mean ± std",
+                   f"{result['metric']} 95% CI"):
         table.add_column(column)
     for s in result["summary"]:
         table.add_row("best" if s["point"] == result["best"] else "", s["point"], str(s["n"]),
-                      f"{fmt(s['mean'])} ± {fmt(s['std'])}", interval(s["ci_low"], s["ci_high"]))
+                      f"{fmt(s['select_mean'])} ± {fmt(s['select_std'])}", f"{fmt(s['mean'])} ± {fmt(s['std'])}",
+                      interval(s["ci_low"], s["ci_high"]))
     return table
 
 
@@ -40,7 +46,8 @@ def command(
     partition: Annotated[str | None, typer.Option("--partition", help="Slurm partition")] = None,
     time_limit: Annotated[int | None, typer.Option("--time-limit", help="Slurm time limit per run, minutes (default: 60)")] = None,
     slurm_cluster: Annotated[str | None, typer.Option("--slurm-cluster", help="slurm, or local: submitit runs the jobs on this machine (default: slurm)")] = None,
-    metric: Annotated[str | None, typer.Option("--metric", help="metric to rank by (default: test_acc, or test_mse for regression)")] = None,
+    metric: Annotated[str | None, typer.Option("--metric", help="test metric reported per point and in the paired test (default: test_acc, or test_mse for regression); never used to choose")] = None,
+    select: Annotated[str | None, typer.Option("--select", help="validation metric at each run's kept epoch that chooses the best point: val_acc, val_nll or val_mse (default: val_acc, or val_mse for regression)")] = None,
     baseline_ref: Annotated[str | None, typer.Option("--baseline-ref", help="group (glob, tag:TAG, refs) the best point is paired with and tested against")] = None,
     reference: Annotated[str | None, typer.Option("--reference", help="teacher artifact drawn as a line (default: --set teacher/logits)")] = None,
     plot_dir: Annotated[Path | None, typer.Option("--plot-dir", help="write grid_bar_chart.png (and temperature_curve.png) here")] = None,
@@ -52,13 +59,13 @@ def command(
 ):
     """Grid of distill/baseline options x seeds, each run cached; prints the sweep artifact id.
 
-    An interrupted sweep resumes (finished runs are cache hits). The summary is printed sorted by the metric with the best point marked, and paired with --baseline-ref when given.
+    An interrupted sweep resumes (finished runs are cache hits). The best point is chosen on the validation split (--select), never on the test set; the summary is printed sorted by it with the best point marked, the test metric beside, and the best point is paired with --baseline-ref when given.
     """
 
     def run():
         from kdcli.stages.sweep import sweep, sweep_config  # imported late: keeps `kdcli --help` fast
 
-        cfg = sweep_config(spec, list(grid or []), list(set_ or []), seeds, stage=stage, jobs=jobs, metric=metric,
+        cfg = sweep_config(spec, list(grid or []), list(set_ or []), seeds, stage=stage, jobs=jobs, metric=metric, select=select,
                            executor=executor, ray_address=ray_address, cpus_per_run=cpus_per_run,
                            gpus_per_run=gpus_per_run, partition=partition, time_limit=time_limit,
                            slurm_cluster=slurm_cluster,

@@ -60,6 +60,9 @@ def cache_logits(cfg: CacheLogitsConfig, ctx: RunContext) -> StageResult:
     teacher, artifact = load_model(ctx.store, cfg.teacher)
     check_fits(artifact, data, "teacher")
     views = ViewSet.parse(cfg.views)
+    if views.mixing:
+        raise UsageError(f"--views {cfg.views}: mixup/cutmix make new images per batch, which a table cannot "
+                         "hold; distill with --teacher MODEL_REF --augment ...,mixup:A instead")
     if views.count > 1 and not data.is_image:
         raise UsageError("--views needs image data")
     if cfg.topk >= data.num_outputs:

@@ -20,7 +20,7 @@ from kdcli.stages.configs import check_choice
 from kdcli.stages.visualize import record_report
 from kdcli.store import Artifact, Store
 
-LOWER_IS_BETTER = ("mse", "mae", "loss", "error", "latency", "size_bytes", "params")
+LOWER_IS_BETTER = ("mse", "mae", "nll", "loss", "error", "latency", "size_bytes", "params")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -69,13 +69,43 @@ def resolve_group(store: Store, spec: str) -> list[Artifact]:
     return [store.get(artifact_id, kind="model") for artifact_id in dict.fromkeys(ids)]
 
 
+SELECTABLE = ("val_acc", "val_nll", "val_mse")
+
+
 def default_metric(runs: list[Artifact]) -> str:
-    """test_acc when every run has it (classification), else test_mse (regression)."""
+    """The reported metric: test_acc when every run has it (classification), else test_mse (regression).
+    It is never a choice criterion: choices use `default_selection` (validation)."""
     for metric in ("test_acc", "test_mse"):
         if all(metric in (run.manifest.get("metrics") or {}) for run in runs):
             return metric
     raise UsageError("the runs share neither test_acc nor test_mse (classification mixed with regression?); "
                      "pass --metric")
+
+
+def default_selection(runs: list[Artifact]) -> str:
+    """The validation metric a choice between runs is made on: val_acc (classification) or val_mse."""
+    return "val_mse" if all("test_mse" in (run.manifest.get("metrics") or {}) for run in runs) else "val_acc"
+
+
+def check_selection(metric: str) -> None:
+    """Choices are made on the validation split, by a metric comparable across objectives."""
+    if metric not in SELECTABLE:
+        raise UsageError(f"--select {metric!r}: choose by a validation metric that is comparable across runs, "
+                         f"one of {', '.join(SELECTABLE)} (never a test metric, nor val_loss, which moves with "
+                         "the objective's temperature and weights)")
+
+
+def kept_value(run: Artifact, metric: str) -> float:
+    """A validation metric of a run at its kept epoch (its metrics, else its history)."""
+    metrics = run.manifest.get("metrics") or {}
+    if metric in metrics:
+        return float(metrics[metric])
+    history, best = run.manifest.get("history") or [], metrics.get("best_epoch", 0)
+    entry = history[best - 1] if 0 < best <= len(history) else {}
+    if metric not in entry:
+        raise UsageError(f"run {run.id[:12]} has no {metric} at its kept epoch (trained without a validation "
+                         "split?); choosing needs a validation split (--val-fraction > 0)")
+    return float(entry[metric])
 
 
 def pair(groups: dict[str, list[Artifact]], metric: str) -> tuple[list[int], dict[str, list[float]]]:

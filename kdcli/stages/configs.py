@@ -11,7 +11,8 @@ from kdcli.config import opt, parse_kv
 from kdcli.errors import UsageError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("constant", "cosine", "step", "multistep")
+SCHEDULERS = ("constant", "cosine", "onecycle", "step", "multistep")
+MONITORS = ("val_loss", "val_acc", "val_kl")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ZOO_PREFIXES = ("timm:", "torchvision:")  # import-teacher sources built by kdcli.models.zoo
 
@@ -52,11 +53,16 @@ class TrainConfig(DataConfig):
     lr: float = opt(3e-3, "learning rate")
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(0.0, "weight decay")
-    scheduler: str = opt("constant", "learning-rate schedule: constant, cosine, step or multistep")
+    scheduler: str = opt("constant", "learning-rate schedule: constant, cosine, onecycle (peak --lr, per batch), "
+                                     "step or multistep")
+    warmup_epochs: int = opt(0, "cosine / onecycle: epochs of linear (onecycle: cosine) warm-up to --lr, "
+                                "stepped per batch (onecycle default: 30% of the run)")
     step_size: int = opt(30, "step schedule: epochs between decays")
     gamma: float = opt(0.1, "step/multistep schedule: decay factor")
     milestones: list[int] = opt([], "multistep schedule: epochs at which to decay (comma separated)")
-    patience: int = opt(10, "early stopping: epochs without validation-loss improvement (0 = off)")
+    patience: int = opt(10, "early stopping: epochs without improvement of --monitor (0 = off)")
+    monitor: str = opt("val_loss", "validation metric that early stopping watches and the kept epoch is best "
+                                   "by: val_loss (the objective's), val_acc, or val_kl (the KD term)")
     augment: str = opt("auto", "augmentation: auto (the data set's default), none, or e.g. crop:4,flip")
     seed: int = opt(0, "seed of weights initialization, batch order and augmentation draws")
     precision: str = opt("fp32", "fp32, or bf16/fp16 autocast on CUDA")
@@ -77,6 +83,13 @@ class TrainConfig(DataConfig):
             raise UsageError(f"--checkpoint-every must be >= 0 seconds, got {self.checkpoint_every}")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("scheduler", self.scheduler, SCHEDULERS)
+        check_choice("monitor", self.monitor, MONITORS)
+        if self.warmup_epochs < 0:
+            raise UsageError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.warmup_epochs and self.scheduler not in ("cosine", "onecycle"):
+            raise UsageError(f"--warmup-epochs works with --scheduler cosine or onecycle, not {self.scheduler}")
+        if self.warmup_epochs > self.epochs:
+            raise UsageError(f"--warmup-epochs {self.warmup_epochs} exceeds --epochs {self.epochs}")
         check_choice("precision", self.precision, PRECISIONS)
 
 

@@ -12,11 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcli.engine import Batch, Objective
+from kdcli.errors import UsageError
 from kdcli.losses import LOSSES
+
+MIXED_TABLE = ("mixup/cutmix make new images that a cached logits table has no logits for; "
+               "give --teacher MODEL_REF to run the teacher online on the mixed batch")
 
 
 class OnlineTeacher:
-    """Teacher forward pass on the student's (already augmented, normalized) batch."""
+    """Teacher forward pass on exactly the student's (augmented, mixed, normalized) batch, in eval
+    mode under inference mode; in the engine's autocast, so bf16/fp16 on a GPU when --precision says so."""
 
     def __init__(self, teacher: nn.Module):
         self.teacher = teacher.eval()
@@ -24,8 +29,10 @@ class OnlineTeacher:
             parameter.requires_grad_(False)
 
     def __call__(self, batch: Batch) -> torch.Tensor:
-        with torch.no_grad():
-            return self.teacher(batch.x).float()
+        self.teacher.eval()
+        with torch.inference_mode():
+            logits = self.teacher(batch.x).float()
+        return logits.clone()  # a normal tensor: an inference tensor cannot be saved for backward
 
 
 class CachedLogits:
@@ -67,18 +74,24 @@ class CachedLogits:
         return full.clamp_min(1e-8).log()
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        if batch.mix is not None:
+            raise UsageError(MIXED_TABLE)
         return self.lookup(batch.idx, batch.views)
 
 
 def hard_label_objective(task: str, loss_name: str = "ce") -> Objective:
-    """Training on labels alone: a registered hard-label loss, or MSE for regression."""
+    """Training on labels alone: a registered hard-label loss, or MSE for regression. On a mixed batch
+    the loss is mixed too, lam * L(y) + (1 - lam) * L(y[perm]) (mixed one-hot labels for CE)."""
     loss_fn = LOSSES.get(loss_name) if task == "classification" else None
 
     def objective(model, batch: Batch, train: bool):
         outputs = model(batch.x)
         if loss_fn is None:
-            mse = F.mse_loss(outputs.reshape(batch.y.shape).float(), batch.y.float())
-            return outputs, {"mse": mse, "loss": mse}
-        return outputs, loss_fn(outputs.float(), None, batch.y)
+            def mse(targets):
+                value = F.mse_loss(outputs.reshape(targets.shape).float(), targets.float())
+                return {"mse": value, "loss": value}
+
+            return outputs, batch.label_mixed(mse)
+        return outputs, batch.label_mixed(lambda labels: loss_fn(outputs.float(), None, labels))
 
     return objective

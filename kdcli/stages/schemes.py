@@ -24,7 +24,7 @@ from kdcli.losses import LOSSES
 from kdcli.losses.feature_methods import FEATURE_METHODS
 from kdcli.losses.logit_methods import STANDARDIZED
 from kdcli.stages.common import StageResult, build_from_config, check_fits, check_logits_fit, load_model
-from kdcli.stages.objectives import CachedLogits, OnlineTeacher
+from kdcli.stages.objectives import MIXED_TABLE, CachedLogits, OnlineTeacher
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -98,7 +98,8 @@ class LogitObjective:
 
     def __call__(self, model, batch: Batch, train: bool):
         outputs = model(batch.x)
-        return outputs, self.loss_fn(outputs.float(), self.signal(batch), batch.y, **self.current(train))
+        teacher, params = self.signal(batch), self.current(train)
+        return outputs, batch.label_mixed(lambda labels: self.loss_fn(outputs.float(), teacher, labels, **params))
 
 
 def method_rows() -> list[tuple[str, str, str]]:
@@ -225,7 +226,7 @@ class FeatureObjective(nn.Module):
         outputs = model(batch.x)
         with torch.no_grad():
             self.teacher(batch.x)
-        ce = F.cross_entropy(outputs.float(), batch.y)
+        ce = batch.label_mixed(lambda labels: {"ce": F.cross_entropy(outputs.float(), labels)})["ce"]
         terms: dict[str, torch.Tensor] = {"ce": ce}
         for (t_name, s_name), head in zip(self.pairs, self.heads, strict=True):
             for key, value in head(self.student_tap[s_name], self.teacher_tap[t_name], batch.idx, train).items():
@@ -275,12 +276,15 @@ def teacher_sources(cfg, ctx, data):
     logits artifact). -> (parents {role: artifact id}, views, make_signal(device), test logits (N_test, K))."""
     refs = [(cfg.logits, "logits")] if cfg.logits else [(cfg.teacher, "model")] if cfg.teacher else []
     refs += [(ref, None) for ref in cfg.extra_teachers]
+    requested = resolve_augment(cfg.augment, data.default_augment, data.is_image)
     parents, makers, tests, table_views = {}, [], [], None
     for number, (ref, kind) in enumerate(refs, 1):
         artifact = ctx.store.get(ref, kind=kind)
         role = artifact.manifest.get("kind", "")
         suffix = "" if number == 1 else f"_{number}"
         if role == "logits":
+            if requested.mixing:
+                raise UsageError(MIXED_TABLE)
             check_logits_fit(artifact, data)
             own = ViewSet.parse(artifact.manifest["views"])
             if own.count > 1:
@@ -305,7 +309,7 @@ def teacher_sources(cfg, ctx, data):
         views = table_views
         ctx.reporter.info(f"student views follow the logits table: {views.spec()} ({views.count} views)")
     else:
-        views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
+        views = requested
 
     def make_signal(device):
         signals = [make(device) for make in makers]
@@ -366,8 +370,8 @@ class MutualObjective(nn.Module):
         self.peer.train(train)
         params = self.logit.current(train)
         outputs, peer_outputs = model(batch.x).float(), self.peer(batch.x).float()
-        terms = self.loss_fn(outputs, peer_outputs.detach(), batch.y, **params)
-        peer_terms = self.loss_fn(peer_outputs, outputs.detach(), batch.y, **params)
+        terms = batch.label_mixed(lambda labels: self.loss_fn(outputs, peer_outputs.detach(), labels, **params))
+        peer_terms = batch.label_mixed(lambda labels: self.loss_fn(peer_outputs, outputs.detach(), labels, **params))
         terms = {**terms, "peer_loss": peer_terms["loss"],
                  "loss": terms["loss"] + peer_terms["loss"] if train else terms["loss"]}
         return outputs, terms

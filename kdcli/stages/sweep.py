@@ -5,9 +5,13 @@ runs are cache hits) and a finished one reruns in seconds. An executor (kdcli.ex
 where each run executes: here (`jobs` > 1: spawned local workers), as Ray tasks or as Slurm jobs. The
 run is the same cached stage everywhere, so the ids agree and a sweep interrupted on one executor
 resumes on another. A failed run is listed in one line; the others finish, and the sweep then fails
-without writing its artifact. Every run is tagged
-`sweep-<name or short key>`; the sweep artifact holds the rows (point, params, seed, run id, metric),
-the summary per point sorted best first, and the best point's paired test against a baseline group.
+without writing its artifact. Every run is tagged `sweep-<name or short key>`; the sweep artifact
+holds the rows (point, params, seed, run id, test metric, validation metric), the summary per point
+sorted best first, and the best point's paired test against a baseline group.
+
+The best point is chosen on the validation split (--select: val_acc, val_nll or val_mse at each run's
+kept epoch), never on the test set; the test metric is reported for every point and is what the
+chosen point's paired test measures.
 """
 
 from __future__ import annotations
@@ -26,7 +30,16 @@ from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
 from kdcli.stages import train
 from kdcli.stages.common import RunContext, run_cached
-from kdcli.stages.compare import analyze, default_metric, higher_is_better, reference_value, resolve_group
+from kdcli.stages.compare import (
+    analyze,
+    check_selection,
+    default_metric,
+    default_selection,
+    higher_is_better,
+    kept_value,
+    reference_value,
+    resolve_group,
+)
 from kdcli.stages.configs import BaselineConfig, DistillConfig, check_choice
 from kdcli.stages.visualize import record_report
 from kdcli.store import Store
@@ -40,7 +53,11 @@ class SweepConfig:
     grid: dict = opt({}, "option -> list of values; the points are their cartesian product")
     seeds: list[int] = opt([0], "seeds run at every point")
     base: dict = opt({}, "fixed options of every run")
-    metric: str | None = opt(None, "metric to rank by (default test_acc, or test_mse for regression)")
+    metric: str | None = opt(None, "test metric reported per point and in the paired test (default test_acc, "
+                                   "or test_mse for regression); never used to choose")
+    select: str | None = opt(None, "validation metric at each run's kept epoch that chooses the best point: "
+                                   "val_acc or val_nll (classification), val_mse (regression); default val_acc / "
+                                   "val_mse")
     baseline_ref: str | None = opt(None, "group (glob, tag:TAG, refs) the best point is tested against")
     reference: str | None = opt(None, "teacher artifact drawn as a reference line (default: base teacher/logits)")
     jobs: int = opt(1, "parallel worker processes of --executor local", key=False)
@@ -66,6 +83,8 @@ class SweepConfig:
             raise UsageError("--cpus-per-run must be > 0, --gpus-per-run >= 0 and --time-limit >= 1")
         if not self.seeds:
             raise UsageError("--seeds needs at least one seed")
+        if self.select is not None:
+            check_selection(self.select)
         if len(set(self.seeds)) != len(self.seeds):
             raise UsageError(f"--seeds repeats a seed: {self.seeds}")
         for where, keys in (("--grid", self.grid), ("--set/base", self.base)):
@@ -161,13 +180,21 @@ def run_points(cfg: SweepConfig, tasks: list, ctx: RunContext, tag: str):
 
 
 # -- the sweep ----------------------------------------------------------------------------------------
-def _summary(rows: list[dict], higher: bool) -> list[dict]:
+def _summary(rows: list[dict], select_higher: bool) -> list[dict]:
+    """Per point: the test metric's values and statistics, and the validation metric's (select_*);
+    sorted by the validation mean, best first (ties keep grid order)."""
     points: dict[str, dict] = {}
     for row in rows:
-        points.setdefault(row["point"], {"point": row["point"], "params": row["params"], "values": []})
-        points[row["point"]]["values"].append(row["value"])
-    summary = [{**p, **stats.describe(p["values"])} for p in points.values()]
-    return sorted(summary, key=lambda s: -s["mean"] if higher else s["mean"])
+        point = points.setdefault(row["point"], {"point": row["point"], "params": row["params"], "values": [],
+                                                 "select_values": []})
+        point["values"].append(row["value"])
+        point["select_values"].append(row["select_value"])
+    summary = []
+    for p in points.values():
+        chosen_by = stats.describe(p["select_values"])
+        summary.append({**p, **stats.describe(p["values"]), "select_mean": chosen_by["mean"],
+                        "select_std": chosen_by["std"]})
+    return sorted(summary, key=lambda s: -s["select_mean"] if select_higher else s["select_mean"])
 
 
 def _default_reference(cfg: SweepConfig) -> str | None:
@@ -214,10 +241,13 @@ def sweep(cfg: SweepConfig, ctx: RunContext) -> dict:
     runs = [store.get(run_id, kind="model") for run_id in ids]
     metric = cfg.metric or default_metric(runs)
     higher = higher_is_better(metric)
-    rows = [{"point": label, "params": params, "seed": seed, "id": run.id, "value": run.manifest["metrics"][metric]}
+    select = cfg.select or default_selection(runs)
+    select_higher = higher_is_better(select)
+    rows = [{"point": label, "params": params, "seed": seed, "id": run.id, "value": run.manifest["metrics"][metric],
+             "select_value": kept_value(run, select)}
             for (label, params, seed, _), run in zip(tasks, runs, strict=True)]
-    summary = _summary(rows, higher)
-    best = summary[0]["point"]
+    summary = _summary(rows, select_higher)
+    best = summary[0]["point"]  # chosen on validation; its test values are only reported
     inputs = {"runs": [row["id"] for row in rows]}
     test = None
     if baseline is not None:
@@ -231,14 +261,14 @@ def sweep(cfg: SweepConfig, ctx: RunContext) -> dict:
 
     def produce(key: str):
         manifest = {"sweep_stage": cfg.stage, "tag": tag, "metric": metric, "higher_is_better": higher,
-                    "rows": rows, "summary": summary, "best": best, "baseline_test": test,
-                    "reference": reference}
+                    "select": select, "select_higher_is_better": select_higher, "rows": rows, "summary": summary,
+                    "best": best, "baseline_test": test, "reference": reference}
         return "sweep", {}, manifest
 
     result = run_cached(ctx, "sweep", cfg, inputs, produce)
     out = {"id": result.id, "skipped": result.skipped, "tag": tag, "metric": metric, "higher_is_better": higher,
-           "best": best, "summary": summary, "baseline_test": test, "reference": reference,
-           "runs": len(rows), "ran": ran}
+           "select": select, "select_higher_is_better": select_higher, "best": best, "summary": summary,
+           "baseline_test": test, "reference": reference, "runs": len(rows), "ran": ran}
     if cfg.plot_dir:
         out.update(sweep_plots(cfg, store, result.id, [t[0] for t in tasks], summary, metric, test, reference))
     return out
@@ -246,8 +276,8 @@ def sweep(cfg: SweepConfig, ctx: RunContext) -> dict:
 
 def sweep_plots(cfg: SweepConfig, store: Store, sweep_id: str, labels: list[str], summary: list[dict],
                 metric: str, test: dict | None, reference: float | None) -> dict:
-    """Grid bar chart (in grid order) and, when temperature is a grid key, metric against temperature at
-    the best point's other settings; recorded as one report artifact."""
+    """Grid bar chart (in grid order) and, when temperature is a grid key, the test metric against
+    temperature at the other settings of the point chosen on validation; recorded as one report artifact."""
     order = {label: i for i, label in enumerate(dict.fromkeys(labels))}
     points = sorted(summary, key=lambda s: order[s["point"]])
     figures = [plots.grid_bar_chart([p["point"] for p in points], [p["mean"] for p in points],

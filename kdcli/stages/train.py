@@ -42,6 +42,9 @@ from kdcli.stages.schemes import (
     teacher_sources,
 )
 
+# validation figures of the kept epoch that go into the metrics: what a sweep may select on
+KEPT_VALIDATION = ("val_loss", "val_acc", "val_nll", "val_mse")
+
 # builds the objective once the student exists and the data sits on the device
 ObjectiveFactory = Callable[[nn.Module, DeviceData], Objective]
 
@@ -86,7 +89,7 @@ def train_model(stage: str, cfg: TrainConfig, ctx: RunContext, data: DataSet, pa
         state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
         metrics.update({
             "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-            "best_val_loss": result.best_val_loss, "params": parameter_count(student),
+            **{k: v for k, v in result.kept().items() if k in KEPT_VALIDATION}, "params": parameter_count(student),
             "size_bytes": sum(t.numel() * t.element_size() for t in state.values()),
             "latency_ms_per_batch64": latency_ms(model, data, ctx.device),
         })

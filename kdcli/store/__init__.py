@@ -23,14 +23,12 @@ gives a new (content) id rather than the old one.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -38,6 +36,8 @@ from safetensors.torch import save_file
 
 from kdcli import __version__
 from kdcli.errors import KdcliError, UsageError
+from kdcli.store.locks import Holder, Leases, file_lock, hold_lease, is_live, scan_leases
+from kdcli.store.maintenance import GcPlan, Problem, apply_gc, check, plan_gc, repair
 from kdcli.store.objects import (
     Artifact,
     CorruptArtifact,
@@ -66,8 +66,26 @@ def default_root() -> Path:
 class Store:
     """The artifact store rooted at `root`. Every method is safe to call from several processes."""
 
-    def __init__(self, root: Path | str | None = None):
+    def __init__(self, root: Path | str | None = None, readonly: bool = False):
+        """A store at `root` (created on first write). A root that is a file, or that cannot be
+        written (unless `readonly`), is refused here with one line, before any work."""
         self.root = Path(root) if root is not None else default_root()
+        self._check_root(readonly)
+
+    def _check_root(self, readonly: bool) -> None:
+        existing = self.root
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            where = "is a file" if existing == self.root else f"is under {existing}, which is a file"
+            raise UsageError(f"--store {self.root} {where}, not a store directory")
+        if not readonly and not os.access(existing, os.W_OK | os.X_OK):
+            where = "" if existing == self.root else f" ({existing} is not writable)"
+            raise UsageError(f"--store {self.root} cannot be written{where}")
+
+    def exists(self) -> bool:
+        """Has anything ever been stored here?"""
+        return any((self.root / part).is_dir() for part in ("objects", "refs", "runs", "tags"))
 
     # -- paths ---------------------------------------------------------------
     def object_path(self, artifact_id: str) -> Path:
@@ -101,16 +119,32 @@ class Store:
                 raise KdcliError(f"could not write {path}: {exc.strerror or exc}") from exc
             raise
 
+    def _lock_path(self, name: str) -> Path:
+        return self.root / "locks" / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".lock")
+
     @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        """An exclusive inter-process lock (flock) named `name`."""
-        path = self._dir("locks") / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".lock")
-        with open(path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def lock(self, name: str, on_wait: Callable[[Holder], None] | None = None) -> Iterator[Holder]:
+        """An exclusive inter-process lock named `name`, safe on shared filesystems (kdcli.store.locks).
+
+        `on_wait(holder)` is called once when another process holds it (holder.describe() is 'pid N')."""
+        self._dir("locks")
+        with file_lock(self._lock_path(name), on_wait) as holder:
+            yield holder
+
+    def stage_running(self, key: str) -> bool:
+        """Does a live process hold the lock of the stage with cache key `key`?"""
+        return is_live(self._lock_path(f"stage-{key}")) is not None
+
+    @contextlib.contextmanager
+    def lease(self, ids: Iterable[str] = (), checkpoints: Iterable[str] = ()) -> Iterator[None]:
+        """While inside, gc removes none of `ids` (artifact ids, and everything they derive from) nor
+        the checkpoints of the cache keys `checkpoints`. The lease ends with the block, or when its
+        process dies (kdcli.store.locks says how that is told from another host)."""
+        with hold_lease(self._dir("leases"), ids, checkpoints, self._atomic_write_text):
+            yield
+
+    def leases(self) -> Leases:
+        return scan_leases(self.root / "leases")
 
     # -- objects ---------------------------------------------------------------
     def put(self, kind: str, tensors: dict[str, torch.Tensor], manifest: dict) -> Artifact:
@@ -154,15 +188,19 @@ class Store:
 
     def _settle_sidecar(self, path: Path, content: dict, volatile: dict) -> dict:
         """The whole manifest of the object at `path`: keep a sidecar that agrees, else (re)write it."""
-        sidecar = self._read_sidecar(path)
+        sidecar = self.read_sidecar(path)
         if sidecar is not None and split_volatile(sidecar)[0] == content:
             return join_volatile(content, split_volatile(sidecar)[1])
         manifest = join_volatile(content, volatile)
-        self._atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=2, default=str))
+        self.write_sidecar(path, manifest)
         return manifest
 
+    def write_sidecar(self, path: Path, manifest: dict) -> None:
+        self._atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=2, default=str))
+
     @staticmethod
-    def _read_sidecar(path: Path) -> dict | None:
+    def read_sidecar(path: Path) -> dict | None:
+        """The sidecar beside the object at `path` (unverified), or None."""
         try:
             sidecar = json.loads(path.with_suffix(".json").read_text())
         except (OSError, ValueError):
@@ -184,7 +222,7 @@ class Store:
             content = embedded_manifest(path)
         except CorruptArtifact as exc:
             raise CorruptArtifact(f"artifact {artifact_id[:12]} has no readable manifest ({path})") from exc
-        sidecar = self._read_sidecar(path)
+        sidecar = self.read_sidecar(path)
         manifest = join_volatile(content, split_volatile(sidecar)[1]) if sidecar is not None else content
         if kind is not None and manifest.get("kind") != kind:
             raise UsageError(f"{ref!r} is a {manifest.get('kind')} artifact, expected a {kind}")
@@ -231,7 +269,7 @@ class Store:
             content = embedded_manifest(path)
         except (OSError, CorruptArtifact):
             return {}
-        sidecar = self._read_sidecar(path)
+        sidecar = self.read_sidecar(path)
         return join_volatile(content, split_volatile(sidecar)[1]) if sidecar is not None else content
 
     # -- refs and tags ----------------------------------------------------------
@@ -293,46 +331,23 @@ class Store:
         """Re-hash every object; return the ids whose bytes do not match."""
         return [i for i in self.ids() if sha256_of_file(self.object_path(i)) != i]
 
-    def reachable(self) -> set[str]:
-        """Ids reachable from refs, tags and the run cache, following manifest parents."""
-        roots = list(self.refs().values()) + [e["artifact"] for e in self.runs()]
-        roots += [i for ids in self.tags().values() for i in ids]
-        seen: set[str] = set()
-        while roots:
-            current = roots.pop()
-            if current in seen or not self.object_path(current).is_file():
-                continue
-            seen.add(current)
-            parents = self.read_manifest(current).get("parents") or {}  # from the object, not its sidecar
-            roots.extend(p for p in _flatten(parents) if isinstance(p, str))
-        return seen
+    def check(self) -> list[Problem]:
+        """Corrupt objects, missing parents, refs/tags/run entries to nothing, sidecars that disagree."""
+        return check(self)
 
-    def gc(self, dry_run: bool = False) -> list[str]:
-        """Remove objects nothing reaches (and stale tmp files); return the removed ids."""
-        keep = self.reachable()
-        doomed = [i for i in self.ids() if i not in keep]
-        if not dry_run:
-            for artifact_id in doomed:
-                path = self.object_path(artifact_id)
-                for victim in (path, path.with_suffix(".json")):
-                    with contextlib.suppress(FileNotFoundError):
-                        victim.unlink()
-            finished = {entry["key"] for entry in self.runs()}
-            for checkpoint in (self.root / "checkpoints").glob("*.pt"):
-                if checkpoint.stem in finished:  # left by a run killed after storing its result
-                    with contextlib.suppress(OSError):
-                        checkpoint.unlink()
-            cutoff = time.time() - 3600  # a tmp file this old belongs to no live writer
-            for stale in (self.root / "tmp").glob("*"):
-                with contextlib.suppress(OSError):
-                    if stale.stat().st_mtime < cutoff:
-                        stale.unlink()
-        return doomed
+    def repair(self, problems: list[Problem]) -> tuple[list[str], list[Problem]]:
+        """Fix what `check` found where it can: (what was done, the problems left)."""
+        return repair(self, problems)
 
+    def gc_plan(self, keep_checkpoints_days: float | None = None, all_checkpoints: bool = False) -> GcPlan:
+        return plan_gc(self, keep_checkpoints_days, all_checkpoints)
 
-def _flatten(value) -> list:
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _flatten(v)]
-    if isinstance(value, (list, tuple)):
-        return [x for v in value for x in _flatten(v)]
-    return [value]
+    def apply_gc(self, plan: GcPlan) -> GcPlan:
+        return apply_gc(self, plan)
+
+    def gc(self, dry_run: bool = False, keep_checkpoints_days: float | None = None,
+           all_checkpoints: bool = False) -> list[str]:
+        """Remove what no ref, tag, cached run or live lease reaches (see maintenance.plan_gc);
+        return the ids of the objects removed (or that would be, with dry_run)."""
+        plan = self.gc_plan(keep_checkpoints_days, all_checkpoints)
+        return (plan if dry_run else self.apply_gc(plan)).objects
