@@ -38,7 +38,7 @@ PREPARE_STAGE = "prepare-data"
 STORAGE_SEED = 0  # the fixed order the pool is stored in
 DECODE_CHUNK = 64  # images per decode task
 BLOCK_BYTES = 4 << 20  # contiguous samples read together: one block of the shuffled block order
-RELEASE_BYTES = 32 << 20  # touched bytes after which a reader drops its mapped pages
+RELEASE_BYTES = 8 << 20  # touched bytes after which a reader drops its mapped pages
 
 Decode = Callable[[int], np.ndarray]
 
