@@ -182,7 +182,7 @@ class DeviceData:
             torch.index_select(self.x_pool, 0, idx, out=out)
         else:
             out = self.x_pool[idx]
-        self.mapped.touched(out.numel() * out.element_size())
+        self.mapped.touched(len(idx))
         return out
 
     def _mapped_batch(self, idx: torch.Tensor) -> torch.Tensor:

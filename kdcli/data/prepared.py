@@ -39,6 +39,7 @@ STORAGE_SEED = 0  # the fixed order the pool is stored in
 DECODE_CHUNK = 64  # images per decode task
 BLOCK_BYTES = 4 << 20  # contiguous samples read together: one block of the shuffled block order
 RELEASE_BYTES = 8 << 20  # touched bytes after which a reader drops its mapped pages
+FAULT_AROUND_BYTES = 64 << 10  # what the kernel maps around one page fault (fault_around_bytes)
 
 Decode = Callable[[int], np.ndarray]
 
@@ -65,9 +66,11 @@ class MappedImages:
                                 offset=self._offset + start)
         return flat.view(info["shape"])
 
-    def touched(self, nbytes: int) -> None:
-        """Count bytes read through the mapping; past RELEASE_BYTES, release the resident pages."""
-        self._touched += nbytes
+    def touched(self, samples: int) -> None:
+        """Count samples read through the mapping; past RELEASE_BYTES, release the resident pages. A
+        page fault maps up to FAULT_AROUND_BYTES around it, so a sample counts at least that much."""
+        sample = int(np.prod(self.header["x_pool"]["shape"][1:]))
+        self._touched += samples * max(sample, FAULT_AROUND_BYTES)
         if self._touched >= RELEASE_BYTES:
             self.release()
 
