@@ -110,16 +110,17 @@ def source_key(root: str, image_size: tuple[int, int], files: list[str]) -> dict
 
 def _decode_all(decode: Decode, order: list[int], out: np.ndarray, reporter: Reporter, what: str) -> None:
     """Decode samples `order` into out[0..] with a thread pool (PIL releases the GIL), with a progress bar."""
-    chunks = [list(enumerate(order))[i:i + DECODE_CHUNK] for i in range(0, len(order), DECODE_CHUNK)]
+    slots = list(enumerate(order))
+    chunks = [slots[i:i + DECODE_CHUNK] for i in range(0, len(slots), DECODE_CHUNK)]
 
     def work(chunk):
         for slot, sample in chunk:
             out[slot] = decode(sample)
         return len(chunk)
 
-    workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     with reporter.progress(f"decoding {what}", total=len(order)) as advance, \
-            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            ThreadPoolExecutor(max_workers=min(8, cores)) as pool:
         for future in as_completed([pool.submit(work, chunk) for chunk in chunks]):
             advance(future.result())
 
