@@ -1,7 +1,8 @@
 """The multi-node launch the README documents, on one node: `torchrun --nnodes 1 --nproc_per_node 2` with
 c10d rendezvous runs `kdcli distill` as 2 gloo ranks against a store given by its path (the directory
 every node shares). Both ranks load the image folder, which is decoded once into that store; rank 0
-alone writes the result, and every rank prints its id."""
+alone writes the result, and every rank prints its id; pushed to a file:// remote, the run pulls
+into another store with the same id."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def free_port() -> int:
 
 
 def invoke(store, *args) -> None:
-    result = CliRunner().invoke(app, [*map(str, args), "--store", str(store), "-q"], catch_exceptions=False)
+    result = CliRunner().invoke(app, [*map(str, args), "--store", str(store)], catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
 
 
@@ -41,7 +42,7 @@ def launch(shared, folder, *args: str) -> subprocess.CompletedProcess:
 def test_torchrun_ranks_share_the_store_by_path(tmp_path, make_image_folder):
     shared = tmp_path / "shared-store"  # on a cluster: a directory every node mounts
     folder = make_image_folder(tmp_path / "images")
-    common = ["--dataset", f"imagefolder:{folder}", "--image-size", "16", "--device", "cpu"]
+    common = ["--dataset", f"imagefolder:{folder}", "--image-size", "16", "--device", "cpu", "-q"]
     invoke(shared, "train-teacher", *common, "--model", "cnn-small", "--epochs", "1", "--name", "t")
     invoke(shared, "cache-logits", "t", *common, "--name", "tl")
     store = Store(shared)
@@ -56,4 +57,11 @@ def test_torchrun_ranks_share_the_store_by_path(tmp_path, make_image_folder):
     assert manifest["world_size"] == 2 and store.resolve("ddp") == run_id
     assert manifest["data_fingerprint"] == store.get("tl").manifest["data_fingerprint"]
     assert first.stdout.split() == [run_id, run_id]  # every rank prints the id rank 0 stored
+
+    # after the launch, the shared store goes to a remote, from which another machine pulls the run
+    remote = f"file://{tmp_path / 'remote'}"
+    invoke(shared, "artifacts", "push", remote, "ddp")
+    laptop = tmp_path / "laptop-store"
+    invoke(laptop, "artifacts", "pull", remote, "ddp")
+    assert Store(laptop).resolve("ddp") == run_id and Store(laptop).get(run_id).manifest["world_size"] == 2
 

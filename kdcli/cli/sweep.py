@@ -46,6 +46,7 @@ def command(
     partition: Annotated[str | None, typer.Option("--partition", help="Slurm partition")] = None,
     time_limit: Annotated[int | None, typer.Option("--time-limit", help="Slurm time limit per run, minutes (default: 60)")] = None,
     slurm_cluster: Annotated[str | None, typer.Option("--slurm-cluster", help="slurm, or local: submitit runs the jobs on this machine (default: slurm)")] = None,
+    push: Annotated[str | None, typer.Option("--push", help="push each finished run, then the sweep, to this remote (a path, file://, s3://...)")] = None,
     metric: Annotated[str | None, typer.Option("--metric", help="test metric reported per point and in the paired test (default: test_acc, or test_mse for regression); never used to choose")] = None,
     select: Annotated[str | None, typer.Option("--select", help="validation metric at each run's kept epoch that chooses the best point: val_acc, val_nll or val_mse (default: val_acc, or val_mse for regression)")] = None,
     baseline_ref: Annotated[str | None, typer.Option("--baseline-ref", help="group (glob, tag:TAG, refs) the best point is paired with and tested against")] = None,
@@ -68,7 +69,7 @@ def command(
         cfg = sweep_config(spec, list(grid or []), list(set_ or []), seeds, stage=stage, jobs=jobs, metric=metric, select=select,
                            executor=executor, ray_address=ray_address, cpus_per_run=cpus_per_run,
                            gpus_per_run=gpus_per_run, partition=partition, time_limit=time_limit,
-                           slurm_cluster=slurm_cluster,
+                           slurm_cluster=slurm_cluster, push=push,
                            baseline_ref=baseline_ref, reference=reference,
                            plot_dir=str(plot_dir) if plot_dir else None)
         reporter = Reporter(quiet=quiet)
