@@ -40,7 +40,7 @@ from kdcli.reporting import Reporter  # noqa: E402
 from kdcli.stages.cache_logits import cache_logits  # noqa: E402
 from kdcli.stages.common import RunContext, load_data  # noqa: E402
 from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, TeacherConfig  # noqa: E402
-from kdcli.stages.objectives import hard_label_objective  # noqa: E402
+from kdcli.stages.objectives.labels import hard_label_objective  # noqa: E402
 from kdcli.stages.sweep import SweepConfig, sweep  # noqa: E402
 from kdcli.stages.train import distill, train_teacher  # noqa: E402
 from kdcli.store import Store  # noqa: E402

@@ -90,12 +90,13 @@ def default_threads() -> int:
     return max(1, min(torch.get_num_threads(), available))
 
 
-# Applied once, when the engine is imported. The engine never sets the thread count again, so a
-# caller that splits the cores between parallel jobs (torch.set_num_threads in each worker) keeps
-# its setting.
-_threads = default_threads()
-if torch.get_num_threads() != _threads:
-    torch.set_num_threads(_threads)
+def apply_default_threads() -> None:
+    """Set torch's thread count to `default_threads()`: called by `kdcli.cli.main` and worker
+    initializers, never on import. The engine never sets it itself, so a caller that splits the
+    cores between parallel jobs (torch.set_num_threads in each worker) keeps its setting."""
+    threads = default_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 class Prepare:

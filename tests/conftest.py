@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 
 # Tiny models on two shared cores: one torch thread is several times faster than contending for two.
-# Set before kdcli.engine is imported (it reads KDCLI_THREADS once); subprocesses inherit it.
+# kdcli.cli.main applies KDCLI_THREADS; in-process tests apply it here. Subprocesses inherit it.
 os.environ.setdefault("KDCLI_THREADS", "1")
 
 import pytest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from kdcli.engine import apply_default_threads  # noqa: E402
 from kdcli.store import Store  # noqa: E402
+
+apply_default_threads()
 
 
 def cli_for(root):

@@ -336,7 +336,7 @@ def bad_input_store(trained, tmp_path) -> dict[str, str]:
 
 BAD_INPUTS = [
     # unknown names, with the closest valid ones suggested
-    (["distill", "--method", "kdd", "--logits", "tl"], 2, "unknown loss 'kdd'; did you mean kd"),
+    (["distill", "--method", "kdd", "--logits", "tl"], 2, "unknown method 'kdd'; did you mean kd"),
     (["baseline", "--loss", "cee"], 2, "unknown loss 'cee'; did you mean ce"),
     (["distill", "--logits", "tll"], 2, "unknown artifact 'tll'", "did you mean tl"),
     # out-of-range numbers the pipeline test does not cover
@@ -388,18 +388,25 @@ def test_ambiguous_prefix_is_one_line(trained, cli):
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cli, store, monkeypatch):
     """A loss term turning NaN in epoch 2: stop, name the epoch and the term, keep epoch 1's checkpoint."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
     from kdcli import engine
     from kdcli.losses import LOSSES
+    from kdcli.losses.registry import LogitLoss
 
     poisoned = {"on": False}
 
-    def fragile(student_logits, teacher_logits, labels, **_):
-        ce = F.cross_entropy(student_logits, labels)
-        penalty = ce * float("nan") if poisoned["on"] else ce * 0
-        return {"ce": ce, "penalty": penalty, "loss": ce + penalty}
+    @dataclass
+    class Fragile(LogitLoss):
+        needs_teacher: ClassVar[bool] = False
 
-    fragile.needs_teacher = False
-    monkeypatch.setitem(LOSSES._items, "fragile", fragile)
+        def terms(self, student_logits, teacher_logits, labels):
+            ce = F.cross_entropy(student_logits, labels)
+            penalty = ce * float("nan") if poisoned["on"] else ce * 0
+            return {"ce": ce, "penalty": penalty, "loss": ce + penalty}
+
+    monkeypatch.setitem(LOSSES._items, "fragile", Fragile)
     save = engine.Checkpoint.save
 
     def save_then_poison(self, state):

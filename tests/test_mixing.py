@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kdcli.stages.schemes import LogitObjective
 from torch import nn
 
 from kdcli import engine
@@ -20,7 +21,6 @@ from kdcli.reporting import Reporter
 from kdcli.stages.common import load_data
 from kdcli.stages.configs import BaselineConfig, DistillConfig
 from kdcli.stages.objectives import MIXED_TABLE, CachedLogits, OnlineTeacher, hard_label_objective
-from kdcli.stages.schemes import LogitObjective
 
 FAST = ["--device", "cpu", "-q"]
 

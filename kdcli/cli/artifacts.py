@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import fnmatch
 import json
@@ -15,8 +16,10 @@ from rich.console import Console
 from rich.table import Table
 
 from kdcli.cli.common import DebugOpt, JsonOpt, StoreOpt, emit, execute, open_store
+from kdcli.config import parse_kv
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
+from kdcli.stages.registry import made_by_other_code
 from kdcli.store import KINDS, MIN_PREFIX, Store, default_root
 from kdcli.store.maintenance import sidecar_difference
 
@@ -102,12 +105,14 @@ def listing_table(rows: list[dict], id_length: int) -> Table:
 @app.command("ls")
 def ls(kind: Annotated[str | None, typer.Option("--kind", help=f"only this kind: {', '.join(KINDS)}")] = None,
        name: Annotated[str | None, typer.Option("--name", help="only names matching this glob")] = None,
+       stale: Annotated[bool, typer.Option("--stale", help="only runs made by other code than this kdcli's "
+                                                         "(their stage's code fingerprint differs)")] = False,
        store: StoreOpt = None, json_out: JsonOpt = False, debug: DebugOpt = False):
     """List artifacts on stdout: short id, kind, seed, age, names, tags, stage, key metric."""
 
     def run():
         st = Store(store if store is not None else default_root(), readonly=True)
-        rows = listing(st, kind, name)
+        rows = [row for row in listing(st, kind, name) if not stale or made_by_other_code(st.read_manifest(row["id"]))]
         reporter = Reporter()
         if not st.exists():
             reporter.warn(f"no store at {st.root}: nothing was ever stored there (check --store or KDCLI_STORE)")
@@ -134,7 +139,7 @@ def show(ref: Annotated[str, typer.Argument(help="name, id or id prefix")], stor
     """Print an artifact's manifest (verified) as JSON."""
 
     def run():
-        artifact = open_store(store).get(ref)
+        artifact = Store(store if store is not None else default_root(), readonly=True).get(ref)
         typer.echo(json.dumps({"id": artifact.id, **artifact.manifest}, indent=2, default=str))
 
     execute(run, debug)
@@ -205,5 +210,69 @@ def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would 
         skipped = len(plan.lines()) - len(removed.lines())
         reporter.info(f"removed {len(removed.lines())} item(s), {len(removed.objects)} of them objects"
                       + (f"; kept {skipped} that came into use meanwhile" if skipped else ""))
+
+    execute(run, debug)
+
+
+EndpointOpt = Annotated[str | None, typer.Option(
+    "--endpoint-url", help="S3-compatible endpoint (MinIO, moto, ...) for s3:// remotes")]
+RemoteOpts = Annotated[list[str] | None, typer.Option(
+    "--remote-option", "-o", help="fsspec storage option KEY=VALUE for the remote (repeatable)")]
+
+
+def _storage_options(endpoint_url: str | None, options: list[str] | None) -> dict:
+    parsed = parse_kv(options or [], "--remote-option")
+    if endpoint_url:
+        parsed["endpoint_url"] = endpoint_url
+    return parsed
+
+
+def _report_transfer(transfer) -> None:
+    reporter = Reporter()
+    for line in transfer.updated:
+        reporter.info(line)
+    for line in transfer.conflicts:
+        reporter.warn(f"conflict: {line}")
+    for line in transfer.refused:
+        reporter.console.print(f"refused: {line}", style="red", markup=False)
+    reporter.info(transfer.summary())
+    if transfer.refused:
+        raise KdcliError(f"{len(transfer.refused)} object(s) refused: {transfer.refused[0]}")
+
+
+@app.command("push")
+def push(remote: Annotated[str, typer.Argument(help="fsspec URL: a path, s3://bucket/prefix, ...")],
+         refs: Annotated[list[str] | None, typer.Argument(help="only these names or ids (and their parents)")] = None,
+         endpoint_url: EndpointOpt = None, remote_option: RemoteOpts = None, store: StoreOpt = None,
+         json_out: JsonOpt = False, debug: DebugOpt = False):
+    """Send the objects the remote lacks, then refs, tags and run-cache entries; a newer remote ref
+    is never overwritten (the conflict is reported)."""
+
+    def run():
+        st = Store(store if store is not None else default_root(), readonly=True)
+        if not st.exists():
+            raise KdcliError(f"no store at {st.root}: nothing to push (check --store or KDCLI_STORE)")
+        transfer = st.push(remote, refs or None, _storage_options(endpoint_url, remote_option))
+        if json_out:
+            emit(dataclasses.asdict(transfer), True)
+        _report_transfer(transfer)
+
+    execute(run, debug)
+
+
+@app.command("pull")
+def pull(remote: Annotated[str, typer.Argument(help="fsspec URL: a path, s3://bucket/prefix, ...")],
+         refs: Annotated[list[str] | None, typer.Argument(help="only these names or ids on the remote (and their parents)")] = None,
+         endpoint_url: EndpointOpt = None, remote_option: RemoteOpts = None, store: StoreOpt = None,
+         json_out: JsonOpt = False, debug: DebugOpt = False):
+    """Fetch the objects this store lacks, re-hashing each before accepting it, then merge refs, tags
+    and the run cache; a corrupt remote object is refused (exit 1)."""
+
+    def run():
+        st = open_store(store)
+        transfer = st.pull(remote, refs or None, _storage_options(endpoint_url, remote_option))
+        if json_out:
+            emit(dataclasses.asdict(transfer), True)
+        _report_transfer(transfer)
 
     execute(run, debug)

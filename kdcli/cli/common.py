@@ -1,7 +1,8 @@
 """Shared CLI machinery: option aliases, one-line errors, and commands generated from config dataclasses.
 
-A stage command is declared once, as its config dataclass: `stage_command` turns every field into a
-flag (help text from the field), adds the common options, and calls the stage function. stdout gets
+A stage command is declared once, as its registered Stage (kdcli.stages.registry): `stage_command`
+turns every field of its config into a flag (help text from the field), adds the common options,
+refuses removed flags with their hint, and calls the stage. stdout gets
 the artifact id alone on its last line (or --json); everything for humans goes to stderr.
 """
 
@@ -18,15 +19,20 @@ from typing import Annotated, Any
 import typer
 
 from kdcli import config as config_mod
+from kdcli import distributed
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
+from kdcli.stages.common import RunContext, resolve_device
+from kdcli.stages.runner import Stage
 from kdcli.store import Store, default_root
+from kdcli.tracking import TrackingReporter, parse_tracker, tracked_run
 
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="artifact store root [env KDCLI_STORE, default ./artifacts]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable result on stdout")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="no progress or logs on stderr")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps")]
+TRACK_HELP = "log the run to tensorboard:DIR or mlflow:URI (repeatable)"
 NameOpt = Annotated[str | None, typer.Option("--name", help="name the report (refs/NAME), which also keeps it from gc")]
 
 
@@ -72,7 +78,7 @@ def _cli_parameter(field: dataclasses.Field, tp) -> inspect.Parameter:
     base, _ = config_mod._unwrap_optional(tp)
     flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-    help_text = f"{field.metadata.get('help', '')} [default: {default}]"
+    help_text = field.metadata.get("help", "") + (f" [default: {default}]" if default is not None else "")
     if base is bool:
         annotation, option = bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
     elif typing.get_origin(base) is list and typing.get_args(base) in ((str,), ()):
@@ -94,27 +100,54 @@ _COMMON = [
     ("json_out", bool, typer.Option(False, "--json", help="print a machine-readable result on stdout")),
     ("quiet", bool, typer.Option(False, "-q", "--quiet", help="no progress or logs on stderr")),
     ("debug", bool, typer.Option(False, "--debug", help="show tracebacks")),
+    ("track", list[str] | None, typer.Option(None, "--track", help=TRACK_HELP)),
 ]
 
 
-def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: str,
-                  positional: str | None = None, show: Callable[[Any], None] | None = None) -> None:
-    """Register `kdcli NAME`: flags from `config_cls` fields, then `stage_fn(config, RunContext)`.
+def removed_options(removed: dict[str, str]) -> list[inspect.Parameter]:
+    """Hidden flags that no longer exist: given, they fail with their one-line hint (exit 2)."""
+    return [inspect.Parameter(f"removed_{i}", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, flag, hidden=True, help=hint)) for i, (flag, hint) in enumerate(removed.items())]
 
-    `positional` names a field that is also accepted as the first argument (e.g. the teacher ref);
+
+def refuse_removed(kwargs: dict, removed: dict[str, str]) -> None:
+    """Pop the hidden removed flags from `kwargs`; one that was given ends the command with its hint."""
+    for i, hint in enumerate(removed.values()):
+        if kwargs.pop(f"removed_{i}"):
+            raise fail(hint, 2)
+
+
+def config_parameters(config_cls, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """One CLI parameter per field of `config_cls` (help text from the field), all defaulting to None."""
+    types_ = config_mod.field_types(config_cls)
+    return [_cli_parameter(f, types_[f.name]) for f in dataclasses.fields(config_cls) if f.name not in skip]
+
+
+def run_context(common: dict) -> RunContext:
+    """The RunContext of a command's common options; the device is resolved (and, under torchrun on CUDA,
+    this rank's GPU pinned) before any stage moves a model to it."""
+    device = resolve_device(common["device"])
+    distributed.pin_local_gpu(device)
+    return RunContext(store=open_store(common["store"]), device=device, reporter=Reporter(quiet=common["quiet"]),
+                      force=common["force"], name=common["name"], tags=list(common["tag"] or []))
+
+
+def stage_command(app: typer.Typer, stage: Stage, show: Callable[[Any], None] | None = None) -> None:
+    """Register `kdcli NAME` for a registered stage: flags from its config fields, then `stage.run(config, RunContext)`.
+
+    `stage.positional` names a field that is also accepted as the first argument (e.g. the teacher ref);
     `show(result)` prints the stage's result for humans (on stderr, even with -q).
     """
-    from kdcli.stages.common import RunContext, resolve_device
-
-    types_ = config_mod.field_types(config_cls)
-    fields = dataclasses.fields(config_cls)
-    params = [_cli_parameter(f, types_[f.name]) for f in fields]
+    positional = stage.positional
+    params = config_parameters(stage.config)
     if positional:
         params.insert(0, inspect.Parameter(f"{positional}_arg", inspect.Parameter.KEYWORD_ONLY, default=typer.Argument(
             None, help=f"same as --{positional.replace('_', '-')}", show_default=False), annotation=str | None))
     params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=a) for n, a, o in _COMMON]
+    params += removed_options(stage.removed)
 
     def command(**kwargs):
+        refuse_removed(kwargs, stage.removed)
         common = {n: kwargs.pop(n) for n, _, _ in _COMMON}
         if positional:
             given = kwargs.pop(f"{positional}_arg")
@@ -123,22 +156,24 @@ def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: 
             kwargs[positional] = given or kwargs.get(positional)
 
         def run():
-            cfg = config_mod.build(config_cls, common["config_file"], kwargs)
-            reporter = Reporter(quiet=common["quiet"])
-            ctx = RunContext(store=open_store(common["store"]), device=resolve_device(common["device"]),
-                             reporter=reporter, force=common["force"], name=common["name"],
-                             tags=list(common["tag"] or []))
-            result = stage_fn(cfg, ctx)
+            trackers = [parse_tracker(spec) for spec in common["track"] or []]
+            cfg = config_mod.build(stage.config, common["config_file"], kwargs)
+            ctx = run_context(common)
+            if trackers:
+                ctx.reporter = TrackingReporter(trackers, common["quiet"])
+            with tracked_run(ctx.reporter, common["name"] or stage.name, config_mod.to_dict(cfg)) as produced:
+                result = stage(cfg, ctx)
+                produced.append(result.artifact)
             if show is not None:
                 show(result)
-            emit({"id": result.id, "kind": result.artifact.kind, "stage": name, "skipped": result.skipped,
+            emit({"id": result.id, "kind": result.artifact.kind, "stage": stage.name, "skipped": result.skipped,
                   "name": common["name"], "metrics": result.metrics}, common["json_out"])
 
         execute(run, common["debug"])
 
     command.__signature__ = inspect.Signature(params)
-    command.__doc__ = help_text
-    app.command(name, help=help_text)(command)
+    command.__doc__ = stage.help
+    app.command(stage.name, help=stage.help)(command)
 
 
 def require(condition: bool, message: str) -> None:

@@ -65,8 +65,9 @@ def command(
     metric: Annotated[str | None, typer.Option("--metric", help="manifest metric (default: test_acc, or test_mse for regression)")] = None,
     baseline: Annotated[str | None, typer.Option("--baseline", help="baseline group: a label or a 0-based index (default: the first)")] = None,
     alternative: Annotated[str, typer.Option("--alternative", help="H1 about each group vs the baseline: greater (better: higher accuracy, lower MSE), less (worse) or two-sided")] = "greater",
-    alpha: Annotated[float, typer.Option("--alpha", help="significance level")] = 0.05,
-    require_significant: Annotated[bool, typer.Option("--require-significant", help="exit 1 unless the last group (other than the baseline) vs the baseline is significant at --alpha (paired t-test in the --alternative direction, Holm-adjusted with > 2 groups)")] = False,
+    level: Annotated[float, typer.Option("--level", help="significance level of the tests")] = 0.05,
+    old_alpha: Annotated[float | None, typer.Option("--alpha", hidden=True)] = None,
+    require_significant: Annotated[bool, typer.Option("--require-significant", help="exit 1 unless the last group (other than the baseline) vs the baseline is significant at --level (paired t-test in the --alternative direction, Holm-adjusted with > 2 groups)")] = False,
     reference: Annotated[str | None, typer.Option("--reference", help="teacher artifact: its metric as a reference line and row")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="write the box plot of per-seed values here (PNG)")] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="write the per-group and per-comparison summary here")] = None,
@@ -78,6 +79,9 @@ def command(
     Per group: n, mean, std, 95% CI. Per group vs the baseline: mean difference with its CI, paired t-test, Wilcoxon signed-rank test, Cohen's d_z, and Holm-adjusted p-values with more than two groups.
     """
 
+    if old_alpha is not None:
+        raise fail("compare --alpha is now --level (the significance level); --alpha is distill's CE weight", 2)
+
     def run():
         from kdcli.stages.compare import (  # imported late: keeps `kdcli --help` fast
             CompareConfig,
@@ -86,7 +90,7 @@ def command(
         )
 
         cfg = CompareConfig(groups=list(groups), labels=list(label or []), metric=metric, baseline=baseline,
-                            alternative=alternative, alpha=alpha, reference=reference,
+                            alternative=alternative, alpha=level, reference=reference,
                             plot=str(plot) if plot else None)
         st = open_store(store)
         result = compare(cfg, st)
@@ -104,4 +108,4 @@ def command(
     decision = execute(run, debug)
     if require_significant and not decision["significant"]:
         raise fail(f"{decision['a']} vs {decision['b']}: not significant ({decision['test']} p = "
-                   f"{fmt(decision['p'])} >= alpha {alpha:g})", 1)
+                   f"{fmt(decision['p'])} >= level {level:g})", 1)

@@ -1,8 +1,8 @@
-"""What every stage shares: the run context, the cached-stage runner, data and model artifacts."""
+"""What every stage shares: the run context and result, seeding, data and model artifacts.
+The cached-stage runner is kdcli.stages.runner."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdcli.config import key_dict, parse_kv, to_dict
+from kdcli.config import parse_kv
 from kdcli.data import DataSet, DataSpec, load_dataset
 from kdcli.errors import KdcliError, UsageError
 from kdcli.models import build_model
 from kdcli.models.registry import architecture_args
 from kdcli.models.zoo import load_weights
 from kdcli.reporting import Reporter
-from kdcli.store import Artifact, CorruptArtifact, Store, sha256_of_file
+from kdcli.store import Artifact, Store, sha256_of_file
 
 
 @dataclass
@@ -32,6 +32,7 @@ class RunContext:
     force: bool = False
     name: str | None = None
     tags: list[str] = field(default_factory=list)
+    probe: bool = False  # only look up the cache key (Stage.cache_key): nothing runs
 
 
 @dataclass
@@ -69,45 +70,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def run_cached(ctx: RunContext, stage: str, config, inputs: dict[str, str], produce: Produce,
-               seed: int | None = None) -> StageResult:
-    """Run `produce(cache_key)` unless the same (stage, config, inputs, version) already ran.
-
-    One process at a time runs a given key (a file lock); the others wait and then reuse its result.
-    """
-    store = ctx.store
-    key = store.cache_key(stage, key_dict(config), inputs)
-    with store.lock(f"stage-{key}"):
-        entry = None if ctx.force else store.lookup_run(key)
-        if entry is not None:
-            try:
-                artifact = store.get(entry["artifact"])
-                ctx.reporter.info(
-                    f"skipped {stage}: same config and inputs as {artifact.id[:12]} ({entry['created']}, "
-                    f"key {key[:12]}); --force reruns")
-                return _finish(ctx, StageResult(artifact, skipped=True))
-            except CorruptArtifact as exc:
-                ctx.reporter.warn(f"{exc}; rerunning {stage}")
-        if ctx.force and store.lookup_run(key) is not None:
-            ctx.reporter.info(f"running {stage} again (--force)")
-        kind, tensors, manifest = produce(key)
-        manifest = {"stage": stage, "config": to_dict(config), "parents": inputs, "cache_key": key,
-                    "seed": seed, **manifest}
-        artifact = store.put(kind, tensors, manifest)
-        store.record_run(key, stage, artifact.id)
-        with contextlib.suppress(FileNotFoundError):  # only now is the resumable state no longer needed
-            store.checkpoint_path(key).unlink()
-    return _finish(ctx, StageResult(artifact, skipped=False))
-
-
-def _finish(ctx: RunContext, result: StageResult) -> StageResult:
-    if ctx.name:
-        ctx.store.set_ref(ctx.name, result.id)
-    for tag in ctx.tags:
-        ctx.store.add_tag(tag, result.id)
-    return result
 
 
 def load_data(cfg, ctx: RunContext | None = None) -> DataSet:

@@ -153,7 +153,7 @@ def analyze(groups: dict[str, list[Artifact]], metric: str, baseline: str, alter
             alpha: float = 0.05) -> dict:
     """Pair the groups by seed and test each against `baseline`; `decision` is the last comparison's."""
     if not 0 < alpha < 1:
-        raise UsageError(f"--alpha must be between 0 and 1, got {alpha}")
+        raise UsageError(f"--level must be between 0 and 1, got {alpha}")
     higher = higher_is_better(metric)
     seeds, values = pair(groups, metric)
     result = stats.compare_groups(values, baseline, scipy_alternative(alternative, higher), higher)

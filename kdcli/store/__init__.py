@@ -34,7 +34,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from kdcli import __version__
 from kdcli.errors import KdcliError, UsageError
 from kdcli.store.locks import Holder, Leases, file_lock, hold_lease, is_live, scan_leases
 from kdcli.store.maintenance import GcPlan, Problem, apply_gc, check, plan_gc, repair
@@ -49,6 +48,7 @@ from kdcli.store.objects import (
     split_volatile,
     versions,
 )
+from kdcli.store.remote import Transfer, pull, push
 
 __all__ = ["KINDS", "Artifact", "CorruptArtifact", "Store", "canonical_json", "default_root", "sha256_of_file",
            "versions"]
@@ -99,6 +99,12 @@ class Store:
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def tmp_path(self, suffix: str = "") -> Path:
+        """A fresh, empty file under tmp/ for a write that is renamed into place when complete."""
+        fd, tmp = tempfile.mkstemp(dir=self._dir("tmp"), suffix=suffix)
+        os.close(fd)
+        return Path(tmp)
 
     def _atomic_write_text(self, path: Path, text: str) -> None:
         """Write `text` to `path` through a synced temp file and a rename: readers see all or nothing."""
@@ -163,11 +169,10 @@ class Store:
                 value = value.clone()
             seen.add(value.data_ptr())
             prepared[key] = value
-        fd, tmp = tempfile.mkstemp(dir=self._dir("tmp"), suffix=".safetensors")
-        os.close(fd)
+        tmp = self.tmp_path(".safetensors")
         try:
-            save_file(prepared, tmp, metadata={"kdcli": canonical_json(content)})
-            artifact_id = sha256_of_file(Path(tmp))
+            save_file(prepared, str(tmp), metadata={"kdcli": canonical_json(content)})
+            artifact_id = sha256_of_file(tmp)
             final = self.object_path(artifact_id)
             if final.is_file() and sha256_of_file(final) == artifact_id:
                 os.unlink(tmp)
@@ -184,9 +189,9 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return Artifact(artifact_id, final, self._settle_sidecar(final, content, volatile))
+        return Artifact(artifact_id, final, self.settle_sidecar(final, content, volatile))
 
-    def _settle_sidecar(self, path: Path, content: dict, volatile: dict) -> dict:
+    def settle_sidecar(self, path: Path, content: dict, volatile: dict) -> dict:
         """The whole manifest of the object at `path`: keep a sidecar that agrees, else (re)write it."""
         sidecar = self.read_sidecar(path)
         if sidecar is not None and split_volatile(sidecar)[0] == content:
@@ -301,8 +306,13 @@ class Store:
 
     # -- run cache ----------------------------------------------------------------
     @staticmethod
-    def cache_key(stage: str, config: dict, inputs: dict) -> str:
-        payload = {"stage": stage, "config": config, "inputs": inputs, "kdcli": __version__}
+    def cache_key(stage: str, config: dict, inputs: dict, code: str | None = None) -> str:
+        """The run-cache key of (stage, key config, inputs) made by the code whose fingerprint is `code`
+        (kdcli.stages.runner.code_fingerprint); without `code`, the key of that run under any code.
+        The package version is not part of it: the code fingerprint says when numerics changed."""
+        payload = {"stage": stage, "config": config, "inputs": inputs}
+        if code is not None:
+            payload["code"] = code
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
     def lookup_run(self, key: str) -> dict | None:
@@ -315,8 +325,11 @@ class Store:
         return entry if self.object_path(entry["artifact"]).is_file() else None
 
     def record_run(self, key: str, stage: str, artifact_id: str) -> None:
-        entry = {"key": key, "stage": stage, "artifact": artifact_id, "created": now()}
-        self._atomic_write_text(self.root / "runs" / f"{key}.json", json.dumps(entry, indent=2))
+        self.adopt_run({"key": key, "stage": stage, "artifact": artifact_id, "created": now()})
+
+    def adopt_run(self, entry: dict) -> None:
+        """Write a run-cache entry {key, stage, artifact, created} (e.g. one pulled from a remote)."""
+        self._atomic_write_text(self.root / "runs" / f"{entry['key']}.json", json.dumps(entry, indent=2))
 
     def runs(self) -> list[dict]:
         base = self.root / "runs"
@@ -351,3 +364,14 @@ class Store:
         return the ids of the objects removed (or that would be, with dry_run)."""
         plan = self.gc_plan(keep_checkpoints_days, all_checkpoints)
         return (plan if dry_run else self.apply_gc(plan)).objects
+
+    # -- remotes ----------------------------------------------------------------------
+    def push(self, remote: str, ids: list[str] | None = None, storage_options: dict | None = None) -> Transfer:
+        """Send to the fsspec URL `remote` the objects it lacks (`ids` and their ancestors, or all),
+        then the refs, tags and run-cache entries pointing to them (kdcli.store.remote)."""
+        return push(self, remote, ids, storage_options)
+
+    def pull(self, remote: str, refs: list[str] | None = None, storage_options: dict | None = None) -> Transfer:
+        """Fetch `refs` (names or ids on the remote; all when None) and their ancestors, re-hashing
+        every object before accepting it, then merge refs, tags and run-cache entries."""
+        return pull(self, remote, refs, storage_options)

@@ -225,7 +225,7 @@ def apply_gc(store: Store, plan: GcPlan) -> GcPlan:
     removed = GcPlan(started=plan.started)
     with store.lock("gc"):
         leases = store.leases()
-        manifest_of = _header_reader(store)
+        manifest_of = header_reader(store)
         keep = closure(_roots(store) + sorted(leases.ids), manifest_of)
         for artifact_id in plan.unreferenced:
             path = store.object_path(artifact_id)
@@ -256,7 +256,8 @@ def apply_gc(store: Store, plan: GcPlan) -> GcPlan:
     return removed
 
 
-def _header_reader(store: Store):
+def header_reader(store: Store) -> Callable[[str], dict | None]:
+    """manifest_of(id): the manifest inside a stored object (header only, cached), None when absent."""
     cache: dict[str, dict | None] = {}
 
     def manifest_of(artifact_id: str) -> dict | None:
