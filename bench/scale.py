@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 
 from bench import PeakMemory  # noqa: E402  (bench/bench.py, beside this file)
 from kdcli.augment import ViewSet  # noqa: E402
-from kdcli.engine import DeviceData, fit, prepare_model  # noqa: E402
+from kdcli.engine import DeviceData, apply_default_threads, fit, prepare_model  # noqa: E402
 from kdcli.models import build_model  # noqa: E402
 from kdcli.reporting import Reporter  # noqa: E402
 from kdcli.stages.cache_logits import cache_logits  # noqa: E402
@@ -223,6 +223,7 @@ def main() -> None:
     parser.add_argument("--child", choices=("prepare", "distill"), help=argparse.SUPPRESS)
     parser.add_argument("--logits", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    apply_default_threads()  # KDCLI_THREADS, else the usable CPUs, as the CLI does
     if args.child:
         child(args)
         return
