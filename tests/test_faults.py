@@ -33,8 +33,11 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from kdcli.config import build
 from kdcli.errors import UsageError
 from kdcli.models import build_model
+from kdcli.stages.configs import BaselineConfig
+from kdcli.stages.registry import STAGES
 from kdcli.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -555,3 +558,19 @@ def test_hf_remote_code_needs_trust(tmp_path):
         load_hf_classifier(str(folder), trust_remote_code=False)
     assert "--trust-remote-code" in str(info.value) and "\n" not in str(info.value)
     assert not marker.exists()
+
+
+def test_a_run_waiting_on_an_identical_running_stage_says_so(cli, store):
+    args = {"epochs": 1, "seed": 7}
+    key = STAGES.get("baseline").cache_key(build(BaselineConfig, None, args), store)
+    holder = subprocess.Popen(  # another process runs "the same stage" for two seconds
+        [sys.executable, "-c", "import sys, time; from kdcli.store import Store\n"
+         "with Store(sys.argv[1]).lock('stage-' + sys.argv[2]):\n    print('held', flush=True); time.sleep(2)",
+         str(store.root), key], cwd=REPO, text=True, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = cli("baseline", "--epochs", "1", "--seed", "7", *CPU)
+    finally:
+        holder.wait(timeout=30)
+    assert result.exit_code == 0, result.stderr
+    assert f"waiting for a running identical stage (pid {holder.pid})" in result.stderr
