@@ -74,6 +74,8 @@ SWEEP_OPTIONS = [
     _option("time_limit", int | None, "--time-limit", help="Slurm time limit per run, minutes (default: 60)"),
     _option("slurm_cluster", str | None, "--slurm-cluster", help="slurm, or local: submitit runs the jobs on this "
                                                                   "machine (default: slurm)"),
+    _option("push", str | None, "--push", help="push each finished run, then the sweep, to this remote (a path, "
+                                               "file://, s3://...)"),
     _option("metric", str | None, "--metric", help="test metric reported per point and in the paired test (default: "
                                                    "test_acc, or test_mse for regression); never used to choose"),
     _option("select", str | None, "--select", help="validation metric at each run's kept epoch that chooses the best "
@@ -109,7 +111,7 @@ def run_sweep(options: dict, stage_flags: dict | None = None) -> None:
                            executor=options["executor"], ray_address=options["ray_address"],
                            cpus_per_run=options["cpus_per_run"], gpus_per_run=options["gpus_per_run"],
                            partition=options["partition"], time_limit=options["time_limit"],
-                           slurm_cluster=options["slurm_cluster"],
+                           slurm_cluster=options["slurm_cluster"], push=options["push"],
                            metric=options["metric"], select=options["select"], baseline_ref=options["baseline_ref"],
                            reference=options["reference"],
                            plot_dir=str(options["plot_dir"]) if options["plot_dir"] else None)

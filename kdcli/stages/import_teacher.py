@@ -46,7 +46,7 @@ def load_source(cfg: ImportConfig, data):
 
 
 def import_teacher(cfg: ImportConfig, ctx: RunContext) -> StageResult:
-    data = load_data(cfg)
+    data = load_data(cfg, ctx)
     if data.task != "classification":
         raise UsageError("import-teacher imports image classifiers; train regression teachers with train-teacher")
     model, spec = load_source(cfg, data)

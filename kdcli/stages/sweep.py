@@ -68,6 +68,7 @@ class SweepConfig:
     time_limit: int = opt(60, "Slurm time limit of each run, minutes", key=False)
     slurm_cluster: str = opt("slurm", "slurm, or local: submitit runs the jobs on this machine", key=False)
     slurm_folder: str | None = opt(None, "Slurm job logs (default STORE/slurm; shared with the nodes)", key=False)
+    push: str | None = opt(None, "push each finished run, then the sweep, to this remote (fsspec URL)", key=False)
     plot_dir: str | None = opt(None, "directory of the grid bar chart and temperature curve", key=False)
 
     def validate(self) -> None:
@@ -161,6 +162,8 @@ def run_point(payload: dict, device: str, threads: int) -> dict:
     try:
         stage = STAGES.get(payload["stage"])
         result = stage(stage.config(**payload["config"]), ctx)
+        if payload["push"]:  # from where the run ran, so a machine without the store can pull it
+            ctx.store.push(payload["push"], [result.id])
     except Exception as exc:  # this run's failure; Ctrl-C still stops the sweep
         return {"error": executors.first_line(exc)}
     return {"id": result.id, "skipped": result.skipped}
@@ -180,7 +183,7 @@ def make_executor(cfg: SweepConfig, ctx: RunContext):
 def run_points(cfg: SweepConfig, tasks: list, ctx: RunContext, tag: str):
     """Yield the executor's Started / Finished events over every task (point x seed)."""
     payloads = [{"stage": cfg.stage, "config": config_mod.to_dict(config), "store": str(ctx.store.root.resolve()),
-                 "force": ctx.force, "tag": tag} for _, _, _, config in tasks]
+                 "force": ctx.force, "tag": tag, "push": cfg.push} for _, _, _, config in tasks]
     yield from make_executor(cfg, ctx).run(run_point, payloads)
 
 
@@ -271,6 +274,8 @@ def sweep(cfg: SweepConfig, ctx: RunContext) -> dict:
         return "sweep", {}, manifest
 
     result = run_cached(ctx, SWEEP, cfg, inputs, produce)
+    if cfg.push:
+        ctx.reporter.info(store.push(cfg.push, [result.id]).summary())
     out = {"id": result.id, "skipped": result.skipped, "tag": tag, "metric": metric, "higher_is_better": higher,
            "select": select, "select_higher_is_better": select_higher, "best": best, "summary": summary,
            "baseline_test": test, "reference": reference, "runs": len(rows), "ran": ran}
