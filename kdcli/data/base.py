@@ -43,11 +43,8 @@ class DataSet:
     default_augment: tuple[str, ...] = ()  # e.g. ("crop:4", "flip") for CIFAR
     class_names: list[str] = field(default_factory=list)
     fingerprint: str = ""
-<<<<<<< HEAD
     sources: tuple[str, ...] = ()
-=======
     mapped: object = None  # the MappedImages x_pool / x_test view when memory-mapped (kdcli.data.prepared)
->>>>>>> scale
 
     def __post_init__(self):
         if not self.fingerprint:
