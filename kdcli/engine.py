@@ -1,6 +1,7 @@
 """The one training engine behind every stage.
 
-The whole data set sits on the training device as tensors (uint8 images); a batch is cut by
+The whole data set sits on the training device as tensors (uint8 images), or stays memory-mapped
+(DeviceData); a batch is cut by
 index, augmented as a whole on the device (kdcli.augment), normalized, and handed to an
 objective `(model, batch, train) -> (outputs, terms)`. Early stopping watches a validation
 metric (--monitor: the objective's loss by default, or accuracy, or the KL term) and restores the
@@ -23,6 +24,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from torch import nn
 from kdcli import distributed
 from kdcli.augment import MixDraw, ViewSet
 from kdcli.data import DataSet
+from kdcli.data.prepared import block_order
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
 
@@ -130,16 +133,38 @@ class Prepare:
 
 
 class DeviceData:
-    """The data set's tensors moved once to `device` (uint8 images stay uint8)."""
+    """The data set's tensors on `device`, and the batches cut from them.
+
+    In-memory data moves to the device once (uint8 images stay uint8). A memory-mapped set
+    (`data.mapped`, kdcli.data.prepared) stays in its mapping and is visited in a shuffled block
+    order: on the CPU a batch is indexed straight out of the map; on a GPU, a background thread
+    gathers the next batch into pinned memory while the current one trains, and the copy to the
+    device is asynchronous. Pages a reader has touched are released as it goes, so memory stays
+    flat in the set's size.
+    """
 
     def __init__(self, data: DataSet, device: torch.device):
         self.data = data
         self.device = device
-        self.x_pool = data.x_pool.to(device)
+        self.mapped = data.mapped
+        self.x_pool = data.x_pool if self.mapped is not None else data.x_pool.to(device)
         self.y_pool = data.y_pool.to(device)
         self.x_test = data.x_test.to(device)
         self.y_test = data.y_test.to(device)
         self.prepare = Prepare(data, device)
+        self._pinned = self.mapped is not None and device.type == "cuda"
+        self._order: torch.Tensor | None = None  # this epoch's order, for the one-batch-ahead prefetch
+        self._next = 0
+        self._ahead: tuple[torch.Tensor, Future] | None = None
+        self._loader: ThreadPoolExecutor | None = None
+
+    def epoch_order(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The order an epoch visits pool `indices` (N,) in: a uniform shuffle for in-memory data; for
+        mapped data, blocks of contiguous samples in shuffled order, shuffled within each block."""
+        if self.mapped is None:
+            return indices[torch.randperm(len(indices), generator=generator)]
+        self._order, self._next, self._ahead = block_order(indices, self.mapped.block_size(), generator), 0, None
+        return self._order
 
     def batch(self, idx: torch.Tensor, views: ViewSet, view_ids: torch.Tensor | None,
               idx_dev: torch.Tensor | None = None, view_ids_dev: torch.Tensor | None = None) -> Batch:
@@ -147,10 +172,35 @@ class DeviceData:
         for table lookups; idx_dev / view_ids_dev, when given, are the same already on the device."""
         if idx_dev is None:
             idx_dev = idx.to(self.device, non_blocking=True)
-        x = self.x_pool[idx_dev]
+        x = self.x_pool[idx_dev] if self.mapped is None else self._mapped_batch(idx)
         if view_ids is not None:
             x = views.apply(x, view_ids if view_ids_dev is None else view_ids_dev)
         return Batch(self.prepare(x), self.y_pool[idx_dev], idx, view_ids)
+
+    def _gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """Images idx (B,) out of the map: into pinned memory for a GPU, a plain tensor on the CPU."""
+        if self._pinned:
+            out = torch.empty((len(idx), *self.x_pool.shape[1:]), dtype=self.x_pool.dtype, pin_memory=True)
+            torch.index_select(self.x_pool, 0, idx, out=out)
+        else:
+            out = self.x_pool[idx]
+        self.mapped.touched(len(idx))
+        return out
+
+    def _mapped_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        if not self._pinned:
+            return self._gather(idx)
+        ahead, self._ahead = self._ahead, None
+        host = ahead[1].result() if ahead is not None and torch.equal(ahead[0], idx) else self._gather(idx)
+        x = host.to(self.device, non_blocking=True)
+        order, start = self._order, self._next
+        if order is not None and torch.equal(order[start:start + len(idx)], idx):  # a training batch: fetch the next
+            self._next = start + len(idx)
+            following = order[self._next:self._next + len(idx)]
+            if len(following):
+                self._loader = self._loader or ThreadPoolExecutor(max_workers=1)
+                self._ahead = (following, self._loader.submit(self._gather, following))
+        return x
 
 
 @functools.cache
@@ -531,7 +581,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
     scaled = scaler.is_enabled()
     set_epoch = getattr(objective, "set_epoch", None)
     with Interrupts() as interrupts, reporter.progress(
-            f"{cfg.epochs} epochs", total=(cfg.epochs - start_epoch) * n_batches) as advance:
+            f"epoch {start_epoch + 1}/{cfg.epochs}", total=(cfg.epochs - start_epoch) * n_batches) as advance:
         try:
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
                 started = time.perf_counter()
@@ -539,7 +589,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                 # and returns the values it now uses, which the history records
                 scheduled = (set_epoch(epoch, cfg.epochs) or {}) if callable(set_epoch) else {}
                 model.train()
-                order = train_idx[torch.randperm(len(train_idx), generator=generator)]
+                order = dd.epoch_order(train_idx, generator)
                 epoch_views = views.sample(len(order), generator) if views.count > 1 else None
                 # the epoch's indices and view draws go to the device once, not once per batch
                 order_dev = order.to(device)
@@ -624,7 +674,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                     best_state = _state_copy(module)
                 else:
                     bad_epochs += 1
-                reporter.epoch(entry, improved=bad_epochs == 0)
+                reporter.epoch(entry, improved=bad_epochs == 0, of=cfg.epochs)
                 stop = cfg.patience > 0 and bad_epochs >= cfg.patience
                 schedule.epoch_end(state(epoch, stop), final=stop or epoch == cfg.epochs)
                 if interrupts.received:

@@ -73,7 +73,7 @@ def test_bad_inputs_give_one_line(cli):
     cases = [
         (["distill", "--temperature", "0", "--logits", "x"], "--temperature must be > 0"),
         (["distill", "--alpha", "1.5", "--logits", "x"], "--alpha must be in [0, 1]"),
-        (["baseline", "--epochs", "-1"], "--epochs must be >= 0"),
+        (["baseline", "--epochs", "-1"], "--epochs must be >= 1"),
         (["baseline", "--model", "digits-studnt"], "did you mean digits-student"),
         (["baseline", "--dataset", "digts"], "did you mean digits"),
         (["distill", "--logits", "nothere"], "unknown artifact 'nothere'"),

@@ -44,6 +44,7 @@ class DataSet:
     class_names: list[str] = field(default_factory=list)
     fingerprint: str = ""
     sources: tuple[str, ...] = ()
+    mapped: object = None  # the MappedImages x_pool / x_test view when memory-mapped (kdcli.data.prepared)
 
     def __post_init__(self):
         if not self.fingerprint:
@@ -98,3 +99,5 @@ class DataSpec:
     split_seed: int = 0
     val_fraction: float = 0.1
     extra: dict = field(default_factory=dict)  # loader-specific: n_samples, n_features, noise, target
+    store: object = None  # a kdcli Store a loader may keep prepared (decoded) data in: imagefolder does
+    reporter: object = None  # where such a loader shows its decode progress

@@ -133,7 +133,9 @@ def _run_cached(ctx: RunContext, stage: Stage, config, inputs: dict, produce: Pr
         raise CacheProbe(key)
     # a lease on the inputs and the checkpoint: `artifacts gc` removes neither while this run lives
     parents = [value for value in inputs.values() if isinstance(value, str)]
-    with store.lease(ids=parents, checkpoints=[key]), store.lock(f"stage-{key}"):
+    with store.lease(ids=parents, checkpoints=[key]), store.lock(
+            f"stage-{key}", on_wait=lambda holder: ctx.reporter.info(
+                f"waiting for a running identical stage ({holder.describe()})")):
         entry = None if ctx.force else store.lookup_run(key)
         if entry is not None:
             try:

@@ -288,8 +288,7 @@ class Store:
 
     # -- refs and tags ----------------------------------------------------------
     def set_ref(self, name: str, artifact_id: str) -> None:
-        if not _REF_NAME.match(name) or ".." in name.split("/"):
-            raise UsageError(f"invalid name {name!r}: use letters, digits, '.', '_', '-', '@', '+' and '/'")
+        check_ref_name(name)
         self._atomic_write_text(self.root / "refs" / name, artifact_id + "\n")
 
     def refs(self) -> dict[str, str]:
@@ -299,8 +298,7 @@ class Store:
         return {p.relative_to(base).as_posix(): p.read_text().strip() for p in sorted(base.rglob("*")) if p.is_file()}
 
     def add_tag(self, tag: str, artifact_id: str) -> None:
-        if not _REF_NAME.match(tag) or "/" in tag:
-            raise UsageError(f"invalid tag {tag!r}")
+        check_tag(tag)
         path = self.root / "tags" / tag / artifact_id
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
@@ -384,3 +382,19 @@ class Store:
         """Fetch `refs` (names or ids on the remote; all when None) and their ancestors, re-hashing
         every object before accepting it, then merge refs, tags and run-cache entries."""
         return pull(self, remote, refs, storage_options)
+
+
+def check_ref_name(name: str) -> None:
+    """A name (refs/NAME) is path segments of letters, digits, '.', '_', '-', '@', '+'; never '..', and never
+    all hex of id-prefix length (it would hide the artifact whose id starts that way)."""
+    if not _REF_NAME.match(name) or ".." in name.split("/"):
+        raise UsageError(f"invalid name {name!r}: use letters, digits, '.', '_', '-', '@', '+' and '/'")
+    if len(name) >= MIN_PREFIX and _HEX.match(name.lower()):
+        raise UsageError(f"invalid name {name!r}: {MIN_PREFIX} or more hex digits read as an artifact id prefix; "
+                         "add a letter outside a-f")
+
+
+def check_tag(tag: str) -> None:
+    """A tag is one segment of the characters a name may use."""
+    if not _REF_NAME.match(tag) or "/" in tag or tag in (".", ".."):
+        raise UsageError(f"invalid tag {tag!r}: use letters, digits, '.', '_', '-', '@' and '+'")
