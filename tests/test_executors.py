@@ -92,7 +92,7 @@ def test_submitit_local_executor_runs_the_same_stages(local_sweep, tmp_path, mak
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_failed_point_is_one_line_and_the_others_finish(executor, ray_session, tmp_path, make_cli):
     root = tmp_path / "store"
-    args = ["sweep", "--stage", "baseline", "--set", "epochs=0", "--grid",
+    args = ["sweep", "--stage", "baseline", "--set", "epochs=1", "--grid",
             f"dataset=digits,imagefolder:{tmp_path / 'missing'}", "--seeds", "0", "--device", "cpu", "--executor",
             executor]
     result = make_cli(root)(*args)

@@ -345,7 +345,7 @@ BAD_INPUTS = [
     # out-of-range numbers the pipeline test does not cover
     (["distill", "--temperature", "-1", "--logits", "tl"], 2, "--temperature must be > 0"),
     (["distill", "--alpha", "-0.1", "--logits", "tl"], 2, "--alpha must be in [0, 1]"),
-    (["train-teacher", "--epochs", "-2"], 2, "--epochs must be >= 0"),
+    (["train-teacher", "--epochs", "-2"], 2, "--epochs must be >= 1"),
     # teachers that do not fit the data
     (["distill", "--teacher", "t", "--dataset", "synthetic-regression"], 2,
      "takes inputs (1, 8, 8) with 10 outputs, but synthetic-regression has inputs (10,) with 1"),
@@ -501,7 +501,7 @@ def test_pickled_code_in_checkpoints_is_never_run(tmp_path):
     path = _evil_checkpoint(tmp_path / "evil.pt", marker)
     checkpoint = Checkpoint(path)
     assert checkpoint.load() is None and "ignoring unreadable checkpoint" in checkpoint.problem
-    with pytest.raises(UsageError, match="plain weights"):
+    with pytest.raises(UsageError, match="holds Python objects besides tensors"):
         load_checkpoint_into(build_model("digits-student", (1, 8, 8), 10), path)
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the payload is live: a plain unpickle does run it
@@ -527,7 +527,7 @@ def test_resume_ignores_a_planted_checkpoint(cli, store, tmp_path):
 def test_import_teacher_refuses_code(cli, store, tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
     evil = _evil_checkpoint(tmp_path / "teacher.pt", marker)
-    assert_one_line_error(cli("import-teacher", evil, "--model", "digits-teacher", *CPU), 2, "plain weights")
+    assert_one_line_error(cli("import-teacher", evil, "--model", "digits-teacher", *CPU), 2, "holds Python objects besides tensors")
 
     def no_hub(*args, **kwargs):
         raise AssertionError("torch.hub.load must not run without --trust-remote-code")

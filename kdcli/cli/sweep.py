@@ -11,7 +11,15 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from kdcli.cli.common import TRACK_HELP, config_parameters, emit, execute, run_context
+from kdcli.cli.common import (
+    TRACK_HELP,
+    check_names,
+    check_out_dir,
+    config_parameters,
+    emit,
+    execute,
+    run_context,
+)
 from kdcli.cli.compare import comparisons_table, fmt, interval
 from kdcli.reporting import Reporter
 from kdcli.stages.sweep import sweep, sweep_config
@@ -95,6 +103,8 @@ def run_sweep(options: dict, stage_flags: dict | None = None) -> None:
     """Build the sweep config (stage flags join --set as fixed options), run it, print its tables."""
 
     def run():
+        check_names(options["name"], options["tag"])
+        check_out_dir(options["plot_dir"], "--plot-dir")
         trackers = [parse_tracker(spec) for spec in options["track"] or []]
         cfg = sweep_config(options["spec"], list(options["grid"] or []), list(options["set_"] or []),
                            options["seeds"], fixed=stage_flags, stage=options["stage"], jobs=options["jobs"],

@@ -125,5 +125,5 @@ def load_imagefolder(spec: DataSpec) -> DataSet:
         name=f"imagefolder:{path}", task="classification",
         x_pool=x_pool, y_pool=y_pool, train_idx=train_idx, val_idx=val_idx,
         x_test=x_test, y_test=y_test, num_outputs=len(classes),
-        scale=1 / 255, mean=mean, std=std, class_names=classes,
+        scale=1 / 255, mean=mean, std=std, class_names=classes, sources=(path,),
     )

@@ -126,10 +126,10 @@ def _chosen_section(rows: list[dict], chosen: dict | None) -> list[str]:
     teacher = by_slug[best["teacher"]]
     lines += ["Selected on: mean validation MSE over the runs (each run's kept epoch, the 10% validation split "
               "of the training rows); the test set chose nothing. Candidates: every distilled student of this "
-              f"report. The function-matching candidates (beyond the seed) are {best['n']} runs of the expert "
-              "teacher's labels on extra inputs: noise (Gaussian, in standardized units), mixup (Beta(a, a) "
-              "within the batch) or uniform (fresh inputs drawn uniformly in the training rows' per-feature "
-              "min..max box, its half-width scaled by the number given).", "",
+              f"report, {best['n']} runs each. Function matching (beyond the seed) adds teacher-labelled "
+              "inputs to each batch: noise (Gaussian, in standardized units), mixup (Beta(a, a) within the "
+              "batch) or uniform (fresh inputs drawn uniformly in the training rows' per-feature min..max "
+              "box, its half-width scaled by the number given).", "",
               "| rank | model | weights | extra inputs | validation MSE | test MSE | std | Δ test vs teacher |",
               "|---|---|---|---|---|---|---|---|"]
     for rank, slug in enumerate(chosen["ranking"], start=1):

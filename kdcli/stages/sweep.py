@@ -280,12 +280,13 @@ def sweep(cfg: SweepConfig, ctx: RunContext) -> dict:
            "select": select, "select_higher_is_better": select_higher, "best": best, "summary": summary,
            "baseline_test": test, "reference": reference, "runs": len(rows), "ran": ran}
     if cfg.plot_dir:
-        out.update(sweep_plots(cfg, store, result.id, [t[0] for t in tasks], summary, metric, test, reference))
+        out.update(sweep_plots(cfg, store, result.id, [t[0] for t in tasks], summary, metric, test, reference,
+                               select))
     return out
 
 
 def sweep_plots(cfg: SweepConfig, store: Store, sweep_id: str, labels: list[str], summary: list[dict],
-                metric: str, test: dict | None, reference: float | None) -> dict:
+                metric: str, test: dict | None, reference: float | None, select: str) -> dict:
     """Grid bar chart (in grid order) and, when temperature is a grid key, the test metric against
     temperature at the other settings of the point chosen on validation; recorded as one report artifact."""
     order = {label: i for i, label in enumerate(dict.fromkeys(labels))}
@@ -302,7 +303,8 @@ def sweep_plots(cfg: SweepConfig, store: Store, sweep_id: str, labels: list[str]
             [p["params"]["temperature"] for p in line], [p["mean"] for p in line],
             [0.0 if p["n"] < 2 else p["std"] for p in line], metric, Path(cfg.plot_dir) / "temperature_curve.png",
             baseline=baseline_mean, teacher=reference))
-    report = record_report(store, "sweep-plots", {"sweep": sweep_id, "figures": [str(f) for f in figures]},
+    report = record_report(store, "sweep-plots", {"sweep": sweep_id, "figures": [str(f) for f in figures],
+                                                  "curve_at_point_chosen_by": select},
                            figures, {"sweep": sweep_id})
     return {"plots": [str(f) for f in figures], "plots_report": report.id}
 
