@@ -138,8 +138,8 @@ class TrackingReporter(Reporter):
         self.trackers = trackers
         self.epochs = 0
 
-    def epoch(self, entry: dict, improved: bool) -> None:
-        super().epoch(entry, improved)
+    def epoch(self, entry: dict, improved: bool, of: int | None = None) -> None:
+        super().epoch(entry, improved, of)
         self.epochs += 1
         for tracker in self.trackers:
             tracker.log_epoch(entry)

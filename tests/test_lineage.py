@@ -108,7 +108,7 @@ def test_card_has_teacher_data_recipe_ci_comparison_and_lineage(chain, tmp_path)
 
 def test_command_line_uses_parent_ids_and_only_changed_options():
     line = command_line("distill", {"logits": "my/logits", "temperature": 4.0, "epochs": 7, "model_args": ["a=1"],
-                                    "logit_standardize": True}, {"logits": "ab" * 32}, "cd" * 32)
-    assert line == ("kdcli distill --model-arg a=1 --epochs 7 --logits abababababab --logit-standardize "
+                                    "compile": True, "seed": 0}, {"logits": "ab" * 32}, "cd" * 32)
+    assert line == ("kdcli distill --model-arg a=1 --epochs 7 --compile --logits abababababab --temperature 4 "
                     "--name cdcdcdcdcdcd")
     assert command_line("sweep", {}, {}, "cd" * 32) is None

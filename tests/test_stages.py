@@ -33,7 +33,8 @@ class EchoConfig:
 
 def echo(cfg: EchoConfig, ctx):
     def produce(key):
-        return "model", {"w": torch.tensor([cfg.value])}, {"metrics": {"test_acc": cfg.value + cfg.seed}}
+        value = cfg.value + cfg.seed
+        return "model", {"w": torch.tensor([cfg.value])}, {"metrics": {"test_acc": value, "val_acc": value}}
 
     return run_cached(ctx, ECHO, cfg, {}, produce, seed=cfg.seed)
 
@@ -129,6 +130,8 @@ PACKAGE = Path(kdcli.__file__).parent
 def _kdcli_imports(path: Path) -> tuple[set[str], list[str]]:
     """(kdcli modules imported at module level, kdcli imports made inside functions) of one file."""
     tree = ast.parse(path.read_text())
+    in_functions = {id(inner) for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    for inner in ast.walk(node)}
     top, nested = set(), []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kdcli"):
@@ -137,7 +140,7 @@ def _kdcli_imports(path: Path) -> tuple[set[str], list[str]]:
             names = {a.name for a in node.names if a.name.startswith("kdcli")}
         else:
             continue
-        if node.col_offset == 0:
+        if id(node) not in in_functions:
             top |= names
         elif names:
             nested.append(f"{path.name}:{node.lineno}")

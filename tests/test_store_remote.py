@@ -45,13 +45,16 @@ def s3_endpoint():
                 os.environ[key] = value
 
 
-@pytest.fixture(params=["path", "s3"])
+@pytest.fixture(params=["path", "memory", "s3"])
 def remote(request, tmp_path):
-    """(url, storage options, fsspec filesystem) of an empty remote."""
-    if request.param == "path":
-        import fsspec
+    """(url, storage options, fsspec filesystem) of an empty remote: a path, another fsspec protocol
+    by name, and S3."""
+    import fsspec
 
+    if request.param == "path":
         return str(tmp_path / "remote"), {}, fsspec.filesystem("file")
+    if request.param == "memory":
+        return f"memory://kdcli-{uuid.uuid4().hex[:10]}/team", {}, fsspec.filesystem("memory")
     import s3fs
 
     endpoint = request.getfixturevalue("s3_endpoint")
@@ -213,3 +216,17 @@ def test_bench_rows_measure_a_push_and_an_empty_second_push(tmp_path):
     rate, again = push_pull_rows(tmp_path, total_mib=1, n_objects=2)
     assert float(rate["a"]) > 0 and float(rate["b"]) > 0
     assert (again["a"], again["b"], again["met"]) == ("2", "0", True)
+
+
+def test_push_clears_uploads_a_killed_writer_left(tmp_path):
+    here = Store(tmp_path / "here")
+    populate(here)
+    remote = tmp_path / "remote"
+    (remote / "tmp").mkdir(parents=True)
+    left, fresh = remote / "tmp" / "left-by-a-kill", remote / "tmp" / "in-flight"
+    for path in (left, fresh):
+        path.write_bytes(b"half an object")
+    old = time.time() - 2 * 3600
+    os.utime(left, (old, old))
+    here.push(str(remote))
+    assert not left.exists() and fresh.exists()

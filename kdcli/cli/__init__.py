@@ -6,8 +6,8 @@ from __future__ import annotations
 import typer
 
 from kdcli.cli import artifacts, card, compare, export, plot, sweep, visualize
-from kdcli.cli.common import stage_command
-from kdcli.data import DATASETS
+from kdcli.cli.common import KdcliGroup, stage_command
+from kdcli.data import DATASET_HELP
 from kdcli.engine import apply_default_threads
 from kdcli.losses.methods import method_table
 from kdcli.models import MODELS
@@ -39,8 +39,9 @@ def models() -> None:
 
 
 def datasets() -> None:
-    """List the data sets '--dataset' accepts."""
-    _list_registry(DATASETS)
+    """List the data sets '--dataset' accepts, with what each one is."""
+    for usage, description in DATASET_HELP.values():
+        typer.echo(f"{usage:<22} {description}")
 
 
 def _list_registry(registry) -> None:
@@ -59,7 +60,7 @@ def build_app() -> typer.Typer:
     """The kdcli Typer app: a command per registered stage (in registration order), sweep over them,
     and the other command groups."""
     application = typer.Typer(
-        name="kdcli", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+        name="kdcli", cls=KdcliGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
         help="Knowledge distillation with cached, content-addressed stages and paired statistics.",
     )
     for name in STAGES.names():

@@ -186,9 +186,11 @@ def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would 
        checkpoints: Annotated[bool, typer.Option(
            "--checkpoints", help="also remove every checkpoint no running stage uses")] = False,
        store: StoreOpt = None, debug: DebugOpt = False):
-    """Remove objects no name, tag, cached run or running stage reaches (their parents are kept),
-    corrupt objects, links to missing objects, finished checkpoints and stale working files.
-    Everything is listed on stdout first."""
+    """Remove what nothing reaches, corrupt objects and links to nothing, listing it first.
+
+    Objects no name, tag, cached run or running stage reaches go (their parents are kept), so do
+    corrupt objects, refs/tags/run entries to missing objects, finished checkpoints, expired leases
+    and stale working files. Everything is listed on stdout before anything is removed."""
 
     def run():
         if keep_checkpoints is not None and keep_checkpoints < 0:
@@ -245,8 +247,9 @@ def push(remote: Annotated[str, typer.Argument(help="fsspec URL: a path, s3://bu
          refs: Annotated[list[str] | None, typer.Argument(help="only these names or ids (and their parents)")] = None,
          endpoint_url: EndpointOpt = None, remote_option: RemoteOpts = None, store: StoreOpt = None,
          json_out: JsonOpt = False, debug: DebugOpt = False):
-    """Send the objects the remote lacks, then refs, tags and run-cache entries; a newer remote ref
-    is never overwritten (the conflict is reported)."""
+    """Send the objects the remote lacks, then refs, tags and run-cache entries.
+
+    A newer ref on the remote is never overwritten: the conflict is reported."""
 
     def run():
         st = Store(store if store is not None else default_root(), readonly=True)
@@ -265,8 +268,9 @@ def pull(remote: Annotated[str, typer.Argument(help="fsspec URL: a path, s3://bu
          refs: Annotated[list[str] | None, typer.Argument(help="only these names or ids on the remote (and their parents)")] = None,
          endpoint_url: EndpointOpt = None, remote_option: RemoteOpts = None, store: StoreOpt = None,
          json_out: JsonOpt = False, debug: DebugOpt = False):
-    """Fetch the objects this store lacks, re-hashing each before accepting it, then merge refs, tags
-    and the run cache; a corrupt remote object is refused (exit 1)."""
+    """Fetch the objects this store lacks (re-hashed before acceptance), then merge refs, tags, run cache.
+
+    A corrupt remote object is refused (exit 1); a newer local ref is kept and the conflict reported."""
 
     def run():
         st = open_store(store)

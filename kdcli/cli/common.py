@@ -8,15 +8,20 @@ the artifact id alone on its last line (or --json); everything for humans goes t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import os
+import tempfile
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import markup
+from typer.core import TyperGroup
 
 from kdcli import config as config_mod
 from kdcli import distributed
@@ -24,8 +29,13 @@ from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
 from kdcli.stages.common import RunContext, resolve_device
 from kdcli.stages.runner import Stage
-from kdcli.store import Store, default_root
+from kdcli.store import Store, check_ref_name, check_tag, default_root
 from kdcli.tracking import TrackingReporter, parse_tracker, tracked_run
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:
+    from click import exceptions as click_exceptions
 
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="artifact store root [env KDCLI_STORE, default ./artifacts]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable result on stdout")]
@@ -36,13 +46,103 @@ TRACK_HELP = "log the run to tensorboard:DIR or mlflow:URI (repeatable)"
 NameOpt = Annotated[str | None, typer.Option("--name", help="name the report (refs/NAME), which also keeps it from gc")]
 
 
-def open_store(path: Path | None) -> Store:
-    return Store(path if path is not None else default_root())
+def open_store(path: Path | None, write: bool = False) -> Store:
+    """The store at `path` (default: KDCLI_STORE or ./artifacts), checked first (see check_store_root)."""
+    root = Path(path) if path is not None else default_root()
+    check_store_root(root, write)
+    return Store(root)
+
+
+def check_store_root(root: Path, write: bool) -> None:
+    """A store root is a directory (or not there yet, under directories); with `write`, one we may write to.
+
+    Writability is probed with an unnamed temporary file, so nothing is left behind."""
+    where = f"store {root} (--store or KDCLI_STORE)"
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{where} is a file, not a directory")
+    existing = _existing_ancestor(root, where)
+    if write:
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{where} is not writable: {existing}: {exc.strerror or exc}") from None
+
+
+def _existing_ancestor(path: Path, what: str) -> Path:
+    """The nearest part of `path` (itself included) that exists; it must be a directory."""
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise UsageError(f"{what}: {part} is a file, not a directory")
+            return part
+    return Path(os.curdir)
+
+
+def check_out_file(path: Path | None, flag: str) -> None:
+    """A file to write (a PNG, a CSV): not an existing directory, and not below a file."""
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise UsageError(f"{flag} {path} is a directory; {flag} takes a file name")
+    _existing_ancestor(Path(path).parent, f"{flag} {path}")
+
+
+def check_out_dir(path: Path | None, flag: str) -> None:
+    """A directory to write into: not an existing file, and not below a file."""
+    if path is None:
+        return
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"{flag} {path} is a file; {flag} takes a directory")
+    _existing_ancestor(Path(path), f"{flag} {path}")
+
+
+def check_names(name: str | None, tags: list[str] | None = None) -> None:
+    """--name and every --tag are checked before any work, not when the result is stored."""
+    if name is not None:
+        check_ref_name(name)
+    for tag in tags or []:
+        check_tag(tag)
+
+
+def check_device_options(cfg, device) -> None:
+    """Options that act on CUDA only are refused elsewhere rather than ignored (they would still change
+    the cache key)."""
+    precision = getattr(cfg, "precision", "fp32")
+    if precision != "fp32" and device.type != "cuda":
+        raise UsageError(f"--precision {precision} autocasts on CUDA only; on {device.type} use --precision fp32 "
+                         "(or --device cuda)")
+    if getattr(cfg, "compile", False) and device.type != "cuda":
+        raise UsageError(f"--compile applies on CUDA only; drop it on {device.type} (or use --device cuda)")
 
 
 def fail(message: str, code: int) -> typer.Exit:
     Reporter().console.print(f"error: {' '.join(str(message).split())}", style="red", markup=False, highlight=False)
     return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def one_line_usage_errors() -> Iterator[None]:
+    """Click's usage errors (an unknown flag, `--epochs abc`, a missing argument) as kdcli's one line, exit 2."""
+    try:
+        yield
+    except click_exceptions.UsageError as exc:
+        if isinstance(exc, getattr(click_exceptions, "NoArgsIsHelpError", ())):
+            raise  # `kdcli` alone prints the help
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        raise fail(exc.format_message().rstrip(".") + hint, 2) from None
+
+
+class KdcliGroup(TyperGroup):
+    """The top-level command group: parse errors of it and of every subcommand come out as one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with one_line_usage_errors():
+            return super().invoke(ctx)
 
 
 def execute(action: Callable[[], Any], debug: bool) -> Any:
@@ -78,16 +178,32 @@ def _cli_parameter(field: dataclasses.Field, tp) -> inspect.Parameter:
     base, _ = config_mod._unwrap_optional(tp)
     flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-    help_text = field.metadata.get("help", "") + (f" [default: {default}]" if default is not None else "")
+    # the flag's own default is None (so that given flags can be told apart): the help text shows the
+    # config's default, escaped from rich markup, which would otherwise swallow "[default: ...]"; a field
+    # whose default is None (unset: the method's or data set's own value) says that value in its help
+    help_text = field.metadata.get("help", "")
+    if default is not None:
+        help_text += " " + markup.escape(f"[default: {_default_text(default)}]")
+    shown = {"show_default": False}
     if base is bool:
-        annotation, option = bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
+        annotation, option = bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, **shown)
     elif typing.get_origin(base) is list and typing.get_args(base) in ((str,), ()):
-        annotation, option = list[str] | None, typer.Option(None, flag, help=help_text, show_default=False)
+        annotation, option = list[str] | None, typer.Option(None, flag, help=help_text, **shown)
     elif typing.get_origin(base) is list:
-        annotation, option = str | None, typer.Option(None, flag, help=help_text + " (comma separated)", show_default=False)
+        annotation, option = str | None, typer.Option(None, flag, help=help_text + " (comma separated)", **shown)
     else:
-        annotation, option = base | None, typer.Option(None, flag, help=help_text, show_default=False)
+        annotation, option = base | None, typer.Option(None, flag, help=help_text, **shown)
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def _default_text(default) -> str:
+    if default == []:
+        return "none"
+    if isinstance(default, bool):
+        return "yes" if default else "no"
+    if isinstance(default, list):
+        return ",".join(map(str, default))
+    return str(default)
 
 
 _COMMON = [
@@ -128,7 +244,7 @@ def run_context(common: dict) -> RunContext:
     this rank's GPU pinned) before any stage moves a model to it."""
     device = resolve_device(common["device"])
     distributed.pin_local_gpu(device)
-    return RunContext(store=open_store(common["store"]), device=device, reporter=Reporter(quiet=common["quiet"]),
+    return RunContext(store=open_store(common["store"], write=True), device=device, reporter=Reporter(quiet=common["quiet"]),
                       force=common["force"], name=common["name"], tags=list(common["tag"] or []))
 
 
@@ -157,8 +273,10 @@ def stage_command(app: typer.Typer, stage: Stage, show: Callable[[Any], None] | 
 
         def run():
             trackers = [parse_tracker(spec) for spec in common["track"] or []]
+            check_names(common["name"], common["tag"])
             cfg = config_mod.build(stage.config, common["config_file"], kwargs)
             ctx = run_context(common)
+            check_device_options(cfg, ctx.device)
             if trackers:
                 ctx.reporter = TrackingReporter(trackers, common["quiet"])
             with tracked_run(ctx.reporter, common["name"] or stage.name, config_mod.to_dict(cfg)) as produced:

@@ -11,7 +11,15 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from kdcli.cli.common import TRACK_HELP, config_parameters, emit, execute, run_context
+from kdcli.cli.common import (
+    TRACK_HELP,
+    check_names,
+    check_out_dir,
+    config_parameters,
+    emit,
+    execute,
+    run_context,
+)
 from kdcli.cli.compare import comparisons_table, fmt, interval
 from kdcli.reporting import Reporter
 from kdcli.stages.sweep import sweep, sweep_config
@@ -66,6 +74,8 @@ SWEEP_OPTIONS = [
     _option("time_limit", int | None, "--time-limit", help="Slurm time limit per run, minutes (default: 60)"),
     _option("slurm_cluster", str | None, "--slurm-cluster", help="slurm, or local: submitit runs the jobs on this "
                                                                   "machine (default: slurm)"),
+    _option("push", str | None, "--push", help="push each finished run, then the sweep, to this remote (a path, "
+                                               "file://, s3://...)"),
     _option("metric", str | None, "--metric", help="test metric reported per point and in the paired test (default: "
                                                    "test_acc, or test_mse for regression); never used to choose"),
     _option("select", str | None, "--select", help="validation metric at each run's kept epoch that chooses the best "
@@ -93,13 +103,15 @@ def run_sweep(options: dict, stage_flags: dict | None = None) -> None:
     """Build the sweep config (stage flags join --set as fixed options), run it, print its tables."""
 
     def run():
+        check_names(options["name"], options["tag"])
+        check_out_dir(options["plot_dir"], "--plot-dir")
         trackers = [parse_tracker(spec) for spec in options["track"] or []]
         cfg = sweep_config(options["spec"], list(options["grid"] or []), list(options["set_"] or []),
                            options["seeds"], fixed=stage_flags, stage=options["stage"], jobs=options["jobs"],
                            executor=options["executor"], ray_address=options["ray_address"],
                            cpus_per_run=options["cpus_per_run"], gpus_per_run=options["gpus_per_run"],
                            partition=options["partition"], time_limit=options["time_limit"],
-                           slurm_cluster=options["slurm_cluster"],
+                           slurm_cluster=options["slurm_cluster"], push=options["push"],
                            metric=options["metric"], select=options["select"], baseline_ref=options["baseline_ref"],
                            reference=options["reference"],
                            plot_dir=str(options["plot_dir"]) if options["plot_dir"] else None)

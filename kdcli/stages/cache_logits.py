@@ -55,7 +55,7 @@ def compress_topk(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
 
 
 def cache_logits(cfg: CacheLogitsConfig, ctx: RunContext) -> StageResult:
-    data = load_data(cfg)
+    data = load_data(cfg, ctx)
     if data.task != "classification":
         raise UsageError("cache-logits is for classification; regression teachers run online")
     teacher, artifact = load_model(ctx.store, cfg.teacher)

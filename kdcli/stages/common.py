@@ -56,14 +56,20 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
         raise UsageError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda requested but no CUDA device is available")
+    if name == "mps" and not _mps_available():
+        raise UsageError("--device mps requested but no MPS device (Apple GPU) is available")
     return torch.device(name)
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def seed_everything(seed: int) -> None:
@@ -72,12 +78,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_data(cfg) -> DataSet:
-    """Load the data set a DataConfig describes."""
-    extra = {k: getattr(cfg, k) for k in ("n_samples", "n_features", "noise", "target", "image_size")
+def load_data(cfg, ctx: RunContext | None = None) -> DataSet:
+    """Load the data set a DataConfig describes; with `ctx`, a loader may keep prepared data in its
+    store (an image folder is decoded once, then memory-mapped)."""
+    extra = {k: getattr(cfg, k) for k in ("n_samples", "n_features", "noise", "target", "image_size", "task")
              if getattr(cfg, k, None) is not None}
     spec = DataSpec(name=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
-                    split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, extra=extra)
+                    split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, extra=extra,
+                    store=ctx.store if ctx else None, reporter=ctx.reporter if ctx else None)
     return load_dataset(spec)
 
 

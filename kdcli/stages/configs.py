@@ -17,6 +17,13 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 ZOO_PREFIXES = ("timm:", "torchvision:")  # import-teacher sources built by kdcli.models.zoo
 
 
+TASKS = ("regression", "classification")
+# data options that only some data sets take (by the name before ':'); elsewhere they are refused
+DATA_OPTIONS = {"n_samples": ("synthetic-regression",), "n_features": ("synthetic-regression",),
+                "noise": ("synthetic-regression",), "target": ("csv",), "task": ("csv",),
+                "image_size": ("imagefolder",)}
+
+
 def check_choice(name: str, value: str, choices) -> None:
     if value not in choices:
         raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {value!r}")
@@ -35,10 +42,19 @@ class DataConfig:
     noise: float | None = opt(None, "synthetic-regression: Gaussian noise std (default 0.1)")
     target: str | None = opt(None, "csv:PATH: name of the target column")
     image_size: int | None = opt(None, "imagefolder:PATH: resize images to this square size (default 32)")
+    task: str | None = opt(None, "csv:PATH: regression (default) or classification (an integer target column "
+                                 "holds class labels)")
 
     def validate(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        base = self.dataset.partition(":")[0]
+        for name, datasets in DATA_OPTIONS.items():
+            if getattr(self, name) is not None and base not in datasets:
+                raise UsageError(f"--{name.replace('_', '-')} applies to {' and '.join(datasets)} only, not to "
+                                 f"--dataset {self.dataset}")
+        if self.task is not None:
+            check_choice("task", self.task, TASKS)
 
 
 @dataclass
@@ -73,7 +89,7 @@ class TrainConfig(DataConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name, value, low in (("epochs", self.epochs, 0), ("batch_size", self.batch_size, 1),
+        for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1),
                                  ("patience", self.patience, 0), ("eval_batch_size", self.eval_batch_size, 1)):
             if value < low:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
@@ -178,6 +194,9 @@ class DistillConfig(TrainConfig):
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.generations < 1:
             raise UsageError(f"--generations must be >= 1, got {self.generations}")
+        if self.teacher and self.logits:
+            raise UsageError("give the teacher once: --teacher MODEL_REF (run online) or --logits LOGITS_REF "
+                             "(its cached table), not both")
         if not self.teacher and not self.logits and self.scheme == "standard":
             raise UsageError("distill needs a teacher: --teacher MODEL_REF or --logits LOGITS_REF "
                              "(or --scheme dml / ema)")

@@ -46,7 +46,7 @@ def load_source(cfg: ImportConfig, data):
 
 
 def import_teacher(cfg: ImportConfig, ctx: RunContext) -> StageResult:
-    data = load_data(cfg)
+    data = load_data(cfg, ctx)
     if data.task != "classification":
         raise UsageError("import-teacher imports image classifiers; train regression teachers with train-teacher")
     model, spec = load_source(cfg, data)
@@ -68,6 +68,7 @@ def import_teacher(cfg: ImportConfig, ctx: RunContext) -> StageResult:
 
 
 IMPORT_TEACHER = Stage("import-teacher", ImportConfig, import_teacher,
-                       "Import a pretrained teacher (hf:, torchhub:, or a checkpoint file) and report its test accuracy.",
+                       "Import a pretrained teacher (hf:, timm:, torchvision:, torchhub:, or a checkpoint file) "
+                       "and report its test accuracy.",
                        ("kdcli.engine", "kdcli.models", "kdcli.data", "kdcli.stages.import_teacher",
                         "kdcli.stages.common"), positional="source")

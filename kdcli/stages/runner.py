@@ -21,8 +21,6 @@ import dataclasses
 import functools
 import hashlib
 import importlib.util
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +133,9 @@ def _run_cached(ctx: RunContext, stage: Stage, config, inputs: dict, produce: Pr
         raise CacheProbe(key)
     # a lease on the inputs and the checkpoint: `artifacts gc` removes neither while this run lives
     parents = [value for value in inputs.values() if isinstance(value, str)]
-    with store.lease(ids=parents, checkpoints=[key]), store.lock(f"stage-{key}"):
+    with store.lease(ids=parents, checkpoints=[key]), store.lock(
+            f"stage-{key}", on_wait=lambda holder: ctx.reporter.info(
+                f"waiting for a running identical stage ({holder.describe()})")):
         entry = None if ctx.force else store.lookup_run(key)
         if entry is not None:
             try:
@@ -236,21 +236,6 @@ class Plan:
     extra_manifest: dict = field(default_factory=dict)
 
 
-def latency_ms(model: nn.Module, data: DataSet, device: torch.device, batch: int = 64) -> float:
-    """Median wall time of one forward pass on a batch of `batch` inputs, in milliseconds."""
-    x = data.prepare(data.x_test[:batch].to(device))
-    model.eval()
-    timings = []
-    with torch.no_grad():
-        for _ in range(6):
-            started = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            timings.append((time.perf_counter() - started) * 1000)
-    return round(statistics.median(timings[1:]), 3)
-
-
 def train(stage: Stage, ctx: RunContext, data: DataSet, plan: Plan) -> StageResult:
     """Seed, build, fit with early stopping, evaluate on the test set, store the model artifact."""
     cfg = plan.config
@@ -274,7 +259,6 @@ def train(stage: Stage, ctx: RunContext, data: DataSet, plan: Plan) -> StageResu
             "best_epoch": result.best_epoch, "epochs_run": len(result.history),
             **{k: v for k, v in result.kept().items() if k in KEPT_VALIDATION}, "params": parameter_count(student),
             "size_bytes": sum(t.numel() * t.element_size() for t in state.values()),
-            "latency_ms_per_batch64": latency_ms(model, data, ctx.device),
         })
         if plan.teacher_test_logits is not None and data.task == "classification":
             agree = (outputs.argmax(1) == plan.teacher_test_logits.argmax(1)).float().mean()

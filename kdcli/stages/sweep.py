@@ -68,6 +68,7 @@ class SweepConfig:
     time_limit: int = opt(60, "Slurm time limit of each run, minutes", key=False)
     slurm_cluster: str = opt("slurm", "slurm, or local: submitit runs the jobs on this machine", key=False)
     slurm_folder: str | None = opt(None, "Slurm job logs (default STORE/slurm; shared with the nodes)", key=False)
+    push: str | None = opt(None, "push each finished run, then the sweep, to this remote (fsspec URL)", key=False)
     plot_dir: str | None = opt(None, "directory of the grid bar chart and temperature curve", key=False)
 
     def validate(self) -> None:
@@ -161,6 +162,8 @@ def run_point(payload: dict, device: str, threads: int) -> dict:
     try:
         stage = STAGES.get(payload["stage"])
         result = stage(stage.config(**payload["config"]), ctx)
+        if payload["push"]:  # from where the run ran, so a machine without the store can pull it
+            ctx.store.push(payload["push"], [result.id])
     except Exception as exc:  # this run's failure; Ctrl-C still stops the sweep
         return {"error": executors.first_line(exc)}
     return {"id": result.id, "skipped": result.skipped}
@@ -180,7 +183,7 @@ def make_executor(cfg: SweepConfig, ctx: RunContext):
 def run_points(cfg: SweepConfig, tasks: list, ctx: RunContext, tag: str):
     """Yield the executor's Started / Finished events over every task (point x seed)."""
     payloads = [{"stage": cfg.stage, "config": config_mod.to_dict(config), "store": str(ctx.store.root.resolve()),
-                 "force": ctx.force, "tag": tag} for _, _, _, config in tasks]
+                 "force": ctx.force, "tag": tag, "push": cfg.push} for _, _, _, config in tasks]
     yield from make_executor(cfg, ctx).run(run_point, payloads)
 
 
@@ -271,16 +274,19 @@ def sweep(cfg: SweepConfig, ctx: RunContext) -> dict:
         return "sweep", {}, manifest
 
     result = run_cached(ctx, SWEEP, cfg, inputs, produce)
+    if cfg.push:
+        ctx.reporter.info(store.push(cfg.push, [result.id]).summary())
     out = {"id": result.id, "skipped": result.skipped, "tag": tag, "metric": metric, "higher_is_better": higher,
            "select": select, "select_higher_is_better": select_higher, "best": best, "summary": summary,
            "baseline_test": test, "reference": reference, "runs": len(rows), "ran": ran}
     if cfg.plot_dir:
-        out.update(sweep_plots(cfg, store, result.id, [t[0] for t in tasks], summary, metric, test, reference))
+        out.update(sweep_plots(cfg, store, result.id, [t[0] for t in tasks], summary, metric, test, reference,
+                               select))
     return out
 
 
 def sweep_plots(cfg: SweepConfig, store: Store, sweep_id: str, labels: list[str], summary: list[dict],
-                metric: str, test: dict | None, reference: float | None) -> dict:
+                metric: str, test: dict | None, reference: float | None, select: str) -> dict:
     """Grid bar chart (in grid order) and, when temperature is a grid key, the test metric against
     temperature at the other settings of the point chosen on validation; recorded as one report artifact."""
     order = {label: i for i, label in enumerate(dict.fromkeys(labels))}
@@ -297,7 +303,8 @@ def sweep_plots(cfg: SweepConfig, store: Store, sweep_id: str, labels: list[str]
             [p["params"]["temperature"] for p in line], [p["mean"] for p in line],
             [0.0 if p["n"] < 2 else p["std"] for p in line], metric, Path(cfg.plot_dir) / "temperature_curve.png",
             baseline=baseline_mean, teacher=reference))
-    report = record_report(store, "sweep-plots", {"sweep": sweep_id, "figures": [str(f) for f in figures]},
+    report = record_report(store, "sweep-plots", {"sweep": sweep_id, "figures": [str(f) for f in figures],
+                                                  "curve_at_point_chosen_by": select},
                            figures, {"sweep": sweep_id})
     return {"plots": [str(f) for f in figures], "plots_report": report.id}
 

@@ -34,14 +34,14 @@ SCHEMES = [
 
 def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> StageResult:
     """Cross-entropy (or MSE for regression) training of a teacher."""
-    data = load_data(cfg)
+    data = load_data(cfg, ctx)
     views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
     return train(TRAIN_TEACHER, ctx, data, Plan(cfg, {}, views, lambda model, dd: hard_label_objective(data.task)))
 
 
 def baseline(cfg: BaselineConfig, ctx: RunContext) -> StageResult:
     """The student from scratch on the labels alone (cross-entropy, or seed 003's MSE on one-hot)."""
-    data = load_data(cfg)
+    data = load_data(cfg, ctx)
     if data.task == "classification" and LOSSES.get(cfg.loss).needs_teacher:
         raise UsageError(f"--loss {cfg.loss} needs a teacher; use 'kdcli distill'")
     views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
@@ -51,7 +51,7 @@ def baseline(cfg: BaselineConfig, ctx: RunContext) -> StageResult:
 def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
     """A student trained on the teacher's outputs: online (--teacher) or from a cached table (--logits),
     for --generations born-again generations."""
-    data = load_data(cfg)
+    data = load_data(cfg, ctx)
     cfg = resolve_options(cfg, data.task)
     if cfg.generations == 1:
         return train(DISTILL, ctx, data, plan_distill(cfg, ctx, data))

@@ -30,9 +30,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from kdcli.errors import KdcliError, UsageError
 from kdcli.store.locks import Holder, Leases, file_lock, hold_lease, is_live, scan_leases
@@ -50,6 +48,9 @@ from kdcli.store.objects import (
 )
 from kdcli.store.remote import Transfer, pull, push
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["KINDS", "Artifact", "CorruptArtifact", "Store", "canonical_json", "default_root", "sha256_of_file",
            "versions"]
 
@@ -57,6 +58,14 @@ KINDS = ("model", "logits", "run", "sweep", "report", "export", "data")
 MIN_PREFIX = 8
 _HEX = re.compile(r"^[0-9a-f]+$")
 _REF_NAME = re.compile(r"^[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*$")
+
+
+def save_file(tensors: dict[str, torch.Tensor], path, metadata: dict | None = None) -> None:
+    """safetensors' save_file, imported on first use: torch, numpy and safetensors load only when
+    tensors are read or written, so listing, naming and verifying the store start without them."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, path, metadata=metadata)
 
 
 def default_root() -> Path:
@@ -279,8 +288,7 @@ class Store:
 
     # -- refs and tags ----------------------------------------------------------
     def set_ref(self, name: str, artifact_id: str) -> None:
-        if not _REF_NAME.match(name) or ".." in name.split("/"):
-            raise UsageError(f"invalid name {name!r}: use letters, digits, '.', '_', '-', '@', '+' and '/'")
+        check_ref_name(name)
         self._atomic_write_text(self.root / "refs" / name, artifact_id + "\n")
 
     def refs(self) -> dict[str, str]:
@@ -290,8 +298,7 @@ class Store:
         return {p.relative_to(base).as_posix(): p.read_text().strip() for p in sorted(base.rglob("*")) if p.is_file()}
 
     def add_tag(self, tag: str, artifact_id: str) -> None:
-        if not _REF_NAME.match(tag) or "/" in tag:
-            raise UsageError(f"invalid tag {tag!r}")
+        check_tag(tag)
         path = self.root / "tags" / tag / artifact_id
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
@@ -375,3 +382,19 @@ class Store:
         """Fetch `refs` (names or ids on the remote; all when None) and their ancestors, re-hashing
         every object before accepting it, then merge refs, tags and run-cache entries."""
         return pull(self, remote, refs, storage_options)
+
+
+def check_ref_name(name: str) -> None:
+    """A name (refs/NAME) is path segments of letters, digits, '.', '_', '-', '@', '+'; never '..', and never
+    all hex of id-prefix length (it would hide the artifact whose id starts that way)."""
+    if not _REF_NAME.match(name) or ".." in name.split("/"):
+        raise UsageError(f"invalid name {name!r}: use letters, digits, '.', '_', '-', '@', '+' and '/'")
+    if len(name) >= MIN_PREFIX and _HEX.match(name.lower()):
+        raise UsageError(f"invalid name {name!r}: {MIN_PREFIX} or more hex digits read as an artifact id prefix; "
+                         "add a letter outside a-f")
+
+
+def check_tag(tag: str) -> None:
+    """A tag is one segment of the characters a name may use."""
+    if not _REF_NAME.match(tag) or "/" in tag or tag in (".", ".."):
+        raise UsageError(f"invalid tag {tag!r}: use letters, digits, '.', '_', '-', '@' and '+'")

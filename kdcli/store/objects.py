@@ -25,8 +25,10 @@ from kdcli import __version__
 from kdcli.errors import KdcliError
 
 # Dotted paths of the manifest fields kept out of the hash (wall-clock facts); each part is a glob over
-# dict keys, and "*" also walks every element of a list.
-VOLATILE_FIELDS = ("created", "versions", "history.*.seconds", "metrics.*latency_ms*", "latency")
+# dict keys, and "*" also walks every element of a list. Refs and paths as the user typed them (a name
+# in one store, an id in another) are kept out too: the manifest's parents hold the ids they resolved to.
+VOLATILE_FIELDS = ("created", "versions", "history.*.seconds", "metrics.*latency_ms*", "latency",
+                   "config.teacher", "config.logits", "config.extra_teachers", "config.weights", "config.data_dir")
 _NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64,
                  "I32": np.int32, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "BOOL": np.bool_}
 

@@ -8,7 +8,8 @@ writers pushing at once lose nothing:
     refs/NAME/~<ns>-<host>-<token>.json              one entry per ref update {id, set_ns, host, previous}
     tags/TAG/ID                                      tag membership
     runs/KEY/ID.json                                 run-cache entries
-    tmp/                                             uploads in flight where a put is not atomic
+    tmp/                                             uploads in flight where a put is not atomic (push
+                                                     clears those older than an hour)
 
 Only objects missing on the other side are transferred; every pulled object is re-hashed before it
 is accepted. A ref is moved only to a newer value (its file's mtime locally, `set_ns` remotely);
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from kdcli.errors import KdcliError, UsageError
 from kdcli.store.locks import this_host
-from kdcli.store.maintenance import artifact_parents, closure, header_reader
+from kdcli.store.maintenance import TMP_STALE_S, artifact_parents, closure, header_reader
 from kdcli.store.objects import CorruptArtifact, embedded_manifest, sha256_of_file, split_volatile
 
 if TYPE_CHECKING:
@@ -119,6 +120,15 @@ class Remote:
                 if self.fs.exists(staging):
                     self.fs.rm(staging)
 
+    def clear_stale_uploads(self) -> None:
+        """Remove uploads in tmp/ that a killed writer left (older than maintenance.TMP_STALE_S)."""
+        for relative in self.find("tmp"):
+            with contextlib.suppress(OSError, KeyError, TypeError):
+                modified = self.fs.info(self.path(relative))["mtime"]  # seconds, or a datetime
+                seconds = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+                if time.time() - seconds > TMP_STALE_S:
+                    self.fs.rm(self.path(relative))
+
     def read(self, relative: str) -> bytes:
         return self.fs.cat_file(self.path(relative))
 
@@ -170,6 +180,8 @@ def push(store: Store, url: str, ids: list[str] | None = None, storage_options: 
     started = time.perf_counter()
     with _remote_errors(url):
         remote = Remote(url, storage_options)
+        if not remote.atomic:
+            remote.clear_stale_uploads()
         scope = set(store.ids()) if ids is None else closure([store.resolve(i) for i in ids], header_reader(store))
         there = remote.object_ids()
         report.present = len(scope & there)
