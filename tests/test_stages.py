@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 import kdcli
 from kdcli.cli import app, build_app
 from kdcli.config import opt
-from kdcli.stages import runner
+from kdcli.stages import stage as stage_mod
 from kdcli.stages.registry import STAGES
-from kdcli.stages.runner import Stage, code_fingerprint, run_cached
+from kdcli.stages.runner import Stage, run_cached
+from kdcli.stages.stage import code_fingerprint
 
 FAST = ["--epochs", "1", "--device", "cpu", "-q"]
 
@@ -89,8 +90,8 @@ def test_a_run_made_by_other_code_trains_again_and_is_listed_stale(cli, store, m
     assert json.loads(cli("baseline", *FAST, "--json").stdout)["skipped"] is True
     assert json.loads(cli("artifacts", "ls", "--stale", "--json").stdout)["artifacts"] == []
 
-    real = runner.code_fingerprint
-    monkeypatch.setattr(runner, "code_fingerprint", lambda modules: "0" * 64 if "kdcli.engine" in modules
+    real = stage_mod.code_fingerprint
+    monkeypatch.setattr(stage_mod, "code_fingerprint", lambda modules: "0" * 64 if "kdcli.engine" in modules
                         else real(modules))  # as if the engine's numerics had changed
     rerun = cli("baseline", "--epochs", "1", "--device", "cpu", "--json")
     assert rerun.exit_code == 0 and f"code changed since run {first['id'][:12]}" in rerun.stderr

@@ -1,5 +1,9 @@
 """The `kdcli` command: one module per command group; a command per registered stage, generated
-from the stage registry (kdcli.stages.registry) by `build_app`."""
+from the stage registry (kdcli.stages.registry) by `build_app`.
+
+Only what `--help` needs loads here: stage descriptions, config classes and the store. Stage functions,
+the engine and torch load when a command that runs work calls them, so `kdcli --help`, `kdcli artifacts
+...` and other commands that need no tensors start without torch."""
 
 from __future__ import annotations
 
@@ -7,19 +11,16 @@ import typer
 
 from kdcli.cli import artifacts, card, compare, export, plot, sweep, visualize
 from kdcli.cli.common import KdcliGroup, stage_command
-from kdcli.data import DATASET_HELP
-from kdcli.engine import apply_default_threads
-from kdcli.losses.methods import method_table
-from kdcli.models import MODELS
-from kdcli.models.zoo import family_rows
-from kdcli.stages.planners import flag
 from kdcli.stages.registry import STAGES
-from kdcli.stages.train import SCHEMES
 
 
 def methods() -> None:
     """List the distillation methods 'kdcli distill --method' accepts, with the weights each reads
     (and their defaults), then the training schemes."""
+    from kdcli.losses.methods import method_table  # the listings load the registries they list (torch)
+    from kdcli.stages.planners import flag
+    from kdcli.stages.train import SCHEMES
+
     for method in method_table():
         weights = " ".join(f"{flag(option)} {default:g}" for option, default in method.options.items())
         typer.echo(f"{method.name:<10} {method.needs:<44} {method.summary}")
@@ -31,6 +32,9 @@ def methods() -> None:
 
 def models() -> None:
     """List the registry models '--model' accepts, with their one-line descriptions, and the zoo families."""
+    from kdcli.models import MODELS
+    from kdcli.models.zoo import family_rows
+
     _list_registry(MODELS)
     for naming, summary in family_rows():
         typer.echo(f"{naming:<22} {summary}")
@@ -40,6 +44,8 @@ def models() -> None:
 
 def datasets() -> None:
     """List the data sets '--dataset' accepts, with what each one is."""
+    from kdcli.data import DATASET_HELP
+
     for usage, description in DATASET_HELP.values():
         typer.echo(f"{usage:<22} {description}")
 
@@ -81,5 +87,4 @@ app = build_app()
 
 
 def main() -> None:
-    apply_default_threads()
-    app()
+    app()  # torch's thread count is set by the commands that load it (kdcli.cli.common.run_context)

@@ -25,11 +25,9 @@ from rich import markup
 from typer.core import TyperGroup
 
 from kdcli import config as config_mod
-from kdcli import distributed
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
-from kdcli.stages.common import RunContext, resolve_device
-from kdcli.stages.runner import Stage
+from kdcli.stages.stage import Stage
 from kdcli.store import Store, check_ref_name, check_tag, default_root
 from kdcli.tracking import TrackingReporter, parse_tracker, tracked_run
 
@@ -244,9 +242,16 @@ def config_parameters(config_cls, skip: tuple[str, ...] = ()) -> list[inspect.Pa
     return [_cli_parameter(f, types_[f.name]) for f in dataclasses.fields(config_cls) if f.name not in skip]
 
 
-def run_context(common: dict) -> RunContext:
-    """The RunContext of a command's common options; the device is resolved (and, under torchrun on CUDA,
-    this rank's GPU pinned) before any stage moves a model to it."""
+def run_context(common: dict):
+    """The kdcli.stages.common.RunContext of a command's common options; torch's thread count is set
+    (kdcli.engine.apply_default_threads) and the device resolved (and, under torchrun on CUDA, this rank's
+    GPU pinned) before any stage moves a model to it. Imported here: commands that run nothing start
+    without torch."""
+    from kdcli import distributed
+    from kdcli.engine import apply_default_threads
+    from kdcli.stages.common import RunContext, resolve_device
+
+    apply_default_threads()
     device = resolve_device(common["device"])
     device = distributed.pin_local_gpu(device)
     return RunContext(store=open_store(common["store"], write=True), device=device, reporter=Reporter(quiet=common["quiet"]),

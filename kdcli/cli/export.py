@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
 from kdcli.reporting import Reporter
-from kdcli.stages.export import ExportResult
+
+if TYPE_CHECKING:
+    from kdcli.stages.export import ExportResult
 
 COLUMNS = ("model", "runtime", "params", "file", "ms/batch 1", "ms/batch 64", "test", "max |diff|", "agree")
 

@@ -22,7 +22,6 @@ from kdcli.cli.common import (
 )
 from kdcli.cli.compare import comparisons_table, fmt, interval
 from kdcli.reporting import Reporter
-from kdcli.stages.sweep import sweep, sweep_config
 from kdcli.tracking import parse_tracker, replay
 
 HELP = ("Grid of a stage's options x seeds, each run cached; prints the sweep artifact id.\n\n"
@@ -103,6 +102,8 @@ def run_sweep(options: dict, stage_flags: dict | None = None) -> None:
     """Build the sweep config (stage flags join --set as fixed options), run it, print its tables."""
 
     def run():
+        from kdcli.stages.sweep import sweep, sweep_config  # loads torch: only when a sweep runs
+
         check_names(options["name"], options["tag"])
         check_out_dir(options["plot_dir"], "--plot-dir")
         trackers = [parse_tracker(spec) for spec in options["track"] or []]

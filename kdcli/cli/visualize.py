@@ -69,7 +69,8 @@ def command(
     """
 
     def run():
-        from kdcli.stages.common import resolve_device  # imported late: keeps `kdcli --help` fast
+        from kdcli.engine import apply_default_threads  # imported late: keeps `kdcli --help` fast
+        from kdcli.stages.common import resolve_device
         from kdcli.stages.visualize import TemperatureViewConfig, temperature_view
 
         check_names(name)
@@ -77,6 +78,7 @@ def command(
         cfg = TemperatureViewConfig(source=source, temperatures=parse_floats(temperatures, "--temperatures"),
                                     index=index, count=count, dataset=dataset, out=str(out))
         st = open_store(store, write=True)
+        apply_default_threads()
         result = temperature_view(cfg, st, resolve_device(device))
         reporter = Reporter(quiet=quiet)
         for sample in result["samples"]:

@@ -16,7 +16,8 @@ from kdcli.engine import Prepare, autocast, predict, prepare_model, test_metrics
 from kdcli.errors import KdcliError, UsageError
 from kdcli.stages.common import RunContext, StageResult, check_fits, load_data, load_model
 from kdcli.stages.configs import CacheLogitsConfig
-from kdcli.stages.runner import Stage, run_cached
+from kdcli.stages.registry import CACHE_LOGITS
+from kdcli.stages.runner import run_cached
 
 
 @torch.no_grad()
@@ -97,8 +98,3 @@ def cache_logits(cfg: CacheLogitsConfig, ctx: RunContext) -> StageResult:
 
     return run_cached(ctx, CACHE_LOGITS, cfg, {"data": data.fingerprint, "teacher": artifact.id}, produce)
 
-
-CACHE_LOGITS = Stage("cache-logits", CacheLogitsConfig, cache_logits,
-                     "Store the teacher's logits for every training image (and view) as a logits artifact.",
-                     ("kdcli.engine", "kdcli.augment", "kdcli.models", "kdcli.data", "kdcli.stages.cache_logits",
-                      "kdcli.stages.common"), positional="teacher", sweepable=False)

@@ -6,6 +6,7 @@ Defaults fit the embedded digits demo; the Makefile's seed targets pass the seed
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from kdcli.config import opt, parse_kv
 from kdcli.errors import UsageError
@@ -14,6 +15,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine", "onecycle", "step", "multistep")
 MONITORS = ("val_loss", "val_acc", "val_kl")
 PRECISIONS = ("fp32", "bf16", "fp16")
+EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # export format -> file suffix
 ZOO_PREFIXES = ("timm:", "torchvision:")  # import-teacher sources built by kdcli.models.zoo
 
 
@@ -254,3 +256,34 @@ class ImportConfig(InferenceConfig):
                                  "(or --model-arg pretrained=true to fetch the library's own, online)")
         elif not self.source.startswith("hf:") and not self.model:
             raise UsageError("--model names the registry model that receives torch.hub or checkpoint weights")
+
+
+@dataclass
+class ExportConfig:
+    model: str = opt("", "model artifact to export (name, id or id prefix)", key=False)
+    teacher: str | None = opt(None, "also export and measure this teacher model artifact", key=False)
+    format: str = opt("onnx", "onnx or torchscript")
+    out: str = opt("", "directory the exported files are written to", key=False)
+    atol: float = opt(1e-3, "parity: largest allowed max |logit difference| between the export and PyTorch")
+    min_agreement: float = opt(99.9, "parity: smallest allowed argmax agreement with PyTorch, % of test images")
+    int8: bool = opt(False, "onnx: also quantize to int8 (onnxruntime dynamic quantization)")
+    max_drop: float = opt(1.0, "int8: refuse it if test accuracy falls by more than this many points "
+                                    "(a negative value demands a gain)")
+    opset: int = opt(17, "onnx: opset version")
+    latency_repeats: int = opt(20, "timed runs per latency figure (their median)", key=False)
+    eval_batch_size: int = opt(512, "batch size of the parity and accuracy passes", key=False)
+
+    def validate(self) -> None:
+        if not self.model:
+            raise UsageError("export needs a MODEL artifact")
+        if not self.out:
+            raise UsageError("export needs --out DIR")
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise UsageError(f"--out {self.out} is a file; give a directory")
+        check_choice("format", self.format, EXPORT_FORMATS)
+        if self.int8 and self.format != "onnx":
+            raise UsageError("--int8 quantizes ONNX models; use --format onnx")
+        if self.atol < 0 or not 0 <= self.min_agreement <= 100:
+            raise UsageError("--atol must be >= 0 and --min-agreement in [0, 100]")
+        if self.latency_repeats < 1 or self.eval_batch_size < 1:
+            raise UsageError("--latency-repeats and --eval-batch-size must be >= 1")

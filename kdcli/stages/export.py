@@ -32,50 +32,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdcli.config import opt
 from kdcli.data import DataSet
 from kdcli.engine import predict, test_metrics
-from kdcli.errors import KdcliError, UsageError
+from kdcli.errors import KdcliError
 from kdcli.models import parameter_count
 from kdcli.stages.common import RunContext, StageResult, load_model
-from kdcli.stages.configs import check_choice
-from kdcli.stages.runner import Stage, run_cached
+from kdcli.stages.configs import EXPORT_FORMATS, ExportConfig
+from kdcli.stages.registry import EXPORT
+from kdcli.stages.runner import run_cached
 from kdcli.stages.visualize import data_of
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUT, OUTPUT = "input", "logits"
 Runtime = Callable[[torch.Tensor], torch.Tensor]  # prepared inputs (N, ...) float32 -> outputs (N, K)
-
-
-@dataclass
-class ExportConfig:
-    model: str = opt("", "model artifact to export (name, id or id prefix)", key=False)
-    teacher: str | None = opt(None, "also export and measure this teacher model artifact", key=False)
-    format: str = opt("onnx", "onnx or torchscript")
-    out: str = opt("", "directory the exported files are written to", key=False)
-    atol: float = opt(1e-3, "parity: largest allowed max |logit difference| between the export and PyTorch")
-    min_agreement: float = opt(99.9, "parity: smallest allowed argmax agreement with PyTorch, % of test images")
-    int8: bool = opt(False, "onnx: also quantize to int8 (onnxruntime dynamic quantization)")
-    max_drop: float = opt(1.0, "int8: refuse it if test accuracy falls by more than this many points "
-                                    "(a negative value demands a gain)")
-    opset: int = opt(17, "onnx: opset version")
-    latency_repeats: int = opt(20, "timed runs per latency figure (their median)", key=False)
-    eval_batch_size: int = opt(512, "batch size of the parity and accuracy passes", key=False)
-
-    def validate(self) -> None:
-        if not self.model:
-            raise UsageError("export needs a MODEL artifact")
-        if not self.out:
-            raise UsageError("export needs --out DIR")
-        if Path(self.out).exists() and not Path(self.out).is_dir():
-            raise UsageError(f"--out {self.out} is a file; give a directory")
-        check_choice("format", self.format, FORMATS)
-        if self.int8 and self.format != "onnx":
-            raise UsageError("--int8 quantizes ONNX models; use --format onnx")
-        if self.atol < 0 or not 0 <= self.min_agreement <= 100:
-            raise UsageError("--atol must be >= 0 and --min-agreement in [0, 100]")
-        if self.latency_repeats < 1 or self.eval_batch_size < 1:
-            raise UsageError("--latency-repeats and --eval-batch-size must be >= 1")
 
 
 @dataclass
@@ -243,7 +211,7 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
 def file_names(result: StageResult) -> dict[str, str]:
     """Tensor name -> file name in --out: ROLE.onnx / ROLE.int8.onnx / ROLE.pt."""
     manifest = result.artifact.manifest
-    suffix = FORMATS[manifest["format"]]
+    suffix = EXPORT_FORMATS[manifest["format"]]
     names = {"export": f"{manifest['role']}{suffix}"}
     if "export_int8" in result.artifact.tensor_names():
         names["export_int8"] = f"{manifest['role']}.int8{suffix}"
@@ -294,8 +262,3 @@ def export(cfg: ExportConfig, ctx: RunContext) -> ExportResult:
     ctx.reporter.info(f"export: wrote {', '.join(str(f) for f in files)}")
     return ExportResult(student.artifact, student.skipped, teacher)
 
-
-EXPORT = Stage("export", ExportConfig, export,
-               "Export a model to ONNX or TorchScript, check parity against PyTorch on the test split, "
-               "and measure size, CPU latency and accuracy (with --teacher, the teacher's too).",
-               ("kdcli.stages.export", "kdcli.engine", "kdcli.models", "kdcli.data"), positional="model", sweepable=False)

@@ -19,7 +19,8 @@ from kdcli.models.external import load_checkpoint_into, load_hf_classifier, load
 from kdcli.models.zoo import load_weights
 from kdcli.stages.common import RunContext, StageResult, load_data, model_spec
 from kdcli.stages.configs import ZOO_PREFIXES, ImportConfig
-from kdcli.stages.runner import Stage, run_cached
+from kdcli.stages.registry import IMPORT_TEACHER
+from kdcli.stages.runner import run_cached
 
 
 def load_source(cfg: ImportConfig, data):
@@ -66,9 +67,3 @@ def import_teacher(cfg: ImportConfig, ctx: RunContext) -> StageResult:
 
     return run_cached(ctx, IMPORT_TEACHER, cfg, {"data": data.fingerprint, "weights": weights}, produce)
 
-
-IMPORT_TEACHER = Stage("import-teacher", ImportConfig, import_teacher,
-                       "Import a pretrained teacher (hf:, timm:, torchvision:, torchhub:, or a checkpoint file) "
-                       "and report its test accuracy.",
-                       ("kdcli.engine", "kdcli.models", "kdcli.data", "kdcli.stages.import_teacher",
-                        "kdcli.stages.common"), positional="source")

@@ -1,18 +1,47 @@
 """The stage registry: every stage kdcli runs, once. The CLI generates a command per entry, `sweep`
 runs any entry over a grid, and recipes run entries and ask them for their cache keys.
 
-A new stage is one `STAGES.register(stage.name)(stage)` of a kdcli.stages.runner.Stage: it is then
-a command (`kdcli NAME`) and sweepable (`kdcli sweep NAME`) with no other edit.
+A new stage is one `STAGES.register(stage.name)(stage)` of a kdcli.stages.stage.Stage: it is then
+a command (`kdcli NAME`) and sweepable (`kdcli sweep NAME`) with no other edit. The stages below name
+their run functions by dotted path, so the registry (and `kdcli --help`) loads none of their modules.
 """
 
 from __future__ import annotations
 
 from kdcli.registry import Registry
-from kdcli.stages.cache_logits import CACHE_LOGITS
-from kdcli.stages.export import EXPORT
-from kdcli.stages.import_teacher import IMPORT_TEACHER
-from kdcli.stages.runner import Stage
-from kdcli.stages.train import BASELINE, DISTILL, TRAIN_TEACHER
+from kdcli.stages.configs import (
+    BaselineConfig,
+    CacheLogitsConfig,
+    DistillConfig,
+    ExportConfig,
+    ImportConfig,
+    TeacherConfig,
+)
+from kdcli.stages.stage import TRAINING_NUMERICS, Stage
+
+TRAIN_NUMERICS = (*TRAINING_NUMERICS, "kdcli.stages.train", "kdcli.stages.planners", "kdcli.stages.objectives",
+                  "kdcli.stages.teachers")
+
+TRAIN_TEACHER = Stage("train-teacher", TeacherConfig, "kdcli.stages.train:train_teacher",
+                      "Train a teacher with cross-entropy (MSE for regression) and early stopping.", TRAIN_NUMERICS)
+CACHE_LOGITS = Stage("cache-logits", CacheLogitsConfig, "kdcli.stages.cache_logits:cache_logits",
+                     "Store the teacher's logits for every training image (and view) as a logits artifact.",
+                     ("kdcli.engine", "kdcli.augment", "kdcli.models", "kdcli.data", "kdcli.stages.cache_logits",
+                      "kdcli.stages.common"), positional="teacher", sweepable=False)
+BASELINE = Stage("baseline", BaselineConfig, "kdcli.stages.train:baseline",
+                 "Train the student from scratch on the labels alone.", TRAIN_NUMERICS)
+DISTILL = Stage("distill", DistillConfig, "kdcli.stages.train:distill",
+                "Train the student on the teacher's soft targets (online teacher or cached logits).", TRAIN_NUMERICS,
+                removed={"--logit-standardize": "--logit-standardize is gone: use --method kd-ls (or dkd-ls)"})
+IMPORT_TEACHER = Stage("import-teacher", ImportConfig, "kdcli.stages.import_teacher:import_teacher",
+                       "Import a pretrained teacher (hf:, timm:, torchvision:, torchhub:, or a checkpoint file) "
+                       "and report its test accuracy.",
+                       ("kdcli.engine", "kdcli.models", "kdcli.data", "kdcli.stages.import_teacher",
+                        "kdcli.stages.common"), positional="source")
+EXPORT = Stage("export", ExportConfig, "kdcli.stages.export:export",
+               "Export a model to ONNX or TorchScript, check parity against PyTorch on the test split, "
+               "and measure size, CPU latency and accuracy (with --teacher, the teacher's too).",
+               ("kdcli.stages.export", "kdcli.engine", "kdcli.models", "kdcli.data"), positional="model", sweepable=False)
 
 STAGES: Registry[Stage] = Registry("stage")
 

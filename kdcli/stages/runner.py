@@ -1,4 +1,4 @@
-"""The one runner: a Stage's description, the cached run of any stage, and the training of any plan.
+"""The one runner: the cached run of any stage (a kdcli.stages.stage.Stage), and the training of any plan.
 
 A training stage (train-teacher, baseline, every distill variant) is a planner that returns a
 `Plan`; `train(stage, cfg, ctx, data, plan)` seeds, builds the student, fits it with early stopping,
@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import hashlib
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -43,67 +39,24 @@ from kdcli.stages.common import (
     seed_everything,
     weights_input,
 )
+from kdcli.stages.stage import Stage
 from kdcli.store import CorruptArtifact, Store
-
-# the modules whose source decides a training run's numbers (the stage's own modules come on top)
-TRAINING_NUMERICS = ("kdcli.engine", "kdcli.augment", "kdcli.distributed", "kdcli.losses", "kdcli.models",
-                     "kdcli.data", "kdcli.stages.runner", "kdcli.stages.common")
-
-
-@functools.cache
-def code_fingerprint(modules: tuple[str, ...]) -> str:
-    """sha256 over the bytes of the modules' source files (a package: all its .py files), once per process."""
-    digest = hashlib.sha256()
-    for name in sorted(set(modules)):
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            raise ValueError(f"numerics module {name!r} not found")
-        origin = Path(spec.origin)
-        files = sorted(origin.parent.rglob("*.py")) if spec.submodule_search_locations else [origin]
-        for path in files:
-            digest.update(f"{name}/{path.relative_to(origin.parent)}\0".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A stage: its name (the CLI command), config dataclass, run function `run(cfg, RunContext)`,
-    help text, and the modules whose source decides its numbers (its cache key's code fingerprint).
-
-    positional names a config field also accepted as the command's first argument; removed maps a
-    flag that no longer exists to the one-line hint given instead; sweepable stages get a
-    `kdcli sweep NAME` subcommand."""
-
-    name: str
-    config: type
-    run: Callable
-    help: str
-    numerics: tuple[str, ...] = ()
-    positional: str | None = None
-    removed: dict = field(default_factory=dict)
-    sweepable: bool = True  # a model-producing stage whose runs a sweep can rank
-
-    def code_fingerprint(self) -> str:
-        return code_fingerprint(self.numerics)
-
-    def __call__(self, cfg, ctx: RunContext) -> StageResult:
-        return self.run(cfg, ctx)
-
-    def cache_key(self, cfg, store: Store) -> str:
-        """The key this config's run has in `store`, found the way a real run finds it (data, parents
-        and all), without running anything."""
-        try:
-            self.run(cfg, RunContext(store=store, reporter=Reporter(quiet=True), probe=True))
-        except CacheProbe as probe:
-            return probe.key
-        raise RuntimeError(f"stage {self.name} returned without looking up its cache key")
 
 
 class CacheProbe(Exception):  # noqa: N818 (a signal, not an error): carries the key out of a probing run
     def __init__(self, key: str):
         super().__init__(key)
         self.key = key
+
+
+def probe_cache_key(stage: Stage, cfg, store: Store) -> str:
+    """The key `cfg`'s run of `stage` has in `store` (Stage.cache_key): the stage runs in probe mode and
+    stops where run_cached has its key."""
+    try:
+        stage(cfg, RunContext(store=store, reporter=Reporter(quiet=True), probe=True))
+    except CacheProbe as probe:
+        return probe.key
+    raise RuntimeError(f"stage {stage.name} returned without looking up its cache key")
 
 
 def cache_key(stage: Stage, config, inputs: dict) -> tuple[str, str]:

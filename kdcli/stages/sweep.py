@@ -41,7 +41,8 @@ from kdcli.stages.compare import (
 )
 from kdcli.stages.configs import check_choice
 from kdcli.stages.registry import STAGES
-from kdcli.stages.runner import Stage, run_cached
+from kdcli.stages.runner import run_cached
+from kdcli.stages.stage import Stage
 from kdcli.stages.visualize import record_report
 from kdcli.store import Store
 

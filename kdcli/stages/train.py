@@ -17,10 +17,8 @@ from kdcli.stages.common import RunContext, StageResult, load_data
 from kdcli.stages.configs import BaselineConfig, DistillConfig, TeacherConfig
 from kdcli.stages.objectives.labels import hard_label_objective
 from kdcli.stages.planners import plan_distill, resolve_options
-from kdcli.stages.runner import TRAINING_NUMERICS, Plan, Stage, train
-
-NUMERICS = (*TRAINING_NUMERICS, "kdcli.stages.train", "kdcli.stages.planners", "kdcli.stages.objectives",
-            "kdcli.stages.teachers")
+from kdcli.stages.registry import BASELINE, DISTILL, TRAIN_TEACHER
+from kdcli.stages.runner import Plan, train
 
 # the distill schemes that combine with any logit method (`kdcli methods` lists them)
 SCHEMES = [
@@ -66,10 +64,3 @@ def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
         result = train(DISTILL, gen_ctx, data, plan_distill(nxt, gen_ctx, data))
     return result
 
-
-TRAIN_TEACHER = Stage("train-teacher", TeacherConfig, train_teacher,
-                      "Train a teacher with cross-entropy (MSE for regression) and early stopping.", NUMERICS)
-BASELINE = Stage("baseline", BaselineConfig, baseline, "Train the student from scratch on the labels alone.", NUMERICS)
-DISTILL = Stage("distill", DistillConfig, distill,
-                "Train the student on the teacher's soft targets (online teacher or cached logits).", NUMERICS,
-                removed={"--logit-standardize": "--logit-standardize is gone: use --method kd-ls (or dkd-ls)"})

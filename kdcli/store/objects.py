@@ -17,20 +17,22 @@ import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from kdcli import __version__
 from kdcli.errors import KdcliError
+
+if TYPE_CHECKING:
+    import torch
 
 # Dotted paths of the manifest fields kept out of the hash (wall-clock facts); each part is a glob over
 # dict keys, and "*" also walks every element of a list. Refs and paths as the user typed them (a name
 # in one store, an id in another) are kept out too: the manifest's parents hold the ids they resolved to.
 VOLATILE_FIELDS = ("created", "versions", "history.*.seconds", "metrics.*latency_ms*", "latency",
                    "config.teacher", "config.logits", "config.extra_teachers", "config.weights", "config.data_dir")
-_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64,
-                 "I32": np.int32, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "BOOL": np.bool_}
+# safetensors dtype -> numpy dtype name (numpy and torch load only when a tensor is read or written)
+_NUMPY_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64", "I32": "int32",
+                 "U8": "uint8", "I8": "int8", "I16": "int16", "BOOL": "bool"}
 
 
 class CorruptArtifact(KdcliError):
@@ -51,6 +53,8 @@ def sha256_of_file(path: Path) -> str:
 
 
 def versions() -> dict:
+    import torch
+
     return {"kdcli": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
 
 
@@ -159,6 +163,9 @@ class Artifact:
         shape = tuple(info["shape"])
         if info["dtype"] not in _NUMPY_DTYPES or end == start:
             return self.tensors()[name]
+        import numpy as np
+        import torch
+
         array = np.memmap(self.path, dtype=_NUMPY_DTYPES[info["dtype"]], mode="c",
                           offset=offset + start, shape=shape)
         return torch.from_numpy(array)
