@@ -85,7 +85,7 @@ def markdown(values: dict[str, list[float]], args, teacher_acc: float, minutes: 
     lines = [
         "# Logit distillation methods on digits, on a student with room to learn",
         "",
-        f"digits-teacher ({teacher_acc:.2f}% test accuracy, 53k params) -> {RECIPE['model']} (2.7k params), "
+        f"digits-teacher ({teacher_acc:.2f}% test accuracy, 53k params) -> {RECIPE['model']} (2.6k params), "
         f"Adam 3e-3 at a constant rate for {RECIPE['epochs']} epochs, the best validation-loss epoch kept (the demo's "
         f"student and recipe, chosen on validation by `make demo-choice`), {len(args.seeds)} seeds "
         f"({', '.join(map(str, args.seeds))}), every method at its defaults. Clean rows: the cached clean-image "
