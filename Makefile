@@ -65,7 +65,8 @@ demo: install
 	    --name $(DEMO_NAME)/kd-s$$s -q --device $(DEVICE) >/dev/null; \
 	  base=$${base:+$$base,}$(DEMO_NAME)/baseline-s$$s; kd=$${kd:+$$kd,}$(DEMO_NAME)/kd-s$$s; \
 	done; \
-	$(KD) compare "$$base" "$$kd" --label baseline --label distilled --reference demo/teacher; \
+	$(KD) compare "$$base" "$$kd" --label baseline --label distilled --reference demo/teacher \
+	  --plot $(REPORTS)/$(DEMO_NAME)-compare.png; \
 	$(BIN)/python bench/demo_seeds.py "$$base" "$$kd"
 
 # The lesson of the first demo: the same teacher and recipe with the 1.25k-param digits-student
@@ -187,7 +188,9 @@ seed004-mnist: install
 
 # Seed 001, regression (kdcli.recipes.seed001): teacher and expert teacher, scratch student, students
 # distilled from each (hard 0.3 / hp 0.7), the grid hard 0.1..0.9, L_GR (0.2/0.5/0.3), L_FEAT and
-# function matching over SEEDS; seed epochs/lr/wd, early stopping on a validation split (patience 50).
+# function matching (noise, mixup, fresh inputs uniform in the training rows' box) over SEEDS; seed
+# epochs/lr/wd, early stopping on a validation split (patience 50). The report names the distilled
+# student of lowest mean validation MSE and tests it against scratch and the expert teacher.
 # Writes $(REPORTS)/seed001/report.md and report.csv. CPU, parallel workers; a rerun reads the cache.
 # SEED001_PROTOCOL=seed runs seed 001's own protocol (no validation split, full epochs; slower).
 SEED001_PROTOCOL ?= kdcli
@@ -229,7 +232,7 @@ cifar100-kd-bench: install
 	    --tag c100b-kd --name c100b/kd-s$$s; \
 	  $(KD) distill $(C100B) --teacher c100b/teacher --method dkd --ce-weight 1 --dkd-alpha 1 --dkd-beta 8 \
 	    --dkd-warmup 20 --temperature 4 --seed $$s $(DATA) --tag c100b-dkd --name c100b/dkd-s$$s; \
-	  $(KD) distill $(C100B) --teacher c100b/teacher --method dkd --logit-standardize --ce-weight 1 --dkd-alpha 9 \
+	  $(KD) distill $(C100B) --teacher c100b/teacher --method dkd-ls --ce-weight 1 --dkd-alpha 9 \
 	    --dkd-beta 81 --dkd-warmup 20 --temperature 4 --seed $$s $(DATA) --tag c100b-dkd-ls --name c100b/dkd-ls-s$$s; \
 	done; \
 	$(KD) compare tag:c100b-vanilla tag:c100b-kd tag:c100b-dkd tag:c100b-dkd-ls --label vanilla --label kd \

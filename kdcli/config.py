@@ -7,6 +7,7 @@ fields, so a stage's options are declared once.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -16,6 +17,8 @@ from typing import Any
 import yaml
 
 from kdcli.errors import UsageError
+
+MAX_CONFIG_BYTES = 1 << 20  # a YAML file of defaults is a few hundred bytes; refuse anything over 1 MiB unparsed
 
 
 def opt(default: Any, help: str, *, flag: str | None = None, key: bool = True) -> Any:
@@ -75,9 +78,12 @@ def coerce(name: str, value: Any, tp) -> Any:
         if isinstance(value, bool):
             raise UsageError(f"config key {name!r} expects a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise UsageError(f"config key {name!r} expects a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+        return number
     if base is str:
         if isinstance(value, (dict, list)):
             raise UsageError(f"config key {name!r} expects a string, got {value!r}")
@@ -86,10 +92,23 @@ def coerce(name: str, value: Any, tp) -> Any:
 
 
 def load_yaml(path: Path) -> dict:
+    """A YAML mapping of config keys ('-' read as '_'); a missing, oversized or malformed file is a UsageError."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"config file {path} is a directory; --config takes a YAML file")
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        size = path.stat().st_size
     except FileNotFoundError:
         raise UsageError(f"config file not found: {path}") from None
+    if size > MAX_CONFIG_BYTES:
+        raise UsageError(f"config file {path} is {size / 2**20:.1f} MiB; a config file may hold at most "
+                         f"{MAX_CONFIG_BYTES // 2**20} MiB")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -12,7 +12,8 @@ torchrun starts N copies of the command with RANK / WORLD_SIZE / LOCAL_RANK set;
   by hand, and gathers CRD memory-bank updates from every rank;
 - reduces the epoch's loss terms and validation metrics over ranks, so early stopping decides
   the same on every rank;
-- lets rank 0 alone print, checkpoint and write artifacts; the others receive its artifact id.
+- lets rank 0 alone print, checkpoint and write artifacts; the others receive its artifact id
+  (kdcli.stages.runner.run_cached, through `broadcast_object`).
   The manifest records world_size, and it is part of the cache key, so a 2-rank result never
   stands in for a single-process one.
 
@@ -21,7 +22,6 @@ Outside torchrun (WORLD_SIZE unset or 1) every function here is a no-op.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import os
 
@@ -29,13 +29,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kdcli.reporting import Reporter
 
-
-def _pin_local_gpu() -> None:
-    """Under torchrun with CUDA, make "cuda" mean this rank's GPU (LOCAL_RANK) from import on, so
-    tensors made before the process group is joined (a teacher moved to the device) land there too."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and torch.cuda.is_available() \
+def pin_local_gpu(device: torch.device) -> None:
+    """Under torchrun on a CUDA `device`, make "cuda" mean this rank's GPU (LOCAL_RANK), so tensors
+    made before the process group is joined (a teacher moved to the device) land there too. Call it
+    once the device is resolved, before anything moves to it; elsewhere it does nothing."""
+    if device.type == "cuda" and device.index is None and world_size() > 1 and torch.cuda.is_available() \
             and os.environ.get("KDCLI_DIST_BACKEND", "") != "gloo":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -154,42 +153,8 @@ def broadcast_buffers(model: nn.Module) -> None:
         dist.broadcast(buffer, 0)
 
 
-def rank_context(ctx):
-    """The run context of this rank: the others print nothing and name or tag nothing."""
-    if world_size() <= 1 or is_main():
-        return ctx
-    return dataclasses.replace(ctx, reporter=Reporter(quiet=True), name=None, tags=[])
-
-
-def run_cached_ranked(run_cached, ctx, stage: str, cfg, inputs: dict, produce, seed=None):
-    """`run_cached` across ranks: rank 0 looks the run up under the store lock and tells the others
-    whether to train; all ranks train together; rank 0 alone writes the artifact (its manifest
-    with world_size) and the others load it by id."""
-    from kdcli.stages.common import StageResult
-
-    inputs = {**inputs, "world_size": str(world_size())}
-    if is_main():
-        ran = []
-
-        def produce_main(key):
-            message = ["run", key]
-            dist.broadcast_object_list(message, 0)
-            ran.append(key)
-            kind, tensors, manifest = produce(key)
-            return kind, tensors, {**manifest, "world_size": world_size()}
-
-        result = run_cached(ctx, stage, cfg, inputs, produce_main, seed=seed)
-        if not ran:
-            dist.broadcast_object_list(["hit", None], 0)
-        dist.broadcast_object_list([result.id], 0)
-        return result
-    message = [None, None]
+def broadcast_object(obj):
+    """Rank 0's picklable `obj` on every rank (the others pass anything, e.g. None)."""
+    message = [obj]
     dist.broadcast_object_list(message, 0)
-    if message[0] == "run":
-        produce(message[1])
-    artifact_id = [None]
-    dist.broadcast_object_list(artifact_id, 0)
-    return StageResult(ctx.store.get(artifact_id[0]), skipped=message[0] == "hit")
-
-
-_pin_local_gpu()
+    return message[0]

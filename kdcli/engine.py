@@ -1,6 +1,7 @@
 """The one training engine behind every stage.
 
-The whole data set sits on the training device as tensors (uint8 images); a batch is cut by
+The whole data set sits on the training device as tensors (uint8 images), or stays memory-mapped
+(DeviceData); a batch is cut by
 index, augmented as a whole on the device (kdcli.augment), normalized, and handed to an
 objective `(model, batch, train) -> (outputs, terms)`. Early stopping watches a validation
 metric (--monitor: the objective's loss by default, or accuracy, or the KL term) and restores the
@@ -15,6 +16,7 @@ and cosine with a linear warm-up, which step once per batch (Smith & Topin 2019;
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -22,6 +24,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from torch import nn
 from kdcli import distributed
 from kdcli.augment import MixDraw, ViewSet
 from kdcli.data import DataSet
+from kdcli.data.prepared import block_order
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
 
@@ -87,12 +91,13 @@ def default_threads() -> int:
     return max(1, min(torch.get_num_threads(), available))
 
 
-# Applied once, when the engine is imported. The engine never sets the thread count again, so a
-# caller that splits the cores between parallel jobs (torch.set_num_threads in each worker) keeps
-# its setting.
-_threads = default_threads()
-if torch.get_num_threads() != _threads:
-    torch.set_num_threads(_threads)
+def apply_default_threads() -> None:
+    """Set torch's thread count to `default_threads()`: called by `kdcli.cli.main` and worker
+    initializers, never on import. The engine never sets it itself, so a caller that splits the
+    cores between parallel jobs (torch.set_num_threads in each worker) keeps its setting."""
+    threads = default_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 class Prepare:
@@ -128,16 +133,38 @@ class Prepare:
 
 
 class DeviceData:
-    """The data set's tensors moved once to `device` (uint8 images stay uint8)."""
+    """The data set's tensors on `device`, and the batches cut from them.
+
+    In-memory data moves to the device once (uint8 images stay uint8). A memory-mapped set
+    (`data.mapped`, kdcli.data.prepared) stays in its mapping and is visited in a shuffled block
+    order: on the CPU a batch is indexed straight out of the map; on a GPU, a background thread
+    gathers the next batch into pinned memory while the current one trains, and the copy to the
+    device is asynchronous. Pages a reader has touched are released as it goes, so memory stays
+    flat in the set's size.
+    """
 
     def __init__(self, data: DataSet, device: torch.device):
         self.data = data
         self.device = device
-        self.x_pool = data.x_pool.to(device)
+        self.mapped = data.mapped
+        self.x_pool = data.x_pool if self.mapped is not None else data.x_pool.to(device)
         self.y_pool = data.y_pool.to(device)
         self.x_test = data.x_test.to(device)
         self.y_test = data.y_test.to(device)
         self.prepare = Prepare(data, device)
+        self._pinned = self.mapped is not None and device.type == "cuda"
+        self._order: torch.Tensor | None = None  # this epoch's order, for the one-batch-ahead prefetch
+        self._next = 0
+        self._ahead: tuple[torch.Tensor, Future] | None = None
+        self._loader: ThreadPoolExecutor | None = None
+
+    def epoch_order(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The order an epoch visits pool `indices` (N,) in: a uniform shuffle for in-memory data; for
+        mapped data, blocks of contiguous samples in shuffled order, shuffled within each block."""
+        if self.mapped is None:
+            return indices[torch.randperm(len(indices), generator=generator)]
+        self._order, self._next, self._ahead = block_order(indices, self.mapped.block_size(), generator), 0, None
+        return self._order
 
     def batch(self, idx: torch.Tensor, views: ViewSet, view_ids: torch.Tensor | None,
               idx_dev: torch.Tensor | None = None, view_ids_dev: torch.Tensor | None = None) -> Batch:
@@ -145,16 +172,62 @@ class DeviceData:
         for table lookups; idx_dev / view_ids_dev, when given, are the same already on the device."""
         if idx_dev is None:
             idx_dev = idx.to(self.device, non_blocking=True)
-        x = self.x_pool[idx_dev]
+        x = self.x_pool[idx_dev] if self.mapped is None else self._mapped_batch(idx)
         if view_ids is not None:
             x = views.apply(x, view_ids if view_ids_dev is None else view_ids_dev)
         return Batch(self.prepare(x), self.y_pool[idx_dev], idx, view_ids)
 
+    def _gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """Images idx (B,) out of the map: into pinned memory for a GPU, a plain tensor on the CPU."""
+        if self._pinned:
+            out = torch.empty((len(idx), *self.x_pool.shape[1:]), dtype=self.x_pool.dtype, pin_memory=True)
+            torch.index_select(self.x_pool, 0, idx, out=out)
+        else:
+            out = self.x_pool[idx]
+        self.mapped.touched(len(idx))
+        return out
+
+    def _mapped_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        if not self._pinned:
+            return self._gather(idx)
+        ahead, self._ahead = self._ahead, None
+        host = ahead[1].result() if ahead is not None and torch.equal(ahead[0], idx) else self._gather(idx)
+        x = host.to(self.device, non_blocking=True)
+        order, start = self._order, self._next
+        if order is not None and torch.equal(order[start:start + len(idx)], idx):  # a training batch: fetch the next
+            self._next = start + len(idx)
+            following = order[self._next:self._next + len(idx)]
+            if len(following):
+                self._loader = self._loader or ThreadPoolExecutor(max_workers=1)
+                self._ahead = (following, self._loader.submit(self._gather, following))
+        return x
+
+
+@functools.cache
+def _native_bf16(index: int) -> bool:
+    """bfloat16 in hardware on GPU `index` (compute capability 8.0+), not emulated."""
+    with torch.cuda.device(index):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def check_precision(device: torch.device, precision: str) -> None:
+    """bf16/fp16 need CUDA (bf16 natively: compute capability 8.0+); elsewhere they would silently run
+    fp32 (or emulated) under a cache key that says otherwise, so they are refused."""
+    if precision == "fp32":
+        return
+    if device.type != "cuda":
+        raise UsageError(f"--precision {precision} needs a CUDA device (autocast); on {device.type} use fp32")
+    if precision == "bf16" and not _native_bf16(torch.cuda.current_device() if device.index is None else device.index):
+        raise UsageError("--precision bf16: this GPU has no native bfloat16 (it would be emulated, slowly); "
+                         "use fp16 or fp32")
+
 
 def autocast(device: torch.device, precision: str):
-    if device.type == "cuda" and precision in ("bf16", "fp16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-    return contextlib.nullcontext()
+    """Mixed precision for bf16/fp16 on CUDA (checked by `check_precision`); fp32: no autocast."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    check_precision(device, precision)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def objective_parameters(objective) -> list[nn.Parameter]:
@@ -336,6 +409,8 @@ class CheckpointSchedule:
     `every` seconds, always after the last epoch, and on an interrupt or error. Between writes the
     last completed epoch is held in memory (a copy), so `flush` can still write it."""
 
+    MUTABLE = ("model", "optimizer", "objective", "scaler")
+
     def __init__(self, checkpoint: Checkpoint, every: float, saved_epoch: int, enabled: bool = True):
         self.checkpoint, self.every = checkpoint, every
         self.enabled = enabled and checkpoint.path is not None
@@ -349,8 +424,8 @@ class CheckpointSchedule:
             return
         if final or self.first or time.monotonic() - self.last_write >= self.every:
             self.write(state)
-        else:
-            self.pending = _detached_copy(state)
+        else:  # what training changes in place is copied; the rest (history, best state) is never mutated
+            self.pending = {k: _detached_copy(v) if k in self.MUTABLE else v for k, v in state.items()}
         self.first = False
 
     def write(self, state: dict) -> None:
@@ -365,8 +440,10 @@ class CheckpointSchedule:
 
 class Interrupts:
     """SIGINT and SIGTERM while training only set `received`; the loop stops at the next step and
-    writes the last completed epoch. A second signal interrupts at once. Outside the main thread
-    (where handlers cannot be installed) Python's default KeyboardInterrupt remains."""
+    writes the last completed epoch. Then SIGINT ends as KeyboardInterrupt and SIGTERM is delivered
+    again to the handler it would have met (by default: the process ends, as without kdcli; a pool
+    worker is not left running). A second signal interrupts at once. Outside the main thread (where
+    handlers cannot be installed) Python's defaults remain."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -381,12 +458,21 @@ class Interrupts:
 
     def __enter__(self) -> Interrupts:
         if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # an ignored signal stays ignored
+                    self.previous[signum] = signal.signal(signum, self._handle)
         return self
+
+    def forward(self) -> None:
+        """After the checkpoint is written: a received SIGTERM goes to its previous handler."""
+        if self.received == signal.SIGTERM and signal.SIGTERM in self.previous:
+            self.__exit__()
+            signal.raise_signal(signal.SIGTERM)
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+        self.previous = {}
 
 
 def run_epoch_eval(model: nn.Module, dd: DeviceData, idx: torch.Tensor, objective: Objective, views: ViewSet,
@@ -487,7 +573,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
     scaled = scaler.is_enabled()
     set_epoch = getattr(objective, "set_epoch", None)
     with Interrupts() as interrupts, reporter.progress(
-            f"{cfg.epochs} epochs", total=(cfg.epochs - start_epoch) * n_batches) as advance:
+            f"epoch {start_epoch + 1}/{cfg.epochs}", total=(cfg.epochs - start_epoch) * n_batches) as advance:
         try:
             for epoch in range(start_epoch + 1, cfg.epochs + 1):
                 started = time.perf_counter()
@@ -495,7 +581,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                 # and returns the values it now uses, which the history records
                 scheduled = (set_epoch(epoch, cfg.epochs) or {}) if callable(set_epoch) else {}
                 model.train()
-                order = train_idx[torch.randperm(len(train_idx), generator=generator)]
+                order = dd.epoch_order(train_idx, generator)
                 epoch_views = views.sample(len(order), generator) if views.count > 1 else None
                 # the epoch's indices and view draws go to the device once, not once per batch
                 order_dev = order.to(device)
@@ -580,7 +666,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                     best_state = _state_copy(module)
                 else:
                     bad_epochs += 1
-                reporter.epoch(entry, improved=bad_epochs == 0)
+                reporter.epoch(entry, improved=bad_epochs == 0, of=cfg.epochs)
                 stop = cfg.patience > 0 and bad_epochs >= cfg.patience
                 schedule.epoch_end(state(epoch, stop), final=stop or epoch == cfg.epochs)
                 if interrupts.received:
@@ -592,6 +678,7 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                     break
         except (KeyboardInterrupt, Exception):
             schedule.flush()  # the last completed epoch, so the rerun resumes from there
+            interrupts.forward()
             raise
     module.load_state_dict(best_state)
     return result
@@ -625,9 +712,12 @@ def test_metrics(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> dic
 
 
 def prepare_model(model: nn.Module, device: torch.device, compile_model: bool) -> nn.Module:
-    """Move to `device`; channels_last for conv nets on CUDA; optionally torch.compile."""
+    """Move to `device`; on CUDA channels_last for conv nets, cuDNN autotuning and TF32 matmuls (fp32
+    results then agree with the CPU's to about 1e-3 relative, not bitwise); optionally torch.compile."""
     model = model.to(device)
     if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         model = model.to(memory_format=torch.channels_last)
     if compile_model:
         model = torch.compile(model)

@@ -13,6 +13,7 @@ Ray and submitit are imported inside the executor that needs them (extras `kdcli
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import os
@@ -100,8 +101,9 @@ class LocalExecutor:
         with ProcessPoolExecutor(max_workers=self.jobs, mp_context=spawn, initializer=_init_local_worker,
                                  initargs=(spawn.Value("i", 0), self.device, threads)) as pool:
             futures = {pool.submit(_call_local_worker, fn, payload): i for i, payload in enumerate(payloads)}
+            queued = iter(range(len(payloads)))  # the pool starts runs in submission order
             try:
-                for i in futures.values():
+                for i in itertools.islice(queued, self.jobs):
                     yield Started(i)
                 for future in as_completed(futures):
                     try:
@@ -109,6 +111,8 @@ class LocalExecutor:
                     except Exception as exc:  # the worker process died (BrokenProcessPool, ...)
                         result = {"error": first_line(exc)}
                     yield Finished(futures[future], result)
+                    for i in itertools.islice(queued, 1):
+                        yield Started(i)
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise

@@ -1,4 +1,4 @@
-"""Figures for reports: seeds per group, grid search, temperature effects, training curves.
+"""Figures for reports: paired seeds across groups, grid search, temperature effects, training curves.
 
 Each function draws one titled figure with labelled axes, writes it to `out` as PNG (creating the
 folder), closes it and returns the path. Headless: the Agg backend is selected on import.
@@ -54,27 +54,58 @@ def _tilt_labels(ax, labels: Sequence[str]) -> None:
             label.set_horizontalalignment("right")
 
 
-def box_plot(groups: dict[str, Sequence[float]], metric: str, out, reference: float | None = None,
-             reference_label: str = "teacher") -> Path:
-    """Box per group of its per-seed values, the points on top, and an optional reference line."""
-    if not groups:
-        raise UsageError("nothing to plot: no groups")
+def paired_plot(groups: dict[str, Sequence[float]], seeds: Sequence[int], differences: dict[str, dict],
+                metric: str, out, reference: float | None = None, reference_label: str = "teacher") -> Path:
+    """The pairing a paired test uses, in two panels.
+
+    Left: each group's value per seed, one line per seed from group to group (the group means in black),
+    and an optional reference line. Right: per comparison, the per-seed differences and their mean with
+    its confidence interval, against zero. `differences[label]` = {"values", "mean", "low", "high"}.
+    """
+    if not groups or not seeds:
+        raise UsageError("nothing to plot: no groups or seeds")
     names = list(groups)
-    data = [np.asarray(groups[name], dtype=float) for name in names]
-    with _figure(out, figsize=(max(6.0, 1.6 * len(names)), 5)) as (fig, (ax,)):
-        ax.boxplot(data, tick_labels=names, widths=0.5, showfliers=False)
-        for i, values in enumerate(data, start=1):
-            offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
-            ax.scatter(i + offsets, values, s=18, color="tab:blue", alpha=0.7, zorder=3)
+    data = np.array([np.asarray(groups[name], dtype=float) for name in names])  # (groups, seeds)
+    if data.shape[1] != len(seeds):
+        raise UsageError(f"{data.shape[1]} values per group for {len(seeds)} seeds")
+    x = np.arange(len(names))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    with _figure(out, ncols=2, figsize=(max(11.0, 2.2 * len(names) + 6), 5)) as (fig, (left, right)):
+        for j, seed in enumerate(seeds):
+            left.plot(x, data[:, j], marker="o", color=colors[j % len(colors)], alpha=0.8, label=f"seed {seed}")
+        left.plot(x, data.mean(axis=1), marker="D", color="black", linestyle="none", markersize=8, label="mean")
         if reference is not None:
-            ax.axhline(reference, color="tab:red", linestyle="--", label=f"{reference_label} ({reference:.4g})")
-            ax.legend()
-        n = max(len(v) for v in data)
-        ax.set_title(f"{metric} per group ({n} seed{'s' if n != 1 else ''} each)")
-        ax.set_xlabel("group")
-        ax.set_ylabel(metric)
-        ax.grid(True, axis="y", linestyle="--", alpha=0.5)
-        _tilt_labels(ax, names)
+            left.axhline(reference, color="tab:red", linestyle="--", label=f"{reference_label} ({reference:.4g})")
+        left.set_xticks(x, names)
+        left.set_title(f"{metric} per seed, paired from group to group")
+        left.set_xlabel("group")
+        left.set_ylabel(metric)
+        left.grid(True, axis="y", linestyle="--", alpha=0.5)
+        left.legend(fontsize=8)
+        _tilt_labels(left, names)
+        labels = list(differences)
+        for i, label in enumerate(labels):
+            d = differences[label]
+            values = np.asarray(d["values"], dtype=float)
+            offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
+            right.scatter(i + offsets, values, s=26, c=[colors[j % len(colors)] for j in range(len(values))],
+                          alpha=0.9, zorder=3, label="per-seed difference (colours: seeds)" if i == 0 else None)
+            low, high = d["low"], d["high"]
+            if np.isfinite(low) and np.isfinite(high):
+                right.errorbar([i + 0.3], [d["mean"]], yerr=[[d["mean"] - low], [high - d["mean"]]], fmt="D",
+                               color="black", capsize=6, label="mean, 95% CI" if i == 0 else None)
+            else:
+                right.scatter([i + 0.3], [d["mean"]], marker="D", color="black", label="mean" if i == 0 else None)
+        right.axhline(0.0, color="grey", linewidth=1)
+        right.set_xticks(np.arange(len(labels)), labels)
+        right.set_xlim(-0.6, len(labels) - 0.2)
+        right.set_title("paired difference (group - baseline) per seed")
+        right.set_xlabel("comparison")
+        right.set_ylabel(f"difference in {metric}")
+        right.grid(True, axis="y", linestyle="--", alpha=0.5)
+        if labels:
+            right.legend(fontsize=8)
+        _tilt_labels(right, labels)
     return Path(out)
 
 

@@ -1,4 +1,5 @@
-"""A name -> factory registry with decorator registration and did-you-mean errors (timm style)."""
+"""A name -> factory registry with decorator registration and did-you-mean errors (timm style).
+Used for data sets, models, losses, feature methods and stages."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(name, self._items, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(self._items))}"
         raise UsageError(f"unknown {self.kind} {name!r}{hint}")
+
+    def unregister(self, name: str) -> None:
+        """Remove `name` (e.g. a stage a test registered for itself)."""
+        del self._items[name]
 
     def names(self) -> list[str]:
         return sorted(self._items)

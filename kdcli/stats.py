@@ -47,12 +47,20 @@ def _t_interval(x: np.ndarray, confidence: float) -> tuple[float, float, float, 
     return mean, std, mean - half, mean + half
 
 
-def describe(values: Sequence[float], confidence: float = 0.95) -> dict:
-    """n, mean, std (ddof=1) and the Student-t confidence interval of the mean."""
+def describe(values: Sequence[float], confidence: float = 0.95,
+             bounds: tuple[float, float] | None = None) -> dict:
+    """n, mean, std (ddof=1) and the Student-t confidence interval of the mean.
+
+    With `bounds` (e.g. (0, 100) for an accuracy in %), an interval reaching past them is clipped to
+    them and `ci_clipped` says so: the t interval knows nothing of a bounded scale."""
     _check(confidence)
     x = _values(values)
     mean, std, low, high = _t_interval(x, confidence)
-    return {"n": int(x.size), "mean": mean, "std": std, "ci_low": low, "ci_high": high}
+    out = {"n": int(x.size), "mean": mean, "std": std, "ci_low": low, "ci_high": high, "ci_clipped": False}
+    if bounds is not None and not math.isnan(low):
+        out["ci_low"], out["ci_high"] = max(low, bounds[0]), min(high, bounds[1])
+        out["ci_clipped"] = (out["ci_low"], out["ci_high"]) != (low, high)
+    return out
 
 
 def paired_comparison(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided",
@@ -114,12 +122,13 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 def compare_groups(groups: dict[str, Sequence[float]], baseline: str | None = None,
                    alternative: str = "two-sided", higher_is_better: bool = True,
-                   confidence: float = 0.95) -> dict:
+                   confidence: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
     """Describe each group (one value per seed) and test it against `baseline`, or every pair.
 
     Each comparison is group a minus group b (a = the non-baseline group). With more than one
     comparison the t and Wilcoxon p-values are Holm-adjusted (`t_p_holm`, `wilcoxon_p_holm`).
-    `higher_is_better` only decides `best` and each comparison's `better`.
+    `higher_is_better` only decides `best` and each comparison's `better`; `bounds` clips each group's
+    interval to the metric's range (see `describe`).
     """
     _check(confidence, alternative)
     if len(groups) < 2:
@@ -149,7 +158,7 @@ def compare_groups(groups: dict[str, Sequence[float]], baseline: str | None = No
         for c, p in zip(comparisons, holm([c[key] for c in comparisons]), strict=True):
             c[f"{key}_holm"] = p
 
-    described = {name: describe(x, confidence) for name, x in arrays.items()}
+    described = {name: describe(x, confidence, bounds) for name, x in arrays.items()}
     best = max(described, key=lambda name: sign * described[name]["mean"])
     return {"baseline": baseline, "alternative": alternative, "higher_is_better": higher_is_better,
             "confidence": confidence, "correction": "holm" if len(comparisons) > 1 else "none",

@@ -17,14 +17,16 @@ FAST = ["--device", "cpu", "-q", "--lr", "0.01"]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, make_cli):
-    """weak/sN (untrained, tagged 'weak'), mid/sN (1 epoch), strong/sN (2 epochs) for seeds 0-2, and
-    split/sN (untrained, another --split-seed, so other data) for seeds 0-2. Returns (store, invoke)."""
+    """weak/sN (one epoch at a learning rate too small to learn, tagged 'weak'), mid/sN (1 epoch),
+    strong/sN (2 epochs) for seeds 0-2, and split/sN (weak, another --split-seed, so other data) for
+    seeds 0-2. Returns (store, invoke)."""
     store = Store(tmp_path_factory.mktemp("compare") / "store")
     invoke = make_cli(store.root)
 
     for seed in range(3):
-        for name, extra in (("weak", ["--epochs", "0", "--tag", "weak"]), ("mid", ["--epochs", "1"]),
-                            ("strong", ["--epochs", "2"]), ("split", ["--epochs", "0", "--split-seed", "1"])):
+        untrained = ["--epochs", "1", "--lr", "1e-9"]
+        for name, extra in (("weak", [*untrained, "--tag", "weak"]), ("mid", ["--epochs", "1"]),
+                            ("strong", ["--epochs", "2"]), ("split", [*untrained, "--split-seed", "1"])):
             assert invoke("baseline", *FAST, *extra, "--seed", seed, "--name", f"{name}/s{seed}").exit_code == 0
     return store, invoke
 
@@ -46,7 +48,8 @@ def test_statistics_match_scipy(runs, tmp_path):
         g = out["groups"][label]
         low, high = sps.t.interval(0.95, 2, loc=values.mean(), scale=sps.sem(values))
         assert (g["mean"], g["std"], g["ci_low"], g["ci_high"]) == pytest.approx(
-            (values.mean(), values.std(ddof=1), low, high))
+            (values.mean(), values.std(ddof=1), max(low, 0), min(high, 100)))
+        assert g["ci_clipped"] == (low < 0 or high > 100)
     by_group = {c["a"]: c for c in out["comparisons"]}
     for label, values in (("mid/s0,mid/s1,mid/s2", mid), ("strong/*", strong)):
         c, d = by_group[label], values - weak
@@ -65,9 +68,12 @@ def test_statistics_match_scipy(runs, tmp_path):
     assert report.manifest["result"]["comparisons"][0]["t_p"] == out["comparisons"][0]["t_p"]
     png = plot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and bytes(report.tensor("box.png").numpy()) == png
+    assert f"wrote the paired plot to {plot}" in result.stderr
     rows = list(csv.DictReader(table.open()))
-    assert [r["row"] for r in rows] == ["group"] * 3 + ["comparison"] * 2
+    assert [r["row"] for r in rows] == ["group"] * 3 + ["reference"] + ["comparison"] * 2
     assert float(rows[1]["mean"]) == pytest.approx(mid.mean())
+    assert int(float(rows[1]["params"])) == store.get("mid/s0").manifest["metrics"]["params"]
+    assert rows[3]["name"] == out["reference"]["id"] and float(rows[3]["compression"]) == pytest.approx(1.0)
 
 
 def test_named_report_survives_gc(runs):
@@ -116,7 +122,8 @@ def test_require_significant_exit_codes(runs):
     (["strong/*"], "compare needs at least 2 groups"),
     (["strong/*", "weak/*", "--baseline", "5"], "--baseline '5' is neither a group label"),
     (["strong/*", "weak/*", "--alternative", "bigger"], "--alternative must be one of two-sided, less, greater"),
-    (["strong/*", "weak/*", "--alpha", "5"], "--alpha must be between 0 and 1"),
+    (["strong/*", "weak/*", "--level", "5"], "--level must be between 0 and 1"),
+    (["strong/*", "weak/*", "--alpha", "0.01"], "compare --alpha is now --level"),
     (["strong/*", "weak/*", "--label", "a", "--label", "a"], "group labels must differ"),
     (["strong/*", "weak/*", "--metric", "test_f1"], "has no metric 'test_f1'"),
     (["sweep:strong/s0:lr=1", "weak/*"], "is a model artifact, expected a sweep"),
@@ -126,3 +133,57 @@ def test_refusals_are_one_line(runs, args, message):
     result = invoke("compare", *args)
     assert result.exit_code == 2, result.stderr
     assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_clipped_interval_is_said(runs):
+    """The weak group sits near 10% with a wide spread: its t interval would go below 0."""
+    _, invoke = runs
+    result = invoke("compare", "weak/*", "strong/*", "--json")
+    out = json.loads(result.stdout)
+    clipped = [label for label, g in out["groups"].items() if g["ci_clipped"]]
+    for label in clipped:
+        assert f"the 95% CI of {label} is clipped to [0, 100]" in result.stderr
+    assert all(0 <= g["ci_low"] <= g["ci_high"] <= 100 for g in out["groups"].values())
+
+
+def test_groups_that_differ_beyond_the_method_are_named(runs):
+    _, invoke = runs
+    result = invoke("compare", "mid/*", "strong/*", "-q")
+    warning = next(line for line in result.stderr.splitlines() if line.startswith("warning:"))
+    assert "differ in more than the method options" in warning and "epochs (mid/*: 1; strong/*: 2)" in warning
+    assert "lr" not in warning.split(":", 2)[2].replace("epochs", "")  # mid and strong share every other key
+    same = invoke("compare", "mid/*", "mid/s0,mid/s1,mid/s2", "-q")
+    assert "warning:" not in same.stderr
+
+
+def test_side_by_side_and_t_to_two_decimals(runs):
+    store, invoke = runs
+    result = invoke("compare", "weak/*", "strong/*", "--reference", "strong/s0", "--json")
+    out = json.loads(result.stdout)
+    rows = {row["label"]: row for row in out["side_by_side"]}
+    assert list(rows) == ["weak/*", "strong/*", "reference"]
+    teacher = store.get("strong/s0")
+    params = teacher.manifest["metrics"]["params"]
+    for row in rows.values():
+        assert row["params"] == params and row["compression"] == pytest.approx(1.0)
+        assert row["latency_batch"] == 64 and row["device"] == "cpu" and row["latency_ms"] > 0
+    assert rows["reference"]["size_bytes"] == sum(t.numel() * t.element_size() for t in teacher.tensors().values())
+    assert rows["reference"]["mean"] == teacher.manifest["metrics"]["test_acc"]
+    assert rows["strong/*"]["mean"] == pytest.approx(metric(store, "strong").mean())
+    (c,) = out["comparisons"]
+    table = invoke("compare", "weak/*", "strong/*", "--reference", "strong/s0").stderr
+    assert f" {c['t']:.2f} " in table and "ms per batch of 64 on cpu" in table and "1.0x" in table, table
+
+
+def test_identical_compare_reuses_its_report(runs, tmp_path):
+    store, invoke = runs
+    args = ["compare", "mid/*", "strong/*", "--alternative", "two-sided", "--plot"]
+    first = invoke(*args, tmp_path / "a.png", "-q")
+    reports = [i for i in store.ids() if store.read_manifest(i).get("kind") == "report"]
+    second = invoke(*args, tmp_path / "b.png")
+    assert second.exit_code == 0 and second.stdout == first.stdout
+    assert "reused report" in second.stderr
+    assert [i for i in store.ids() if store.read_manifest(i).get("kind") == "report"] == reports
+    assert (tmp_path / "b.png").read_bytes() == (tmp_path / "a.png").read_bytes()
+    other = invoke("compare", "mid/*", "strong/*", "--alternative", "greater", "-q")
+    assert other.stdout != first.stdout

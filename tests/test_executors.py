@@ -1,6 +1,7 @@
 """`kdcli sweep --executor`: a real local Ray instance and submitit's local executor run the same cached
 stages as `--executor local` (same cache keys, same weights, the same ids in a shared store); a sweep
-stopped on one executor resumes on another; a failed point is one line and the others still finish."""
+stopped on one executor resumes on another; --push sends runs and sweep to a remote another store
+pulls from; a failed point is one line and the others still finish."""
 
 from __future__ import annotations
 
@@ -53,11 +54,15 @@ def assert_same_runs(a: list, b: list) -> None:
 def test_ray_runs_the_same_stages_and_resumes_a_local_sweep(ray_session, local_sweep, tmp_path, make_cli):
     local_root, local_out = local_sweep
     # a fresh store: the same cache keys and bit-identical weights as the local runs
-    fresh = make_cli(tmp_path / "ray")(*GRID, "--executor", "ray", "--cpus-per-run", "1")
+    remote = f"file://{tmp_path / 'remote'}"
+    fresh = make_cli(tmp_path / "ray")(*GRID, "--executor", "ray", "--cpus-per-run", "1", "--push", remote)
     assert fresh.exit_code == 0, fresh.stderr
     out = json.loads(fresh.stdout)
     assert (out["runs"], out["ran"]) == (2, 2)
     assert_same_runs(runs_of(local_root, local_out), runs_of(tmp_path / "ray", out))
+    # every run and the sweep were pushed: another machine pulls the sweep and has its runs
+    Store(tmp_path / "laptop").pull(remote, [out["id"]])
+    assert [r.id for r in runs_of(tmp_path / "laptop", out)] == [r.id for r in runs_of(tmp_path / "ray", out)]
 
     # a sweep begun locally (one point) and finished on Ray reuses that run: same id, one run trained
     shared = tmp_path / "shared"
@@ -87,7 +92,7 @@ def test_submitit_local_executor_runs_the_same_stages(local_sweep, tmp_path, mak
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_failed_point_is_one_line_and_the_others_finish(executor, ray_session, tmp_path, make_cli):
     root = tmp_path / "store"
-    args = ["sweep", "--stage", "baseline", "--set", "epochs=0", "--grid",
+    args = ["sweep", "--stage", "baseline", "--set", "epochs=1", "--grid",
             f"dataset=digits,imagefolder:{tmp_path / 'missing'}", "--seeds", "0", "--device", "cpu", "--executor",
             executor]
     result = make_cli(root)(*args)

@@ -33,8 +33,11 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from kdcli.config import build
 from kdcli.errors import UsageError
 from kdcli.models import build_model
+from kdcli.stages.configs import BaselineConfig
+from kdcli.stages.registry import STAGES
 from kdcli.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -336,13 +339,13 @@ def bad_input_store(trained, tmp_path) -> dict[str, str]:
 
 BAD_INPUTS = [
     # unknown names, with the closest valid ones suggested
-    (["distill", "--method", "kdd", "--logits", "tl"], 2, "unknown loss 'kdd'; did you mean kd"),
+    (["distill", "--method", "kdd", "--logits", "tl"], 2, "unknown method 'kdd'; did you mean kd"),
     (["baseline", "--loss", "cee"], 2, "unknown loss 'cee'; did you mean ce"),
     (["distill", "--logits", "tll"], 2, "unknown artifact 'tll'", "did you mean tl"),
     # out-of-range numbers the pipeline test does not cover
     (["distill", "--temperature", "-1", "--logits", "tl"], 2, "--temperature must be > 0"),
     (["distill", "--alpha", "-0.1", "--logits", "tl"], 2, "--alpha must be in [0, 1]"),
-    (["train-teacher", "--epochs", "-2"], 2, "--epochs must be >= 0"),
+    (["train-teacher", "--epochs", "-2"], 2, "--epochs must be >= 1"),
     # teachers that do not fit the data
     (["distill", "--teacher", "t", "--dataset", "synthetic-regression"], 2,
      "takes inputs (1, 8, 8) with 10 outputs, but synthetic-regression has inputs (10,) with 1"),
@@ -388,18 +391,25 @@ def test_ambiguous_prefix_is_one_line(trained, cli):
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(cli, store, monkeypatch):
     """A loss term turning NaN in epoch 2: stop, name the epoch and the term, keep epoch 1's checkpoint."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
     from kdcli import engine
     from kdcli.losses import LOSSES
+    from kdcli.losses.registry import LogitLoss
 
     poisoned = {"on": False}
 
-    def fragile(student_logits, teacher_logits, labels, **_):
-        ce = F.cross_entropy(student_logits, labels)
-        penalty = ce * float("nan") if poisoned["on"] else ce * 0
-        return {"ce": ce, "penalty": penalty, "loss": ce + penalty}
+    @dataclass
+    class Fragile(LogitLoss):
+        needs_teacher: ClassVar[bool] = False
 
-    fragile.needs_teacher = False
-    monkeypatch.setitem(LOSSES._items, "fragile", fragile)
+        def terms(self, student_logits, teacher_logits, labels):
+            ce = F.cross_entropy(student_logits, labels)
+            penalty = ce * float("nan") if poisoned["on"] else ce * 0
+            return {"ce": ce, "penalty": penalty, "loss": ce + penalty}
+
+    monkeypatch.setitem(LOSSES._items, "fragile", Fragile)
     save = engine.Checkpoint.save
 
     def save_then_poison(self, state):
@@ -491,7 +501,7 @@ def test_pickled_code_in_checkpoints_is_never_run(tmp_path):
     path = _evil_checkpoint(tmp_path / "evil.pt", marker)
     checkpoint = Checkpoint(path)
     assert checkpoint.load() is None and "ignoring unreadable checkpoint" in checkpoint.problem
-    with pytest.raises(UsageError, match="plain weights"):
+    with pytest.raises(UsageError, match="holds Python objects besides tensors"):
         load_checkpoint_into(build_model("digits-student", (1, 8, 8), 10), path)
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the payload is live: a plain unpickle does run it
@@ -517,7 +527,7 @@ def test_resume_ignores_a_planted_checkpoint(cli, store, tmp_path):
 def test_import_teacher_refuses_code(cli, store, tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
     evil = _evil_checkpoint(tmp_path / "teacher.pt", marker)
-    assert_one_line_error(cli("import-teacher", evil, "--model", "digits-teacher", *CPU), 2, "plain weights")
+    assert_one_line_error(cli("import-teacher", evil, "--model", "digits-teacher", *CPU), 2, "holds Python objects besides tensors")
 
     def no_hub(*args, **kwargs):
         raise AssertionError("torch.hub.load must not run without --trust-remote-code")
@@ -548,3 +558,19 @@ def test_hf_remote_code_needs_trust(tmp_path):
         load_hf_classifier(str(folder), trust_remote_code=False)
     assert "--trust-remote-code" in str(info.value) and "\n" not in str(info.value)
     assert not marker.exists()
+
+
+def test_a_run_waiting_on_an_identical_running_stage_says_so(cli, store):
+    args = {"epochs": 1, "seed": 7}
+    key = STAGES.get("baseline").cache_key(build(BaselineConfig, None, args), store)
+    holder = subprocess.Popen(  # another process runs "the same stage" for two seconds
+        [sys.executable, "-c", "import sys, time; from kdcli.store import Store\n"
+         "with Store(sys.argv[1]).lock('stage-' + sys.argv[2]):\n    print('held', flush=True); time.sleep(2)",
+         str(store.root), key], cwd=REPO, text=True, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = cli("baseline", "--epochs", "1", "--seed", "7", *CPU)
+    finally:
+        holder.wait(timeout=30)
+    assert result.exit_code == 0, result.stderr
+    assert f"waiting for a running identical stage (pid {holder.pid})" in result.stderr

@@ -42,7 +42,7 @@ def tolerance(temperature: float) -> float:
 
 
 def kd(student, teacher, labels, alpha, temperature) -> dict[str, torch.Tensor]:
-    return LOSSES.get("kd")(student, teacher, labels, alpha=alpha, temperature=temperature)
+    return LOSSES.get("kd")(alpha=alpha, temperature=temperature)(student, teacher, labels)
 
 
 @PROPERTY

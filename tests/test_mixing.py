@@ -19,8 +19,10 @@ from kdcli.models import build_model
 from kdcli.reporting import Reporter
 from kdcli.stages.common import load_data
 from kdcli.stages.configs import BaselineConfig, DistillConfig
-from kdcli.stages.objectives import MIXED_TABLE, CachedLogits, OnlineTeacher, hard_label_objective
-from kdcli.stages.schemes import LogitObjective
+from kdcli.stages.objectives.labels import hard_label_objective
+from kdcli.stages.objectives.logit import LogitObjective, Schedule
+from kdcli.stages.planners import build_loss, resolve_options
+from kdcli.stages.teachers import MIXED_TABLE, CachedLogits, OnlineTeacher
 
 FAST = ["--device", "cpu", "-q"]
 
@@ -70,11 +72,16 @@ def test_mixed_labels_are_the_mixed_one_hot_cross_entropy():
     # KD: the label CE is mixed, the teacher term (label-free) is unchanged
     cfg = build(DistillConfig, None, {"teacher": "t", "temperature": 2.0})
     teacher = torch.randn(5, 10)
-    kd = LogitObjective(cfg, lambda b: teacher)
+    kd = kd_objective(cfg, lambda b: teacher)
     _, mixed = kd(lambda x: logits, batch, True)
     _, clean = kd(lambda x: logits, engine.Batch(batch.x, labels, batch.idx), True)
     torch.testing.assert_close(mixed["kl"], clean["kl"])
     torch.testing.assert_close(mixed["ce"], F.cross_entropy(logits, soft))
+
+
+def kd_objective(cfg, signal) -> LogitObjective:
+    """The distill stage's logit objective for `cfg` (its method's weights resolved) against `signal`."""
+    return LogitObjective(build_loss(resolve_options(cfg, "classification")), signal, Schedule.of(cfg))
 
 
 class Recorder(nn.Module):
@@ -114,7 +121,7 @@ def test_same_seed_same_mixing_for_baseline_and_distilled_student_and_the_teache
     torch.manual_seed(7)
     teacher = Recorder(build_model("digits-teacher", data.input_shape, 10))
     kd_cfg = build(DistillConfig, None, {**options, "teacher": "t"})
-    student, kd_draws = _fit(kd_cfg, LogitObjective(kd_cfg, OnlineTeacher(teacher)), data)
+    student, kd_draws = _fit(kd_cfg, kd_objective(kd_cfg, OnlineTeacher(teacher)), data)
     assert len(base_draws) == len(kd_draws) == 6
     for (p1, l1), (p2, l2), (p3, l3) in zip(base_draws, again, kd_draws, strict=True):
         assert torch.equal(p1, p2) and torch.equal(p1, p3) and l1 == l2 == l3
@@ -134,7 +141,7 @@ def test_the_online_teacher_labels_exactly_the_mixed_input():
 
     cfg = build(DistillConfig, None, {"epochs": 1, "batch_size": 512, "augment": "cutmix:1", "teacher": "t"})
     data = load_data(cfg)
-    student, _ = _fit(cfg, LogitObjective(cfg, OnlineTeacher(Teacher().train())), data)
+    student, _ = _fit(cfg, kd_objective(cfg, OnlineTeacher(Teacher().train())), data)
     train_seen = seen[:len(student.inputs)]
     assert len(student.inputs) == 3
     for (x, inference, training), student_x in zip(train_seen, student.inputs, strict=True):

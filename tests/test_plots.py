@@ -10,9 +10,13 @@ HISTORY = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "val_acc": 0.5
 REGRESSION = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "val_mse": 0.5 / e} for e in range(1, 6)]
 
 CASES = {
-    "box": lambda out: plots.box_plot({"scratch": [0.45, 0.46, 0.44], "kd": [0.43, 0.42, 0.44]}, "test MSE", out,
-                                      reference=0.35),
-    "box_no_reference": lambda out: plots.box_plot({"a": [1.0]}, "acc", out),
+    "paired": lambda out: plots.paired_plot(
+        {"scratch": [0.45, 0.46, 0.44], "kd": [0.43, 0.42, 0.44]}, [0, 1, 2],
+        {"kd": {"values": [-0.02, -0.04, 0.0], "mean": -0.02, "low": -0.07, "high": 0.03}}, "test MSE", out,
+        reference=0.35),
+    "paired_one_seed": lambda out: plots.paired_plot(
+        {"a": [1.0], "b": [2.0]}, [0], {"b": {"values": [1.0], "mean": 1.0, "low": float("nan"),
+                                              "high": float("nan")}}, "acc", out),
     "grid": lambda out: plots.grid_bar_chart(["0.1:0.9", "0.5:0.5", "0.9:0.1"], [0.34, 0.36, 0.41],
                                              [0.01, 0.02, 0.015], "test MSE", out),
     "temperature_curve": lambda out: plots.temperature_curve([1, 2, 3, 5, 10], [97.1, 97.5, 97.8, 97.6, 97.2],

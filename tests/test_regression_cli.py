@@ -11,17 +11,17 @@ import torch
 
 from kdcli.augment import ViewSet
 from kdcli.data import DataSpec, load_dataset
-from kdcli.engine import DeviceData, fit, make_optimizer, objective_parameters
+from kdcli.engine import Batch, DeviceData, fit, make_optimizer, objective_parameters
 from kdcli.errors import UsageError
 from kdcli.models import build_model
 from kdcli.reporting import Reporter
-from kdcli.stages.regression import (
+from kdcli.stages.objectives.regression import (
     FunctionMatching,
     InputAugment,
-    parse_feature_pairs,
     regression_objective,
     training_box,
 )
+from kdcli.stages.objectives.taps import parse_feature_pairs
 
 SMALL = ["--dataset", "synthetic-regression", "--n-samples", "200", "--epochs", "2", "--batch-size", "32",
          "--device", "cpu", "-q", "--json"]
@@ -99,7 +99,7 @@ def test_bad_regression_inputs_give_one_line(cli, tmp_path):
         (["--augment", "uniform:wide"], "expected uniform:NUMBER, e.g. uniform:1.2"),
         (["--augment", "uniform:0"], "needs a positive finite number"),
         (["--augment", "noise:0.1", "--w-hp", "0"], "it needs --w-hp > 0"),
-        (["--w-feat", "1", "--feature-pair", "hidden.1"], "expects TEACHER_LAYER:STUDENT_LAYER"),
+        (["--w-feat", "1", "--feature-pair", "hidden.1"], "expects teacher.LAYER:student.LAYER"),
         (["--w-feat", "1", "--feature-pair", "hidden.7:hidden.1"], "no layer 'hidden.7'"),
         (["--feature-pair", "hidden.1:hidden.1"], "give --w-feat > 0"),
         (["--w-hard", "-1"], "--w-hard must be >= 0"),
@@ -131,8 +131,8 @@ def test_input_augment_parse_and_draws():
     assert bool((mixed >= -1e-6).all()) and bool((mixed.sum(1) <= 1 + 1e-6).all())
     assert InputAugment.parse("uniform") == InputAugment("uniform", 1.0) == InputAugment.parse("uniform:1")
     assert InputAugment.parse("uniform:1.2").spec() == "uniform:1.2"
-    assert parse_feature_pairs(["hidden.3:hidden.2", " hidden.1 : hidden.0 "]) == (
-        ["hidden.3", "hidden.1"], ["hidden.2", "hidden.0"])
+    assert parse_feature_pairs(["hidden.3:hidden.2", " teacher.hidden.1 : student.hidden.0 "]) == [
+        ("hidden.3", "hidden.2"), ("hidden.1", "hidden.0")]
 
 
 def test_uniform_inputs_fill_the_training_box():
@@ -175,7 +175,7 @@ def test_uniform_box_comes_from_training_rows_only():
     everything = torch.cat([data.x_pool, data.x_test])
     assert bool((everything.min(0).values <= objective.box[0]).all())
     assert not torch.equal(everything.min(0).values, objective.box[0])  # validation/test rows widen it; unused
-    batch = SimpleNamespace(x=data.x_pool[:16], y=data.y_pool[:16])
+    batch = Batch(data.x_pool[:16], data.y_pool[:16], torch.arange(16))
     _, terms = objective(student, batch, True)
     torch.testing.assert_close(terms["hp"], (terms["hp_real"] + terms["hp_new"]) / 2)
 
@@ -199,7 +199,7 @@ def test_function_matching_averages_hp_over_real_and_new_rows():
     teacher = build_model("seed001-teacher", data.input_shape, 1).eval()
     objective = regression_objective(_cfg(augment="noise:0.2"), student, teacher, data)
     assert isinstance(objective, FunctionMatching)
-    batch = SimpleNamespace(x=data.x_pool[:16], y=data.y_pool[:16])
+    batch = Batch(data.x_pool[:16], data.y_pool[:16], torch.arange(16))
     _, val_terms = objective(student, batch, False)
     assert "hp_new" not in val_terms  # validation is the base objective, on real rows only
     _, terms = objective(student, batch, True)
@@ -216,7 +216,7 @@ def test_feature_projector_is_trained_by_the_engine():
     teacher = build_model("seed001-teacher", data.input_shape, 1).eval()
     cfg = _cfg(w_hp=0.4, w_feat=0.3, feature_pairs=["hidden.2:hidden.1"])
     objective = regression_objective(cfg, student, teacher, data)
-    projector = objective.projectors[0].linear
+    projector = objective.projectors[0].proj
     assert (projector.in_features, projector.out_features) == (64, 128)
     assert {id(p) for p in objective_parameters(objective)} == {id(projector.weight), id(projector.bias)}
     optimizer = make_optimizer(student, cfg, objective_parameters(objective))
@@ -260,3 +260,20 @@ def test_seed001_recipe_tiny_run_and_rerun(store, tmp_path):
     second = run([0, 1], workers=2, out_dir=out, store=store, reporter=Reporter(quiet=True), quick=quick)
     assert second.ran == 0 and second.reused == len(jobs)
     assert [j.result["id"] for j in second.jobs] == [j.result["id"] for j in first.jobs]
+
+
+def test_recipe_chooses_the_distilled_student_on_validation_not_test():
+    from kdcli.recipes.seed001_report import choose_on_validation
+
+    def row(slug, stage, val, teacher=""):
+        return {"slug": slug, "stage": stage, "teacher": teacher, "val_mse_mean": val}
+
+    test_mse = {"scratch": [0.40, 0.42, 0.41], "expert": [0.30, 0.31, 0.29],
+                "val-best": [0.29, 0.30, 0.28], "test-best": [0.20, 0.21, 0.19]}
+    rows = [row("scratch", "baseline", 0.1), row("expert", "train-teacher", 0.1),
+            row("val-best", "distill", 0.25, "expert"), row("test-best", "distill", 0.26, "expert")]
+    chosen = choose_on_validation(rows, lambda slug: test_mse[slug])
+    assert chosen["slug"] == "val-best" and chosen["ranking"] == ["val-best", "test-best"]
+    assert chosen["vs_teacher"]["mean_b"] == pytest.approx(0.30) and chosen["vs_scratch"]["t_p"] < 0.05
+    rows[2]["val_mse_mean"] = float("nan")  # no validation split: nothing is chosen
+    assert choose_on_validation(rows, lambda slug: test_mse[slug]) is None

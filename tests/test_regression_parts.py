@@ -12,11 +12,10 @@ from torch import nn
 
 from kdcli.data import DataSpec, load_dataset
 from kdcli.data.regression import generate_synthetic, read_csv_table, synthetic_target
+from kdcli.engine import Batch
 from kdcli.errors import UsageError
+from kdcli.losses.feature_methods import FeatureProjector, hint_loss
 from kdcli.losses.regression import (
-    FeatureProjector,
-    RegressionObjective,
-    feature_mse,
     gradient_mse,
     hard_mse,
     hp_mse,
@@ -25,6 +24,7 @@ from kdcli.losses.regression import (
 )
 from kdcli.models import MODELS, build_model, parameter_count
 from kdcli.models.mlp import MLP
+from kdcli.stages.objectives.regression import RegressionObjective
 
 # ---------------------------------------------------------------- data
 
@@ -191,6 +191,10 @@ def _pair(seed=0):
     return student, teacher, x, y
 
 
+def _batch(x, y):
+    return Batch(x, y, torch.arange(len(x)))
+
+
 def _has_param_grad(term, model):
     grads = torch.autograd.grad(term, list(model.parameters()), allow_unused=True, retain_graph=True)
     return any(g is not None and g.abs().sum() > 0 for g in grads)
@@ -198,8 +202,8 @@ def _has_param_grad(term, model):
 
 def test_each_term_has_student_gradient():
     student, teacher, x, y = _pair()
-    objective = RegressionObjective(student, teacher, w_hard=1, w_hp=1, w_feat=1, w_gr=1)
-    out, terms = objective(student, x, y, train=True)
+    objective = RegressionObjective(student, teacher, w_hard=1, w_hp=1, w_feat=1, w_gr=1, input_shape=(6,))
+    out, terms = objective(student, _batch(x, y), True)
     assert out.shape == (16,) and set(terms) == {"hard", "hp", "feat", "gr", "loss"}
     for name in ("hard", "hp", "feat", "gr"):
         assert terms[name].dim() == 0 and torch.isfinite(terms[name])
@@ -213,9 +217,9 @@ def test_terms_vanish_when_student_equals_teacher():
     _, teacher, x, y = _pair()
     student = copy.deepcopy(teacher)
     objective = RegressionObjective(student, teacher, w_hard=0.2, w_hp=0.5, w_feat=0.3, w_gr=0.3,
-                                    student_layers="hidden.1", teacher_layers="hidden.1")
+                                    pairs=[("hidden.1", "hidden.1")], input_shape=(6,))
     objective.projectors[0].set_identity()
-    _, terms = objective(student, x, y, train=True)
+    _, terms = objective(student, _batch(x, y), True)
     for name in ("hp", "feat", "gr"):
         assert float(terms[name].detach()) == pytest.approx(0.0, abs=1e-12), name
     assert float(terms["hard"].detach()) > 0
@@ -226,10 +230,10 @@ def test_pure_pieces():
     assert float(hard_mse(s, y)) == pytest.approx(0.5) and float(hp_mse(s, t)) == pytest.approx(2.0)
     terms = regression_distill_terms(s, t, y, w_hard=0.3, w_hp=0.7)
     assert float(terms["loss"]) == pytest.approx(0.3 * 0.5 + 0.7 * 2.0)
-    projector = FeatureProjector(3, 3).set_identity()
+    projector = FeatureProjector((3,), (3,)).set_identity()
     h = torch.randn(4, 3)
-    assert float(feature_mse(projector(h), h).detach()) == 0.0
-    assert FeatureProjector(3, 5)(h).shape == (4, 5)
+    assert float(hint_loss(*projector(h, h)).detach()) == 0.0
+    assert FeatureProjector((3,), (5,))(h, torch.zeros(4, 5))[0].shape == (4, 5)
     x = torch.randn(4, 3, requires_grad=True)
     out = (x * torch.tensor([1.0, 2.0, 3.0])).sum(1)
     grad = loss_input_gradient(out, torch.zeros(4), x, create_graph=False)
@@ -243,7 +247,7 @@ def test_gradient_term_changes_student_gradient():
     def param_grads(w_gr):
         student.zero_grad()
         objective = RegressionObjective(student, teacher, w_hard=0.2, w_hp=0.5, w_gr=w_gr)
-        _, terms = objective(student, x, y, train=True)
+        _, terms = objective(student, _batch(x, y), True)
         terms["loss"].backward()
         return torch.cat([p.grad.flatten() for p in student.parameters()])
 
@@ -254,25 +258,25 @@ def test_gradient_term_changes_student_gradient():
 def test_zero_weight_terms_skipped_and_no_teacher_needed():
     student, _, x, y = _pair()
     objective = RegressionObjective(student, None, w_hard=1.0)
-    out, terms = objective(student, x, y, train=True)
+    out, terms = objective(student, _batch(x, y), True)
     assert set(terms) == {"hard", "loss"} and list(objective.parameters()) == []
     with pytest.raises(UsageError, match="need a teacher"):
         RegressionObjective(student, None, w_hard=0.3, w_hp=0.7)
     with pytest.raises(UsageError, match="all loss weights are zero"):
         RegressionObjective(student, None, w_hard=0.0)
     with pytest.raises(UsageError, match="no layer 'hidden.9'"):
-        RegressionObjective(student, _pair()[1], w_feat=1.0, student_layers="hidden.9", teacher_layers="hidden.0")
+        RegressionObjective(student, _pair()[1], w_feat=1.0, pairs=[("hidden.0", "hidden.9")], input_shape=(6,))
 
 
 def test_evaluation_under_no_grad():
     student, teacher, x, y = _pair()
-    objective = RegressionObjective(student, teacher, w_hard=0.2, w_hp=0.5, w_feat=0.1, w_gr=0.3)
+    objective = RegressionObjective(student, teacher, w_hard=0.2, w_hp=0.5, w_feat=0.1, w_gr=0.3, input_shape=(6,))
     with torch.no_grad():
-        out, terms = objective(student, x, y, train=False)
+        out, terms = objective(student, _batch(x, y), False)
     assert out.shape == (16,) and not out.requires_grad
     assert set(terms) == {"hard", "hp", "feat", "gr", "loss"}
     assert all(torch.isfinite(v) and not v.requires_grad for v in terms.values())
-    _, trained = objective(student, x, y, train=True)
+    _, trained = objective(student, _batch(x, y), True)
     for name in terms:
         torch.testing.assert_close(terms[name], trained[name].detach())
 
@@ -280,22 +284,7 @@ def test_evaluation_under_no_grad():
 def test_feature_width_by_probe():
     student, teacher, x, y = _pair()
     wrapped = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 1))
-    objective = RegressionObjective(wrapped, teacher, w_feat=1.0, student_layers=["1"], teacher_layers=["hidden.0"],
-                                    input_shape=(6,))
-    assert objective.projectors[0].linear.in_features == 9 and objective.projectors[0].linear.out_features == 12
-    _, terms = objective(wrapped, x, y)
+    objective = RegressionObjective(wrapped, teacher, w_feat=1.0, pairs=[("hidden.0", "1")], input_shape=(6,))
+    assert objective.projectors[0].proj.in_features == 9 and objective.projectors[0].proj.out_features == 12
+    _, terms = objective(wrapped, _batch(x, y), True)
     assert _has_param_grad(terms["feat"], wrapped)
-
-
-def test_engine_batch_calling_convention():
-    from types import SimpleNamespace
-
-    student, teacher, x, y = _pair()
-    objective = RegressionObjective(student, teacher, w_hard=0.3, w_hp=0.7)
-    with torch.no_grad():
-        out, terms = objective(student, SimpleNamespace(x=x, y=y, idx=None, views=None), False)
-    expected_out, expected = objective(student, x, y, train=False)
-    torch.testing.assert_close(out, expected_out)
-    torch.testing.assert_close(terms["loss"], expected["loss"])
-    _, trained = objective(student, SimpleNamespace(x=x, y=y), True)
-    assert trained["loss"].requires_grad

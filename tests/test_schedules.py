@@ -17,7 +17,7 @@ from kdcli.models import build_model
 from kdcli.reporting import Reporter
 from kdcli.stages.common import load_data
 from kdcli.stages.configs import BaselineConfig
-from kdcli.stages.objectives import hard_label_objective
+from kdcli.stages.objectives.labels import hard_label_objective
 
 
 def _lrs(cfg, batches: int) -> list[float]:

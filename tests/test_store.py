@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kdcli.errors import UsageError
-from kdcli.stages.common import RunContext, run_cached
+from kdcli.stages.common import RunContext
+from kdcli.stages.runner import Stage, run_cached
 from kdcli.store import CorruptArtifact, Store, canonical_json
 
 
@@ -44,12 +45,12 @@ def test_same_content_same_id_across_stores_and_clocks(tmp_path, monkeypatch):
     import kdcli.store as store_module
 
     content = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64)}
-    manifest = {"stage": "x", "seed": 3, "metrics": {"test_acc": 91.0, "latency_ms_per_batch64": 1.0},
+    manifest = {"stage": "x", "seed": 3, "metrics": {"test_acc": 91.0, "latency_ms_per_batch64": 1.0, "int8_latency_ms_b1": 2.0},
                 "history": [{"epoch": 1, "train_loss": 0.5, "seconds": 2.0}]}
     made = []
     for n, clock in enumerate(("2026-01-01T00:00:00+00:00", "2027-06-30T12:00:00+00:00")):
         monkeypatch.setattr(store_module, "now", lambda clock=clock: clock)
-        timed = {**manifest, "metrics": {**manifest["metrics"], "latency_ms_per_batch64": 1.0 + n},
+        timed = {**manifest, "metrics": {**manifest["metrics"], "latency_ms_per_batch64": 1.0 + n, "int8_latency_ms_b1": n},
                  "history": [{**manifest["history"][0], "seconds": 2.0 + n}]}
         made.append(Store(tmp_path / f"store{n}").put("run", content, timed))
     assert made[0].id == made[1].id
@@ -169,12 +170,13 @@ def test_run_cache_hit_and_force(store):
         return "run", {"x": torch.tensor([float(len(calls))])}, {"metrics": {"n": len(calls)}}
 
     ctx = RunContext(store=store)
-    first = run_cached(ctx, "unit", Cfg(), {"data": "abc"}, produce)
-    second = run_cached(ctx, "unit", Cfg(), {"data": "abc"}, produce)
+    unit = Stage("unit", Cfg, None, "", ("kdcli.store",))
+    first = run_cached(ctx, unit, Cfg(), {"data": "abc"}, produce)
+    second = run_cached(ctx, unit, Cfg(), {"data": "abc"}, produce)
     assert (first.skipped, second.skipped) == (False, True) and first.id == second.id and len(calls) == 1
-    other = run_cached(ctx, "unit", Cfg(lr=0.2), {"data": "abc"}, produce)
+    other = run_cached(ctx, unit, Cfg(lr=0.2), {"data": "abc"}, produce)
     assert not other.skipped and len(calls) == 2
-    forced = run_cached(RunContext(store=store, force=True), "unit", Cfg(), {"data": "abc"}, produce)
+    forced = run_cached(RunContext(store=store, force=True), unit, Cfg(), {"data": "abc"}, produce)
     assert not forced.skipped and len(calls) == 3 and forced.id != first.id
 
 
@@ -186,9 +188,10 @@ def test_cache_rerun_when_cached_object_is_corrupt(store):
         a: int = 1
 
     produce = lambda key: ("run", {"x": torch.zeros(2)}, {})  # noqa: E731
-    first = run_cached(RunContext(store=store), "unit", Cfg(), {}, produce)
+    unit = Stage("unit", Cfg, None, "", ("kdcli.store",))
+    first = run_cached(RunContext(store=store), unit, Cfg(), {}, produce)
     first.artifact.path.write_bytes(b"garbage")
-    again = run_cached(RunContext(store=store), "unit", Cfg(), {}, produce)
+    again = run_cached(RunContext(store=store), unit, Cfg(), {}, produce)
     assert not again.skipped and store.get(again.id)
 
 
@@ -210,3 +213,21 @@ def test_cache_key_ignores_key_order(config):
     reordered = dict(reversed(list(config.items())))
     assert canonical_json(config) == canonical_json(reordered)
     assert Store.cache_key("s", config, {}) == Store.cache_key("s", reordered, {})
+
+
+_json_leaf = st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=4), st.booleans(), st.none())
+_manifests = st.recursive(_json_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.sampled_from(["created", "versions", "history", "seconds", "metrics", "latency_ms_b1", "x"]),
+                    inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(["created", "versions", "history", "metrics", "stage"]), _manifests, max_size=5))
+def test_volatile_fields_split_off_and_join_back(manifest):
+    from kdcli.store.objects import join_volatile, split_volatile
+
+    content, volatile = split_volatile(manifest)
+    assert join_volatile(content, volatile) == manifest
+    assert split_volatile(content) == (content, {})
+    assert "created" not in content and "versions" not in content

@@ -3,19 +3,21 @@ its tag, its plots and the best point's paired test; a YAML spec with parallel w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
+import kdcli.stages.runner as runner
 import kdcli.stages.sweep as sweep_stage
-import kdcli.stages.train as train
+from kdcli.stages.registry import STAGES
 
 FAST = ["--device", "cpu", "-q"]
 
 
 def test_interrupted_sweep_resumes_without_redoing_runs(cli, store, monkeypatch):
     calls, limit = [], [2]
-    real_fit = train.fit
+    real_fit = runner.fit
 
     def fit(*args, **kwargs):  # counts the runs that really train; "Ctrl-C" after `limit` of them
         calls.append(1)
@@ -23,7 +25,7 @@ def test_interrupted_sweep_resumes_without_redoing_runs(cli, store, monkeypatch)
             raise KeyboardInterrupt
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(train, "fit", fit)
+    monkeypatch.setattr(runner, "fit", fit)
     args = ["sweep", "--stage", "baseline", "--set", "epochs=1", "--grid", "lr=0.01,0.03", "--seeds", "0-1",
             "--name", "lrs", "--json", *FAST]
     first = cli(*args)
@@ -108,7 +110,7 @@ def test_spec_file_and_parallel_workers(cli, store, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--grid", "temprature=1,2", "--set", "logits=x"], "distill has no option 'temprature'; did you mean temperature?"),
-    (["--stage", "foo"], "--stage must be one of distill, baseline"),
+    (["--stage", "foo"], "unknown stage 'foo'; known: baseline"),
     (["--stage", "baseline", "--seeds", "3-1"], "--seeds expects ranges and lists such as 0-4"),
     (["--stage", "baseline", "--seeds", "0,0"], "--seeds repeats a seed"),
     (["--stage", "baseline", "--grid", "seed=1,2"], "seed is not a --grid key"),
@@ -149,7 +151,7 @@ def test_sweep_chooses_on_validation_even_when_the_test_set_disagrees(cli, store
                                                "data_fingerprint": "d", "config": {"lr": cfg.lr}})
         return StageResult(artifact, False)
 
-    monkeypatch.setattr(train, "baseline", fake_baseline)
+    monkeypatch.setitem(STAGES._items, "baseline", dataclasses.replace(STAGES.get("baseline"), run=fake_baseline))
     args = ["sweep", "--stage", "baseline", "--grid", "lr=0.01,0.03", "--seeds", "0-1", "--json", *FAST]
     out = json.loads(cli(*args).stdout)
     assert (out["select"], out["metric"], out["best"]) == ("val_acc", "test_acc", "lr=0.03")

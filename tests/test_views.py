@@ -13,7 +13,7 @@ from kdcli.augment import ViewSet
 from kdcli.data import DataSpec, load_dataset
 from kdcli.engine import DeviceData
 from kdcli.stages.common import load_model
-from kdcli.stages.objectives import CachedLogits, OnlineTeacher
+from kdcli.stages.teachers import CachedLogits, OnlineTeacher
 
 CACHE_BATCH = 512  # cache-logits' default --eval-batch-size: the batches whose results are bit-exact
 

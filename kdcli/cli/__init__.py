@@ -1,56 +1,36 @@
-"""The `kdcli` command: one module per command group; stage commands are generated from their configs."""
+"""The `kdcli` command: one module per command group; a command per registered stage, generated
+from the stage registry (kdcli.stages.registry) by `build_app`."""
 
 from __future__ import annotations
 
 import typer
 
-from kdcli.cli import artifacts, compare, export, plot, sweep, visualize
-from kdcli.cli.common import stage_command
-from kdcli.stages.cache_logits import cache_logits
-from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, ImportConfig, TeacherConfig
-from kdcli.stages.import_teacher import import_teacher
-from kdcli.stages.train import baseline, distill, train_teacher
-
-app = typer.Typer(
-    name="kdcli", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-    help="Knowledge distillation with cached, content-addressed stages and paired statistics.",
-)
-
-stage_command(app, "train-teacher", TeacherConfig, train_teacher,
-              "Train a teacher with cross-entropy (MSE for regression) and early stopping.")
-stage_command(app, "cache-logits", CacheLogitsConfig, cache_logits,
-              "Store the teacher's logits for every training image (and view) as a logits artifact.",
-              positional="teacher")
-stage_command(app, "baseline", BaselineConfig, baseline,
-              "Train the student from scratch on the labels alone.")
-stage_command(app, "distill", DistillConfig, distill,
-              "Train the student on the teacher's soft targets (online teacher or cached logits).")
-stage_command(app, "import-teacher", ImportConfig, import_teacher,
-              "Import a pretrained teacher (hf:, torchhub:, or a checkpoint file) and report its test accuracy.",
-              positional="source")
-export.register(app)
-app.command("sweep")(sweep.command)
-app.command("compare")(compare.command)
-app.command("visualize-temperature")(visualize.command)
-app.add_typer(plot.app, name="plot")
-app.add_typer(artifacts.app, name="artifacts")
+from kdcli.cli import artifacts, card, compare, export, plot, sweep, visualize
+from kdcli.cli.common import KdcliGroup, stage_command
+from kdcli.data import DATASET_HELP
+from kdcli.engine import apply_default_threads
+from kdcli.losses.methods import method_table
+from kdcli.models import MODELS
+from kdcli.models.zoo import family_rows
+from kdcli.stages.planners import flag
+from kdcli.stages.registry import STAGES
+from kdcli.stages.train import SCHEMES
 
 
-@app.command("methods")
 def methods() -> None:
-    """List the distillation methods 'kdcli distill --method' accepts."""
-    from kdcli.stages.schemes import method_rows
+    """List the distillation methods 'kdcli distill --method' accepts, with the weights each reads
+    (and their defaults), then the training schemes."""
+    for method in method_table():
+        weights = " ".join(f"{flag(option)} {default:g}" for option, default in method.options.items())
+        typer.echo(f"{method.name:<10} {method.needs:<44} {method.summary}")
+        typer.echo(f"{'':<10} weights: {weights}")
+    typer.echo("\nschemes (with any logit method):")
+    for name, needs, summary in SCHEMES:
+        typer.echo(f"{name:<10} {needs:<44} {summary}")
 
-    for name, needs, summary in method_rows():
-        typer.echo(f"{name:<10} {needs:<46} {summary}")
 
-
-@app.command("models")
 def models() -> None:
     """List the registry models '--model' accepts, with their one-line descriptions, and the zoo families."""
-    from kdcli.models import MODELS
-    from kdcli.models.zoo import family_rows
-
     _list_registry(MODELS)
     for naming, summary in family_rows():
         typer.echo(f"{naming:<22} {summary}")
@@ -58,12 +38,10 @@ def models() -> None:
                "(the library's hub, online) or --weights PATH")
 
 
-@app.command("datasets")
 def datasets() -> None:
-    """List the data sets '--dataset' accepts."""
-    from kdcli.data import DATASETS
-
-    _list_registry(DATASETS)
+    """List the data sets '--dataset' accepts, with what each one is."""
+    for usage, description in DATASET_HELP.values():
+        typer.echo(f"{usage:<22} {description}")
 
 
 def _list_registry(registry) -> None:
@@ -72,5 +50,36 @@ def _list_registry(registry) -> None:
         typer.echo(f"{name:<22} {doc[0] if doc else ''}")
 
 
+artifacts.app.command("lineage")(card.lineage_command)
+
+# how a stage's result is shown to humans, besides its id (stages without an entry show nothing more)
+SHOW = {"export": export.show}
+
+
+def build_app() -> typer.Typer:
+    """The kdcli Typer app: a command per registered stage (in registration order), sweep over them,
+    and the other command groups."""
+    application = typer.Typer(
+        name="kdcli", cls=KdcliGroup, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+        help="Knowledge distillation with cached, content-addressed stages and paired statistics.",
+    )
+    for name in STAGES.names():
+        stage_command(application, STAGES.get(name), show=SHOW.get(name))
+    application.add_typer(sweep.build(STAGES), name="sweep")
+    application.command("compare")(compare.command)
+    application.command("card")(card.card_command)
+    application.command("visualize-temperature")(visualize.command)
+    application.add_typer(plot.app, name="plot")
+    application.add_typer(artifacts.app, name="artifacts")
+    application.command("methods")(methods)
+    application.command("models")(models)
+    application.command("datasets")(datasets)
+    return application
+
+
+app = build_app()
+
+
 def main() -> None:
+    apply_default_threads()
     app()

@@ -1,42 +1,148 @@
 """Shared CLI machinery: option aliases, one-line errors, and commands generated from config dataclasses.
 
-A stage command is declared once, as its config dataclass: `stage_command` turns every field into a
-flag (help text from the field), adds the common options, and calls the stage function. stdout gets
+A stage command is declared once, as its registered Stage (kdcli.stages.registry): `stage_command`
+turns every field of its config into a flag (help text from the field), adds the common options,
+refuses removed flags with their hint, and calls the stage. stdout gets
 the artifact id alone on its last line (or --json); everything for humans goes to stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import os
+import tempfile
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import markup
+from typer.core import TyperGroup
 
 from kdcli import config as config_mod
+from kdcli import distributed
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
-from kdcli.store import Store, default_root
+from kdcli.stages.common import RunContext, resolve_device
+from kdcli.stages.runner import Stage
+from kdcli.store import Store, check_ref_name, check_tag, default_root
+from kdcli.tracking import TrackingReporter, parse_tracker, tracked_run
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:
+    from click import exceptions as click_exceptions
 
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="artifact store root [env KDCLI_STORE, default ./artifacts]")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable result on stdout")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="no progress or logs on stderr")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps")]
+TRACK_HELP = "log the run to tensorboard:DIR or mlflow:URI (repeatable)"
 NameOpt = Annotated[str | None, typer.Option("--name", help="name the report (refs/NAME), which also keeps it from gc")]
 
 
-def open_store(path: Path | None) -> Store:
-    return Store(path if path is not None else default_root())
+def open_store(path: Path | None, write: bool = False) -> Store:
+    """The store at `path` (default: KDCLI_STORE or ./artifacts), checked first (see check_store_root)."""
+    root = Path(path) if path is not None else default_root()
+    check_store_root(root, write)
+    return Store(root)
+
+
+def check_store_root(root: Path, write: bool) -> None:
+    """A store root is a directory (or not there yet, under directories); with `write`, one we may write to.
+
+    Writability is probed with an unnamed temporary file, so nothing is left behind."""
+    where = f"store {root} (--store or KDCLI_STORE)"
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{where} is a file, not a directory")
+    existing = _existing_ancestor(root, where)
+    if write:
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{where} is not writable: {existing}: {exc.strerror or exc}") from None
+
+
+def _existing_ancestor(path: Path, what: str) -> Path:
+    """The nearest part of `path` (itself included) that exists; it must be a directory."""
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise UsageError(f"{what}: {part} is a file, not a directory")
+            return part
+    return Path(os.curdir)
+
+
+def check_out_file(path: Path | None, flag: str) -> None:
+    """A file to write (a PNG, a CSV): not an existing directory, and not below a file."""
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise UsageError(f"{flag} {path} is a directory; {flag} takes a file name")
+    _existing_ancestor(Path(path).parent, f"{flag} {path}")
+
+
+def check_out_dir(path: Path | None, flag: str) -> None:
+    """A directory to write into: not an existing file, and not below a file."""
+    if path is None:
+        return
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"{flag} {path} is a file; {flag} takes a directory")
+    _existing_ancestor(Path(path), f"{flag} {path}")
+
+
+def check_names(name: str | None, tags: list[str] | None = None) -> None:
+    """--name and every --tag are checked before any work, not when the result is stored."""
+    if name is not None:
+        check_ref_name(name)
+    for tag in tags or []:
+        check_tag(tag)
+
+
+def check_device_options(cfg, device) -> None:
+    """Options that act on CUDA only are refused elsewhere rather than ignored (they would still change
+    the cache key)."""
+    precision = getattr(cfg, "precision", "fp32")
+    if precision != "fp32" and device.type != "cuda":
+        raise UsageError(f"--precision {precision} autocasts on CUDA only; on {device.type} use --precision fp32 "
+                         "(or --device cuda)")
+    if getattr(cfg, "compile", False) and device.type != "cuda":
+        raise UsageError(f"--compile applies on CUDA only; drop it on {device.type} (or use --device cuda)")
 
 
 def fail(message: str, code: int) -> typer.Exit:
     Reporter().console.print(f"error: {' '.join(str(message).split())}", style="red", markup=False, highlight=False)
     return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def one_line_usage_errors() -> Iterator[None]:
+    """Click's usage errors (an unknown flag, `--epochs abc`, a missing argument) as kdcli's one line, exit 2."""
+    try:
+        yield
+    except click_exceptions.UsageError as exc:
+        if isinstance(exc, getattr(click_exceptions, "NoArgsIsHelpError", ())):
+            raise  # `kdcli` alone prints the help
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        raise fail(exc.format_message().rstrip(".") + hint, 2) from None
+
+
+class KdcliGroup(TyperGroup):
+    """The top-level command group: parse errors of it and of every subcommand come out as one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with one_line_usage_errors():
+            return super().invoke(ctx)
 
 
 def execute(action: Callable[[], Any], debug: bool) -> Any:
@@ -72,16 +178,32 @@ def _cli_parameter(field: dataclasses.Field, tp) -> inspect.Parameter:
     base, _ = config_mod._unwrap_optional(tp)
     flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
     default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-    help_text = f"{field.metadata.get('help', '')} [default: {default}]"
+    # the flag's own default is None (so that given flags can be told apart): the help text shows the
+    # config's default, escaped from rich markup, which would otherwise swallow "[default: ...]"; a field
+    # whose default is None (unset: the method's or data set's own value) says that value in its help
+    help_text = field.metadata.get("help", "")
+    if default is not None:
+        help_text += " " + markup.escape(f"[default: {_default_text(default)}]")
+    shown = {"show_default": False}
     if base is bool:
-        annotation, option = bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False)
+        annotation, option = bool | None, typer.Option(None, f"{flag}/--no-{flag[2:]}", help=help_text, **shown)
     elif typing.get_origin(base) is list and typing.get_args(base) in ((str,), ()):
-        annotation, option = list[str] | None, typer.Option(None, flag, help=help_text, show_default=False)
+        annotation, option = list[str] | None, typer.Option(None, flag, help=help_text, **shown)
     elif typing.get_origin(base) is list:
-        annotation, option = str | None, typer.Option(None, flag, help=help_text + " (comma separated)", show_default=False)
+        annotation, option = str | None, typer.Option(None, flag, help=help_text + " (comma separated)", **shown)
     else:
-        annotation, option = base | None, typer.Option(None, flag, help=help_text, show_default=False)
+        annotation, option = base | None, typer.Option(None, flag, help=help_text, **shown)
     return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+
+
+def _default_text(default) -> str:
+    if default == []:
+        return "none"
+    if isinstance(default, bool):
+        return "yes" if default else "no"
+    if isinstance(default, list):
+        return ",".join(map(str, default))
+    return str(default)
 
 
 _COMMON = [
@@ -94,27 +216,54 @@ _COMMON = [
     ("json_out", bool, typer.Option(False, "--json", help="print a machine-readable result on stdout")),
     ("quiet", bool, typer.Option(False, "-q", "--quiet", help="no progress or logs on stderr")),
     ("debug", bool, typer.Option(False, "--debug", help="show tracebacks")),
+    ("track", list[str] | None, typer.Option(None, "--track", help=TRACK_HELP)),
 ]
 
 
-def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: str,
-                  positional: str | None = None, show: Callable[[Any], None] | None = None) -> None:
-    """Register `kdcli NAME`: flags from `config_cls` fields, then `stage_fn(config, RunContext)`.
+def removed_options(removed: dict[str, str]) -> list[inspect.Parameter]:
+    """Hidden flags that no longer exist: given, they fail with their one-line hint (exit 2)."""
+    return [inspect.Parameter(f"removed_{i}", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, flag, hidden=True, help=hint)) for i, (flag, hint) in enumerate(removed.items())]
 
-    `positional` names a field that is also accepted as the first argument (e.g. the teacher ref);
+
+def refuse_removed(kwargs: dict, removed: dict[str, str]) -> None:
+    """Pop the hidden removed flags from `kwargs`; one that was given ends the command with its hint."""
+    for i, hint in enumerate(removed.values()):
+        if kwargs.pop(f"removed_{i}"):
+            raise fail(hint, 2)
+
+
+def config_parameters(config_cls, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """One CLI parameter per field of `config_cls` (help text from the field), all defaulting to None."""
+    types_ = config_mod.field_types(config_cls)
+    return [_cli_parameter(f, types_[f.name]) for f in dataclasses.fields(config_cls) if f.name not in skip]
+
+
+def run_context(common: dict) -> RunContext:
+    """The RunContext of a command's common options; the device is resolved (and, under torchrun on CUDA,
+    this rank's GPU pinned) before any stage moves a model to it."""
+    device = resolve_device(common["device"])
+    distributed.pin_local_gpu(device)
+    return RunContext(store=open_store(common["store"], write=True), device=device, reporter=Reporter(quiet=common["quiet"]),
+                      force=common["force"], name=common["name"], tags=list(common["tag"] or []))
+
+
+def stage_command(app: typer.Typer, stage: Stage, show: Callable[[Any], None] | None = None) -> None:
+    """Register `kdcli NAME` for a registered stage: flags from its config fields, then `stage.run(config, RunContext)`.
+
+    `stage.positional` names a field that is also accepted as the first argument (e.g. the teacher ref);
     `show(result)` prints the stage's result for humans (on stderr, even with -q).
     """
-    from kdcli.stages.common import RunContext, resolve_device
-
-    types_ = config_mod.field_types(config_cls)
-    fields = dataclasses.fields(config_cls)
-    params = [_cli_parameter(f, types_[f.name]) for f in fields]
+    positional = stage.positional
+    params = config_parameters(stage.config)
     if positional:
         params.insert(0, inspect.Parameter(f"{positional}_arg", inspect.Parameter.KEYWORD_ONLY, default=typer.Argument(
             None, help=f"same as --{positional.replace('_', '-')}", show_default=False), annotation=str | None))
     params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=a) for n, a, o in _COMMON]
+    params += removed_options(stage.removed)
 
     def command(**kwargs):
+        refuse_removed(kwargs, stage.removed)
         common = {n: kwargs.pop(n) for n, _, _ in _COMMON}
         if positional:
             given = kwargs.pop(f"{positional}_arg")
@@ -123,22 +272,26 @@ def stage_command(app: typer.Typer, name: str, config_cls, stage_fn, help_text: 
             kwargs[positional] = given or kwargs.get(positional)
 
         def run():
-            cfg = config_mod.build(config_cls, common["config_file"], kwargs)
-            reporter = Reporter(quiet=common["quiet"])
-            ctx = RunContext(store=open_store(common["store"]), device=resolve_device(common["device"]),
-                             reporter=reporter, force=common["force"], name=common["name"],
-                             tags=list(common["tag"] or []))
-            result = stage_fn(cfg, ctx)
+            trackers = [parse_tracker(spec) for spec in common["track"] or []]
+            check_names(common["name"], common["tag"])
+            cfg = config_mod.build(stage.config, common["config_file"], kwargs)
+            ctx = run_context(common)
+            check_device_options(cfg, ctx.device)
+            if trackers:
+                ctx.reporter = TrackingReporter(trackers, common["quiet"])
+            with tracked_run(ctx.reporter, common["name"] or stage.name, config_mod.to_dict(cfg)) as produced:
+                result = stage(cfg, ctx)
+                produced.append(result.artifact)
             if show is not None:
                 show(result)
-            emit({"id": result.id, "kind": result.artifact.kind, "stage": name, "skipped": result.skipped,
+            emit({"id": result.id, "kind": result.artifact.kind, "stage": stage.name, "skipped": result.skipped,
                   "name": common["name"], "metrics": result.metrics}, common["json_out"])
 
         execute(run, common["debug"])
 
     command.__signature__ = inspect.Signature(params)
-    command.__doc__ = help_text
-    app.command(name, help=help_text)(command)
+    command.__doc__ = stage.help
+    app.command(stage.name, help=stage.help)(command)
 
 
 def require(condition: bool, message: str) -> None:

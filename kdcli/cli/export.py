@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import typer
 from rich.console import Console
 from rich.table import Table
 
-from kdcli.cli.common import stage_command
 from kdcli.reporting import Reporter
-from kdcli.stages.export import ExportConfig, ExportResult, export
+from kdcli.stages.export import ExportResult
 
 COLUMNS = ("model", "runtime", "params", "file", "ms/batch 1", "ms/batch 64", "test", "max |diff|", "agree")
 
@@ -30,24 +28,24 @@ def _metric(m: dict, prefix: str) -> str:
 def export_rows(result) -> list[list[str]]:
     """PyTorch, the exported runtime and (with --int8) the quantized model, for one export artifact."""
     manifest = result.artifact.manifest
-    m, role, fmt = manifest["metrics"], manifest["role"], manifest["format"]
+    m, ms, role, fmt = manifest["metrics"], manifest["latency"], manifest["role"], manifest["format"]
     agree = m.get("parity_agreement")
     runtime = "onnxruntime" if fmt == "onnx" else "torchscript"
-    rows = [[role, "pytorch", f"{m['params']:,}", "", f"{m['pytorch_latency_ms_b1']:.3f}",
-             f"{m['pytorch_latency_ms_b64']:.3f}", _metric(m, "pytorch_"), "", ""],
-            [role, runtime, f"{m['params']:,}", _size(m["file_bytes"]), f"{m['latency_ms_b1']:.3f}",
-             f"{m['latency_ms_b64']:.3f}", _metric(m, ""), f"{m['parity_max_abs_diff']:.2g}",
+    rows = [[role, "pytorch", f"{m['params']:,}", "", f"{ms['pytorch_b1']:.3f}", f"{ms['pytorch_b64']:.3f}",
+             _metric(m, "pytorch_"), "", ""],
+            [role, runtime, f"{m['params']:,}", _size(m["file_bytes"]), f"{ms['runtime_b1']:.3f}",
+             f"{ms['runtime_b64']:.3f}", _metric(m, ""), f"{m['parity_max_abs_diff']:.2g}",
              "" if agree is None else f"{agree:.2f}%"]]
     if "int8_file_bytes" in m:
         change = next(v for k, v in m.items() if k.startswith("int8_") and k.endswith("_change"))
         rows.append([role, f"{runtime} int8", f"{m['params']:,}", _size(m["int8_file_bytes"]),
-                     f"{m['int8_latency_ms_b1']:.3f}", f"{m['int8_latency_ms_b64']:.3f}",
-                     f"{_metric(m, 'int8_')} ({change:+.2f})", "", ""])
+                     f"{ms['int8_b1']:.3f}", f"{ms['int8_b64']:.3f}", f"{_metric(m, 'int8_')} ({change:+.2f})",
+                     "", ""])
     return rows
 
 
 def show(result: ExportResult) -> None:
-    threads = result.artifact.manifest["metrics"].get("threads")
+    threads = result.artifact.manifest["latency"].get("threads")
     table = Table(title=f"export {result.id[:12]}: test split, CPU latency (median, {threads} thread(s))")
     for column in COLUMNS:
         table.add_column(column)
@@ -58,10 +56,3 @@ def show(result: ExportResult) -> None:
     if not console.is_terminal:  # a pipe or a log file: the whole row rather than 80 columns
         console = Console(stderr=True, highlight=False, width=160)
     console.print(table)
-
-
-def register(app: typer.Typer) -> None:
-    stage_command(app, "export", ExportConfig, export,
-                  "Export a model to ONNX or TorchScript, check parity against PyTorch on the test split, "
-                  "and measure size, CPU latency and accuracy (with --teacher, the teacher's too).",
-                  positional="model", show=show)

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from kdcli.cli.common import DebugOpt, JsonOpt, NameOpt, QuietOpt, StoreOpt, emit, execute, open_store
+from kdcli.cli.common import (
+    DebugOpt,
+    JsonOpt,
+    NameOpt,
+    QuietOpt,
+    StoreOpt,
+    check_names,
+    check_out_file,
+    emit,
+    execute,
+    open_store,
+)
 from kdcli.cli.compare import GROUP_HELP
 from kdcli.reporting import Reporter
 
@@ -27,7 +38,9 @@ def curves(
         from kdcli.stages.compare import resolve_group  # imported late: keeps `kdcli --help` fast
         from kdcli.stages.visualize import training_curves  # imported late: keeps `kdcli --help` fast
 
-        st = open_store(store)
+        check_names(name)
+        check_out_file(out, "--out")
+        st = open_store(store, write=True)
         labelled = {}
         for spec in runs:
             found = resolve_group(st, spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -15,13 +16,14 @@ from kdcli.cli.common import (
     NameOpt,
     QuietOpt,
     StoreOpt,
+    check_names,
+    check_out_dir,
     emit,
     execute,
     open_store,
 )
 from kdcli.errors import UsageError
 from kdcli.reporting import Reporter
-from kdcli.stages.common import resolve_device
 
 
 def bars_table(sample: dict, names: list[str], temperatures: list[float], width: int = 80) -> Table:
@@ -43,9 +45,12 @@ def bars_table(sample: dict, names: list[str], temperatures: list[float], width:
 
 def parse_floats(text: str, flag: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{flag} expects finite numbers, got {text!r}")
+    return values
 
 
 def command(
@@ -64,14 +69,14 @@ def command(
     """
 
     def run():
-        from kdcli.stages.visualize import (  # imported late: keeps `kdcli --help` fast
-            TemperatureViewConfig,
-            temperature_view,
-        )
+        from kdcli.stages.common import resolve_device  # imported late: keeps `kdcli --help` fast
+        from kdcli.stages.visualize import TemperatureViewConfig, temperature_view
 
+        check_names(name)
+        check_out_dir(out, "--out")
         cfg = TemperatureViewConfig(source=source, temperatures=parse_floats(temperatures, "--temperatures"),
                                     index=index, count=count, dataset=dataset, out=str(out))
-        st = open_store(store)
+        st = open_store(store, write=True)
         result = temperature_view(cfg, st, resolve_device(device))
         reporter = Reporter(quiet=quiet)
         for sample in result["samples"]:

@@ -8,7 +8,21 @@ from kdcli.data import (
 )
 from kdcli.data.base import DATASETS, DataSet, DataSpec, fingerprint, split_pool
 
-__all__ = ["DATASETS", "DataSet", "DataSpec", "fingerprint", "split_pool", "load_dataset"]
+__all__ = ["DATASETS", "DATASET_HELP", "DataSet", "DataSpec", "fingerprint", "split_pool", "load_dataset"]
+
+# what `kdcli datasets` shows: how to name each data set on the command line, and one line for users
+DATASET_HELP = {
+    "digits": ("digits", "scikit-learn's 8x8 handwritten digits, 10 classes; bundled, nothing to download"),
+    "mnist": ("mnist", "handwritten digits, 28x28 grey, 10 classes (--data-dir, --download)"),
+    "fashion-mnist": ("fashion-mnist", "Zalando's clothing images, 28x28 grey, 10 classes (--data-dir, --download)"),
+    "cifar10": ("cifar10", "32x32 colour photos, 10 classes; crop and flip by default (--data-dir, --download)"),
+    "cifar100": ("cifar100", "32x32 colour photos, 100 classes; crop and flip by default (--data-dir, --download)"),
+    "imagefolder": ("imagefolder:PATH", "your images, one folder per class (--image-size, default 32)"),
+    "synthetic-regression": ("synthetic-regression", "seed 001's nonlinear function of 10 features, regression "
+                                                     "(--n-samples, --n-features, --noise)"),
+    "diabetes": ("diabetes", "scikit-learn's diabetes progression, 10 features, regression; bundled"),
+    "csv": ("csv:PATH", "your table: --target COLUMN; regression, or --task classification for integer labels"),
+}
 
 
 def load_dataset(spec: DataSpec) -> DataSet:

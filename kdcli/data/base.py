@@ -7,11 +7,11 @@ held-out test set, as whole tensors. Images stay uint8 (N, C, H, W) until a batc
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import torch
 
+from kdcli.data.fingerprints import cached_fingerprint, fingerprint
 from kdcli.registry import Registry
 
 DATASETS: Registry = Registry("data set")
@@ -23,7 +23,9 @@ class DataSet:
 
     x_pool: (N, C, H, W) uint8 images or (N, F) float32 features; y_pool: (N,) int64 labels or
     (N,) / (N, D) float32 targets. train_idx / val_idx index the pool. `fingerprint` hashes the
-    ordered pool, labels and split, and ties logit tables to exactly this data.
+    ordered pool, labels and split, and ties logit tables to exactly this data; `sources` are the
+    files (or directory trees) a loader read, whose state keys the fingerprint's cache
+    (kdcli.data.fingerprints).
     """
 
     name: str
@@ -41,10 +43,15 @@ class DataSet:
     default_augment: tuple[str, ...] = ()  # e.g. ("crop:4", "flip") for CIFAR
     class_names: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    sources: tuple[str, ...] = ()
+    mapped: object = None  # the MappedImages x_pool / x_test view when memory-mapped (kdcli.data.prepared)
 
     def __post_init__(self):
         if not self.fingerprint:
-            self.fingerprint = fingerprint(self.x_pool, self.y_pool, self.train_idx, self.val_idx)
+            def full() -> str:
+                return fingerprint(self.x_pool, self.y_pool, self.train_idx, self.val_idx)
+
+            self.fingerprint = cached_fingerprint(self, full) if self.sources else full()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -72,15 +79,6 @@ class DataSet:
                 "test": len(self.y_test), "fingerprint": self.fingerprint}
 
 
-def fingerprint(*tensors: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
-
-
 def split_pool(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded train/validation split of range(n): the same indices torch.utils.data.random_split
     gives for lengths [int((1 - val_fraction) * n), rest] with Generator().manual_seed(split_seed)."""
@@ -101,3 +99,5 @@ class DataSpec:
     split_seed: int = 0
     val_fraction: float = 0.1
     extra: dict = field(default_factory=dict)  # loader-specific: n_samples, n_features, noise, target
+    store: object = None  # a kdcli Store a loader may keep prepared (decoded) data in: imagefolder does
+    reporter: object = None  # where such a loader shows its decode progress

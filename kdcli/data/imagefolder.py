@@ -1,10 +1,14 @@
 """`imagefolder:PATH`: a folder of class subfolders (torchvision.datasets.ImageFolder layout).
 
 If PATH/train and PATH/test both exist they are the pool and the test set; otherwise a fixed
-stratified 20% test split (random_state 0) is held out of PATH. Every image is decoded as RGB,
-resized to `spec.extra["image_size"]` (default 32; an int or (H, W)) and held in memory as one
-uint8 (N, 3, H, W) tensor; per-channel mean/std come from the pool. Image sets that do not fit in
-memory are out of scope for now.
+stratified 20% test split (random_state 0) is held out of PATH. Every image is decoded as RGB and
+resized to `spec.extra["image_size"]` (default 32; an int or (H, W)) into uint8 (N, 3, H, W);
+per-channel mean/std come from the pool.
+
+When the loader is given a store (`spec.store`, as every stage does), the folder is decoded once,
+in parallel, into a prepared-data artifact (kdcli.data.prepared) and every later load memory-maps
+it: image sets larger than memory train, and no stage decodes a JPEG again. Without a store the
+images are decoded into memory each time.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import os
 import numpy as np
 import torch
 
+from kdcli.data import prepared
 from kdcli.data.base import DATASETS, DataSet, DataSpec, split_pool
 from kdcli.data.vision import import_torchvision
 from kdcli.errors import UsageError
+from kdcli.reporting import Reporter
 
 IMAGEFOLDER_TEST_FRACTION = 0.2
 
@@ -41,32 +47,40 @@ def _scan(root: str) -> tuple[list[tuple[str, int]], list[str]]:
     return list(folder.samples), list(folder.classes)
 
 
-def _read(samples: list[tuple[str, int]], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode, convert to RGB and resize -> uint8 (N, 3, H, W) images and int64 (N,) labels."""
+def _decode(path: str, size: tuple[int, int]) -> np.ndarray:
+    """One image file -> uint8 (3, H, W): decoded, converted to RGB, resized (bilinear) to `size`."""
     from PIL import Image
 
     height, width = size
-    images = np.empty((len(samples), 3, height, width), dtype=np.uint8)
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    except OSError as exc:
+        raise UsageError(f"imagefolder: cannot read {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def _read(samples: list[tuple[str, int]], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode into memory -> uint8 (N, 3, H, W) images and int64 (N,) labels."""
+    images = np.empty((len(samples), 3, *size), dtype=np.uint8)
     for i, (path, _) in enumerate(samples):
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if img.size != (width, height):
-                    img = img.resize((width, height), Image.BILINEAR)
-                images[i] = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-        except OSError as exc:
-            raise UsageError(f"imagefolder: cannot read {path}: {str(exc).splitlines()[0]}") from exc
+        images[i] = _decode(path, size)
     labels = np.array([label for _, label in samples], dtype=np.int64)
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def _mean_std(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of uint8 (N, C, H, W) images after scaling by 1/255."""
-    values = x.transpose(0, 1).reshape(x.shape[1], -1).double() / 255
-    mean = values.mean(dim=1)
-    std = values.std(dim=1, correction=0)
-    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: only shift it
-    return tuple(round(v, 6) for v in mean.tolist()), tuple(round(v, 6) for v in std.tolist())
+def _prepared(spec: DataSpec, pool: list[tuple[str, int]], test: list[tuple[str, int]], classes: list[str],
+              size: tuple[int, int]) -> DataSet:
+    """Decode once into the store's prepared-data artifact (or find it there) and map it."""
+    samples = pool + test
+    key = prepared.source_key(spec.arg, size, [path for path, _ in samples])
+    artifact = prepared.prepare(
+        spec.store, key, len(pool), len(test), (3, *size), [label for _, label in samples],
+        lambda i: _decode(samples[i][0], size), {"name": f"imagefolder:{spec.arg}", "class_names": classes},
+        spec.reporter or Reporter(quiet=True))
+    return prepared.mapped_dataset(artifact, spec.val_fraction, spec.split_seed)
 
 
 @DATASETS.register("imagefolder")
@@ -101,13 +115,15 @@ def load_imagefolder(spec: DataSpec) -> DataSet:
                 f"imagefolder {path}: cannot hold out a stratified 20% test split ({exc}); add images "
                 f"or provide {train_dir} and {test_dir}") from exc
 
+    if spec.store is not None:
+        return _prepared(spec, pool_samples, test_samples, classes, size)
     x_pool, y_pool = _read(pool_samples, size)
     x_test, y_test = _read(test_samples, size)
-    mean, std = _mean_std(x_pool)
+    mean, std = prepared.mean_std(x_pool)
     train_idx, val_idx = split_pool(len(y_pool), spec.val_fraction, spec.split_seed)
     return DataSet(
         name=f"imagefolder:{path}", task="classification",
         x_pool=x_pool, y_pool=y_pool, train_idx=train_idx, val_idx=val_idx,
         x_test=x_test, y_test=y_test, num_outputs=len(classes),
-        scale=1 / 255, mean=mean, std=std, class_names=classes,
+        scale=1 / 255, mean=mean, std=std, class_names=classes, sources=(path,),
     )

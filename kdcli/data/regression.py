@@ -1,6 +1,7 @@
-"""Tabular regression data sets: seed 001's synthetic function, scikit-learn's diabetes, a user's CSV.
+"""Tabular data sets: seed 001's synthetic function, scikit-learn's diabetes, a user's CSV.
 
-Every loader returns a `DataSet` with task="regression", num_outputs=1, x as already standardized
+Every loader returns a `DataSet` with task="regression", num_outputs=1 (a CSV may instead be a
+classification task, see `load_csv`), x as already standardized
 float32 features (N, F) and y as float32 targets (N,). Features are standardized with the
 statistics of the training pool only (the test rows never inform them), so `scale=1.0` and
 `mean=std=()`: `DataSet.prepare` leaves the features as stored.
@@ -202,8 +203,10 @@ def load_csv(spec: DataSpec) -> DataSet:
     """A user's table, `csv:PATH`: header row, numeric cells, spec.extra["target"] names the target.
 
     Every other column is a feature. A fixed 20% test split (random_state 0) is held out and the
-    features are standardized with the pool's statistics. The target stays on its own scale unless
-    spec.extra["standardize_target"] is true (then pool mean/std, as for diabetes).
+    features are standardized with the pool's statistics. spec.extra["task"] is "regression" (the
+    default: the target stays on its own scale unless spec.extra["standardize_target"] is true, then
+    pool mean/std as for diabetes) or "classification": the target holds integer class labels, mapped
+    in sorted order to 0..K-1 (class_names keep the original values), and the test split is stratified.
     """
     path = spec.arg
     if not path:
@@ -214,6 +217,8 @@ def load_csv(spec: DataSpec) -> DataSet:
     X, y, _ = read_csv_table(path, str(target))
     if len(y) < 10:
         raise UsageError(f"csv file {path} has {len(y)} data rows; at least 10 are needed for a test split")
+    if (spec.extra.get("task") or "regression") == "classification":
+        return _csv_classification(spec, path, str(target), X, y)
     from sklearn.model_selection import train_test_split
 
     pool_x, test_x, pool_y, test_y = train_test_split(
@@ -223,3 +228,32 @@ def load_csv(spec: DataSpec) -> DataSet:
         y_mean, y_std = float(np.mean(pool_y)), float(np.std(pool_y)) or 1.0
         pool_y, test_y = (pool_y - y_mean) / y_std, (test_y - y_mean) / y_std
     return _make(f"csv:{path}", spec, pool_x, pool_y, test_x, test_y)
+
+
+def _csv_classification(spec: DataSpec, path: str, target: str, X: np.ndarray, y: np.ndarray) -> DataSet:
+    """The table as a classification task: float32 features (N, F), int64 labels 0..K-1 (N,)."""
+    from sklearn.model_selection import train_test_split
+
+    fractional = np.flatnonzero(y != np.round(y))
+    if fractional.size:
+        raise UsageError(f"csv file {path}: --task classification needs integer labels in column {target!r}, "
+                         f"got {y[fractional[0]]:g} at line {fractional[0] + 2}")
+    values, labels = np.unique(y.astype(np.int64), return_inverse=True)
+    if len(values) < 2:
+        raise UsageError(f"csv file {path}: column {target!r} holds a single class ({values[0]}); "
+                         "classification needs at least 2")
+    counts = np.bincount(labels)
+    stratify = labels if counts.min() >= 2 else None  # a class seen once cannot be on both sides
+    pool_x, test_x, pool_y, test_y = train_test_split(
+        X, labels, test_size=TABLE_TEST_FRACTION, random_state=TABLE_SPLIT_STATE, stratify=stratify)
+    pool_x, test_x = _standardize(pool_x, test_x)
+    train_idx, val_idx = split_pool(len(pool_y), spec.val_fraction, spec.split_seed)
+    return DataSet(
+        name=f"csv:{path}", task="classification",
+        x_pool=torch.from_numpy(np.ascontiguousarray(pool_x, dtype=np.float32)),
+        y_pool=torch.from_numpy(np.ascontiguousarray(pool_y, dtype=np.int64)),
+        train_idx=train_idx, val_idx=val_idx,
+        x_test=torch.from_numpy(np.ascontiguousarray(test_x, dtype=np.float32)),
+        y_test=torch.from_numpy(np.ascontiguousarray(test_y, dtype=np.int64)),
+        num_outputs=len(values), class_names=[str(v) for v in values],
+    )

@@ -111,7 +111,7 @@ def load_torchvision(name: str, spec: DataSpec) -> DataSet:
         x_pool=x_pool, y_pool=y_pool, train_idx=train_idx, val_idx=val_idx,
         x_test=_images(test.data), y_test=_labels(test.targets),
         num_outputs=len(classes), scale=1 / 255, mean=source.mean, std=source.std,
-        default_augment=source.augment, class_names=classes,
+        default_augment=source.augment, class_names=classes, sources=(os.path.join(root, source.folder),),
     )
 
 

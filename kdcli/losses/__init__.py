@@ -1,8 +1,7 @@
-"""Loss registry. Every classification loss has one signature:
+"""Losses: the logit-loss registry (LOSSES), the feature methods (FEATURE_METHODS), seed 001's
+regression terms, and the one methods table that lists them all with their weights.
 
-    loss(student_logits (N, K), teacher_logits (N, K) | None, labels (N,), **params) -> dict[str, Tensor]
-
-returning named scalar terms plus "loss", their weighted total. Importing this package registers them.
+Importing this package registers every loss.
 """
 
 from kdcli.losses import feature_methods, kd, logit_methods  # noqa: F401  (registers losses)

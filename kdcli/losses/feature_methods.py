@@ -1,9 +1,11 @@
 """Feature-based distillation: FitNet, AT, SP, RKD, CRD. Each is a pure loss on a pair of features
 (student f_s, teacher f_t), plus, where the method learns something, the small module that holds it.
 
-Features come from forward hooks on named layers (kdcli.stages.schemes.FeatureObjective): maps
-(N, C, H, W) or vectors (N, D). The teacher's are constants (no gradient). Default weights are those
-of RepDistiller / mdistiller on CIFAR-100; the total is ce_weight * CE + weight * sum over pairs.
+Features come from forward hooks on named layers (kdcli.stages.objectives.features.FeatureObjective):
+maps (N, C, H, W) or vectors (N, D). The teacher's are constants (no gradient). Every term computes in
+its inputs' dtype, float32 at least. Default weights are those of RepDistiller / mdistiller on
+CIFAR-100; the total is ce_weight * CE + feature_weight * sum over pairs. Regression's feature term
+(w_feat, seed 001) is the fitnet entry on vectors: MSE(P(h_s), h_t), P the same learned projector.
 
 - fitnet  Romero et al. 2015, "FitNets: Hints for Thin Deep Nets": MSE(r(f_s), f_t), r a learned 1x1
           conv regressor (a linear map on vectors); maps of different size are average-pooled to the
@@ -34,6 +36,7 @@ from torch import nn
 
 from kdcli import distributed
 from kdcli.errors import UsageError
+from kdcli.losses.registry import compute_dtype, upcast
 from kdcli.registry import Registry
 
 
@@ -48,12 +51,13 @@ def _match_spatial(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, 
 
 def hint_loss(projected_student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """FitNet hint: MSE between the regressed student feature and the teacher's, same shape -> scalar."""
-    return F.mse_loss(projected_student.float(), teacher.detach().float())
+    dtype = compute_dtype(projected_student, teacher)
+    return F.mse_loss(upcast(projected_student, dtype), upcast(teacher.detach(), dtype))
 
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """(N, C, H, W) -> (N, H*W): the channel mean of |f|^p, L2-normalized per sample."""
-    return F.normalize(f.float().abs().pow(p).mean(1).flatten(1), dim=1)
+    return F.normalize(upcast(f).abs().pow(p).mean(1).flatten(1), dim=1)
 
 
 def at_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2.0) -> torch.Tensor:
@@ -66,7 +70,7 @@ def at_loss(f_s: torch.Tensor, f_t: torch.Tensor, p: float = 2.0) -> torch.Tenso
 
 def similarity_matrix(f: torch.Tensor) -> torch.Tensor:
     """(N, ...) -> (N, N): the batch Gram matrix of the flattened features, rows L2-normalized."""
-    flat = f.float().flatten(1)
+    flat = upcast(f).flatten(1)
     return F.normalize(flat @ flat.t(), dim=1)
 
 
@@ -93,7 +97,8 @@ def rkd_loss(f_s: torch.Tensor, f_t: torch.Tensor, distance_weight: float = 25.0
 
     Distances are divided by their mean over the off-diagonal pairs, so the two widths need not match.
     """
-    s, t = f_s.float().flatten(1), f_t.detach().float().flatten(1)
+    dtype = compute_dtype(f_s, f_t)
+    s, t = upcast(f_s, dtype).flatten(1), upcast(f_t.detach(), dtype).flatten(1)
     with torch.no_grad():
         t_d = _pairwise_distances(t)
         t_d = t_d / t_d[t_d > 0].mean()
@@ -121,9 +126,10 @@ def crd_contrast_loss(log_scores: torch.Tensor, n_data: int) -> torch.Tensor:
 
 # ---- the learned parts -------------------------------------------------------------------------
 
-class HintRegressor(nn.Module):
-    """FitNet's regressor: a 1x1 conv from the student's channels to the teacher's (a linear map
-    when either feature is a vector), after pooling the larger map to the smaller size."""
+class FeatureProjector(nn.Module):
+    """The learned map from a student feature to the teacher's shape (FitNet's regressor, seed 001's P):
+    a 1x1 conv from the student's channels to the teacher's after pooling the larger map to the smaller
+    size, or an nn.Linear on the flattened features when either is a vector (N, D)."""
 
     def __init__(self, student_shape: tuple[int, ...], teacher_shape: tuple[int, ...]):
         super().__init__()
@@ -133,11 +139,29 @@ class HintRegressor(nn.Module):
         else:
             self.proj = nn.Linear(math.prod(student_shape), math.prod(teacher_shape))
 
-    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx=None, train: bool = True) -> dict:
+    @torch.no_grad()
+    def set_identity(self) -> FeatureProjector:
+        """Make the projection the identity (equal student and teacher widths): weight I, bias 0."""
+        weight = self.proj.weight
+        if weight.shape[0] != weight.shape[1]:
+            raise ValueError("an identity projection needs equal student and teacher widths")
+        weight.copy_(torch.eye(weight.shape[0]).view_as(weight))
+        self.proj.bias.zero_()
+        return self
+
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student feature, teacher feature) -> (projected student, teacher), the same shape."""
         if self.maps:
             f_s, f_t = _match_spatial(f_s, f_t)
-            return {"fitnet": hint_loss(self.proj(f_s.float()), f_t)}
-        return {"fitnet": hint_loss(self.proj(f_s.float().flatten(1)), f_t.flatten(1))}
+            return self.proj(upcast(f_s)), f_t
+        return self.proj(upcast(f_s).flatten(1)), f_t.flatten(1)
+
+
+class HintHead(FeatureProjector):
+    """FitNet's per-pair module: the projector and the hint loss on its output."""
+
+    def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx=None, train: bool = True) -> dict:
+        return {"fitnet": hint_loss(*super().forward(f_s, f_t))}
 
 
 class CRDHead(nn.Module):
@@ -171,8 +195,9 @@ class CRDHead(nn.Module):
 
     def forward(self, f_s: torch.Tensor, f_t: torch.Tensor, idx: torch.Tensor, train: bool = True) -> dict:
         with torch.autocast(f_s.device.type, enabled=False):
-            v_s = F.normalize(self.embed_s(f_s.float().flatten(1)), dim=1)
-            v_t = F.normalize(self.embed_t(f_t.detach().float().flatten(1)), dim=1)
+            dtype = self.embed_s.weight.dtype
+            v_s = F.normalize(self.embed_s(f_s.to(dtype).flatten(1)), dim=1)
+            v_t = F.normalize(self.embed_t(f_t.detach().to(dtype).flatten(1)), dim=1)
             idx = idx.to(v_s.device).long()
             sample = torch.randint(0, self.n_data, (len(idx), self.negatives + 1), device=v_s.device)
             sample[:, 0] = idx
@@ -201,15 +226,22 @@ class _Stateless(nn.Module):
 
 @dataclass(frozen=True)
 class FeatureMethod:
-    """name; default_weight of its term; make(student_shape, teacher_shape, n_data, options) -> the
-    per-pair module whose forward(f_s, f_t, idx, train) returns named terms, the method's own under
-    its name; shapes exclude the batch dimension."""
+    """name; options: the config options it reads, with its defaults (feature_weight the weight of its
+    term); make(student_shape, teacher_shape, n_data, options) -> the per-pair module whose
+    forward(f_s, f_t, idx, train) returns named terms, the method's own under its name; shapes exclude
+    the batch dimension. needs_maps: both features must be maps (N, C, H, W); default_layers: the layers
+    used without --feature-pair, "maps" (the last convolutional feature maps) or "penultimate"."""
 
     name: str
-    default_weight: float
+    options: dict
     make: Callable[..., nn.Module]
     summary: str
     needs_maps: bool = False
+    default_layers: str = "penultimate"
+
+    @property
+    def default_weight(self) -> float:
+        return self.options["feature_weight"]
 
 
 FEATURE_METHODS: Registry = Registry("feature method")
@@ -219,15 +251,20 @@ def _register(method: FeatureMethod) -> None:
     FEATURE_METHODS.register(method.name)(method)
 
 
-_register(FeatureMethod("fitnet", 100.0, lambda s, t, n, o: HintRegressor(s, t),
+def _weights(feature_weight: float, **more) -> dict:
+    return {"ce_weight": 1.0, "feature_weight": feature_weight, **more}
+
+
+_register(FeatureMethod("fitnet", _weights(100.0), lambda s, t, n, o: HintHead(s, t),
                         "FitNet hints (Romero et al. 2015): MSE(r(f_s), f_t), r a learned 1x1 conv regressor"))
-_register(FeatureMethod("at", 1000.0, lambda s, t, n, o: _Stateless(at_loss, "at"),
+_register(FeatureMethod("at", _weights(1000.0), lambda s, t, n, o: _Stateless(at_loss, "at"),
                         "attention transfer (Zagoruyko & Komodakis 2017): MSE of normalized attention maps",
-                        needs_maps=True))
-_register(FeatureMethod("sp", 3000.0, lambda s, t, n, o: _Stateless(sp_loss, "sp"),
-                        "similarity preserving (Tung & Mori 2019): batch similarity matrices matched"))
-_register(FeatureMethod("rkd", 1.0, lambda s, t, n, o: _Stateless(rkd_loss, "rkd"),
+                        needs_maps=True, default_layers="maps"))
+_register(FeatureMethod("sp", _weights(3000.0), lambda s, t, n, o: _Stateless(sp_loss, "sp"),
+                        "similarity preserving (Tung & Mori 2019): batch similarity matrices matched",
+                        default_layers="maps"))
+_register(FeatureMethod("rkd", _weights(1.0), lambda s, t, n, o: _Stateless(rkd_loss, "rkd"),
                         "relational KD (Park et al. 2019): 25 * distance + 50 * angle relations"))
-_register(FeatureMethod("crd", 0.8, lambda s, t, n, o: CRDHead(s, t, n, dim=o.get("crd_dim", 128),
-                                                              negatives=o.get("crd_negatives", 16384)),
+_register(FeatureMethod("crd", _weights(0.8, crd_dim=128, crd_negatives=16384),
+                        lambda s, t, n, o: CRDHead(s, t, n, dim=o["crd_dim"], negatives=o["crd_negatives"]),
                         "contrastive representation distillation (Tian et al. 2020), memory bank NCE"))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
-from kdcli.losses.registry import register_loss
+from kdcli.losses.registry import LogitLoss, register_loss
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -14,36 +17,63 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     The T^2 factor keeps gradient magnitudes comparable across temperatures (Hinton et al. 2015).
     """
     log_p_student = F.log_softmax(student_logits / temperature, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     return kl * temperature**2
 
 
-@register_loss("ce", needs_teacher=False)
-def cross_entropy(student_logits, teacher_logits, labels, **_):
+@register_loss("ce")
+@dataclass
+class CrossEntropy(LogitLoss):
     """Plain cross-entropy with the hard labels: (N, K), (N,) -> {"ce", "loss"}."""
-    ce = F.cross_entropy(student_logits, labels)
-    return {"ce": ce, "loss": ce}
+
+    needs_teacher: ClassVar[bool] = False
+
+    def terms(self, student_logits, teacher_logits, labels):
+        ce = F.cross_entropy(student_logits, labels)
+        return {"ce": ce, "loss": ce}
 
 
-@register_loss("mse-onehot", needs_teacher=False)
-def mse_onehot(student_logits, teacher_logits, labels, **_):
+@register_loss("mse-onehot")
+@dataclass
+class MSEOneHot(LogitLoss):
     """MSE between the student's softmax and one-hot labels, seed 003's "normal training" baseline."""
-    target = F.one_hot(labels, student_logits.shape[1]).float()
-    mse = F.mse_loss(F.softmax(student_logits, dim=1), target)
-    return {"mse": mse, "loss": mse}
+
+    needs_teacher: ClassVar[bool] = False
+
+    def terms(self, student_logits, teacher_logits, labels):
+        target = F.one_hot(labels, student_logits.shape[1]).to(student_logits.dtype)
+        mse = F.mse_loss(F.softmax(student_logits, dim=1), target)
+        return {"mse": mse, "loss": mse}
 
 
-@register_loss("kd", needs_teacher=True)
-def hinton_kd(student_logits, teacher_logits, labels, *, alpha: float = 0.5, temperature: float = 4.0, **_):
+@dataclass
+class TransformedLogits(LogitLoss):
+    """A logit loss whose distillation terms may see transformed logits (`logit_transform`, e.g. the
+    z-score of kd-ls / dkd-ls); its hard-label CE always sees the raw student logits."""
+
+    logit_transform: ClassVar = None
+
+    def soft(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.logit_transform is None else type(self).logit_transform(logits)
+
+
+@register_loss("kd")
+@dataclass
+class HintonKD(TransformedLogits):
     """alpha * CE(y, z_s) + (1 - alpha) * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)).
 
     Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network". alpha is the
     weight of the hard labels (seeds 000, 003, 004); alpha = 0 is the label-free student of seed 002.
-    Shapes: logits (N, K), labels (N,).
+    Shapes: logits (N, K), labels (N,) -> {["ce",] "kl", "loss"}.
     """
-    soft = soft_kl(student_logits, teacher_logits, temperature)
-    if alpha == 0:
-        return {"kl": soft, "loss": soft}
-    ce = F.cross_entropy(student_logits, labels)
-    return {"ce": ce, "kl": soft, "loss": alpha * ce + (1 - alpha) * soft}
+
+    alpha: float = 0.5
+    temperature: float = 4.0
+
+    def terms(self, student_logits, teacher_logits, labels):
+        soft = soft_kl(self.soft(student_logits), self.soft(teacher_logits), self.temperature)
+        if self.alpha == 0:
+            return {"kl": soft, "loss": soft}
+        ce = F.cross_entropy(student_logits, labels)
+        return {"ce": ce, "kl": soft, "loss": self.alpha * ce + (1 - self.alpha) * soft}

@@ -12,9 +12,14 @@ transformers is imported lazily, inside the functions.
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import re
+import socket
+import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -68,14 +73,14 @@ def _pair(value) -> tuple[int, int] | None:
     return None
 
 
-def _preprocessor_size(id_or_dir: str) -> tuple[int, int] | None:
+def _preprocessor_size(id_or_dir: str, offline: bool) -> tuple[int, int] | None:
     """The input size from preprocessor_config.json (crop_size, else size), if there is one."""
     path = Path(id_or_dir) / "preprocessor_config.json"
     if not Path(id_or_dir).is_dir():
         try:
             from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(id_or_dir, "preprocessor_config.json"))
+            path = Path(hf_hub_download(id_or_dir, "preprocessor_config.json", local_files_only=offline))
         except Exception:  # no processor file, or offline: fall back to the default size
             return None
     try:
@@ -87,10 +92,28 @@ def _preprocessor_size(id_or_dir: str) -> tuple[int, int] | None:
     return _pair(processor.get("size"))
 
 
-def _input_size(config, id_or_dir: str) -> tuple[int, int]:
+def _input_size(config, id_or_dir: str, offline: bool) -> tuple[int, int]:
     """config.image_size, else the preprocessor's size, else 224 (what seed 000 resizes CIFAR to)."""
-    return _pair(getattr(config, "image_size", None)) or _preprocessor_size(id_or_dir) or (
+    return _pair(getattr(config, "image_size", None)) or _preprocessor_size(id_or_dir, offline) or (
         DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+
+
+def _looks_like_path(id_or_dir: str) -> bool:
+    """A hub id is NAMESPACE/NAME; anything absolute, relative to '.' or '~', or present on disk is a directory."""
+    return id_or_dir.startswith(("/", "./", "../", "~")) or id_or_dir in (".", "..") or Path(id_or_dir).exists()
+
+
+def hub_offline(timeout: float = 2.0) -> bool:
+    """True when HF_HUB_OFFLINE is set or the hub's host does not answer within `timeout` seconds, so that
+    loading reads the local cache only instead of retrying a dead connection."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return True
+    return False
 
 
 def _config_dict(config) -> dict[str, Any]:
@@ -106,19 +129,27 @@ def load_hf_classifier(id_or_dir: str, trust_remote_code: bool = False, *,
     spec = {"config": config.to_dict(), "image_size": [H, W], "trust_remote_code": bool} is what
     `rebuild_hf_classifier` and build_model("hf", shape, n, **spec) need to recreate it offline.
     """
+    local = _looks_like_path(id_or_dir)
+    if local and not Path(id_or_dir).expanduser().is_dir():
+        raise UsageError(f"Hugging Face model directory {id_or_dir!r} does not exist")
+    id_or_dir = str(Path(id_or_dir).expanduser()) if local else id_or_dir
+    offline = not local and hub_offline()
     transformers = import_transformers()
     try:
         model = transformers.AutoModelForImageClassification.from_pretrained(
-            id_or_dir, trust_remote_code=bool(trust_remote_code))
+            id_or_dir, trust_remote_code=bool(trust_remote_code), local_files_only=local or offline)
     except (OSError, ValueError, KeyError) as exc:
         if not trust_remote_code and "trust_remote_code" in str(exc):  # transformers' hint is on a later line
             raise UsageError(f"cannot load Hugging Face image classifier {id_or_dir!r}: it needs the model's own "
                              "code to run; allow that with --trust-remote-code") from None
+        if offline:
+            raise UsageError(f"cannot load Hugging Face model {id_or_dir!r}: the hub is unreachable (offline) and "
+                             "the model is not in the local cache; give a saved directory as hf:DIR") from None
         raise UsageError(f"cannot load Hugging Face image classifier {id_or_dir!r}: {first_line(exc)}") from None
     except ImportError as exc:
         raise KdcliError(f"transformers could not import the model class for {id_or_dir!r}: "
                          f"{first_line(exc)}") from None
-    size = _pair(image_size) if image_size is not None else _input_size(model.config, id_or_dir)
+    size = _pair(image_size) if image_size is not None else _input_size(model.config, id_or_dir, local or offline)
     spec = {"config": _config_dict(model.config), "image_size": list(size),
             "trust_remote_code": bool(trust_remote_code)}
     return HFClassifier(model.float().eval(), size), spec
@@ -214,9 +245,17 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if suffix not in (".pt", ".pth", ".bin"):
         raise UsageError(f"checkpoint {str(path)!r}: expected .safetensors, .pt, .pth or .bin")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # includes pickles of arbitrary objects, refused by weights_only
-        raise UsageError(f"cannot read checkpoint {str(path)!r} as plain weights: {first_line(exc)}") from None
+        with warnings.catch_warnings():  # torch's own advice (weights_only=False) is not for kdcli's users
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise UsageError(f"checkpoint {str(path)!r} is not a PyTorch checkpoint ({first_line(exc)})") from None
+        raise UsageError(f"checkpoint {str(path)!r} holds Python objects besides tensors, which kdcli never "
+                         "unpickles; save the model's state_dict() (or use .safetensors) and import that") from None
+    except Exception:  # torch.load on bytes that are no checkpoint fails in many ways (KeyError, RuntimeError...)
+        raise UsageError(f"checkpoint {str(path)!r} is not a PyTorch checkpoint (torch.load cannot read it); "
+                         "give a .pt/.pth/.bin state_dict or a .safetensors file") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):

@@ -13,8 +13,12 @@ offline and gets its weights from the artifact. torchvision and timm are importe
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
+import socket
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -104,7 +108,7 @@ def torchvision_model(name: str, input_shape, num_outputs: int, pretrained: bool
     channels, _, _ = _image_shape("torchvision", name, input_shape)
     if pretrained:  # the library's weights are for 1000 ImageNet classes: load them, then a new head
         try:
-            model = torchvision.models.get_model(name, weights="DEFAULT", **args)
+            model = torchvision.models.get_model(name, weights="DEFAULT", progress=False, **args)
         except TypeError:
             raise
         except Exception as exc:  # offline, a broken cache, a model without weights
@@ -125,24 +129,51 @@ def timm_model(name: str, input_shape, num_outputs: int, pretrained: bool = Fals
     channels, height, width = _image_shape("timm", name, input_shape)
     kwargs = {"num_classes": num_outputs, "in_chans": channels, **args}
     try:
-        try:
-            model = timm.create_model(name, pretrained=bool(pretrained), img_size=(height, width), **kwargs)
-        except TypeError as exc:  # a model without an input size (CNNs): built without one
-            if "img_size" not in str(exc) or "img_size" in args:
-                raise
-            return timm.create_model(name, pretrained=bool(pretrained), **kwargs)
-        patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-        if patch is not None and "patch_size" not in args and max(_pair(patch)) > min(height, width) // 2:
-            # fewer than 2x2 patches would fit: a quarter of the image side per patch (4x4 patches)
-            model = timm.create_model(name, pretrained=bool(pretrained), img_size=(height, width),
-                                      patch_size=max(1, min(height, width) // 4), **kwargs)
-        return model
+        with _hub_cache_only_when_unreachable() if pretrained else contextlib.nullcontext():
+            return _create_timm(timm, name, bool(pretrained), (height, width), kwargs, args)
     except TypeError:
         raise
     except Exception as exc:
         if pretrained:
             raise _fetch_failed("timm", name, exc) from None
         raise UsageError(f"cannot build timm:{name} for inputs {tuple(input_shape)}: {first_line(exc)}") from None
+
+
+def _create_timm(timm, name: str, pretrained: bool, size: tuple[int, int], kwargs: dict, args: dict) -> nn.Module:
+    try:
+        model = timm.create_model(name, pretrained=pretrained, img_size=size, **kwargs)
+    except TypeError as exc:  # a model without an input size (CNNs): built without one
+        if "img_size" not in str(exc) or "img_size" in args:
+            raise
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is not None and "patch_size" not in args and max(_pair(patch)) > min(size) // 2:
+        # fewer than 2x2 patches would fit: a quarter of the image side per patch (4x4 patches)
+        model = timm.create_model(name, pretrained=pretrained, img_size=size, patch_size=max(1, min(size) // 4),
+                                  **kwargs)
+    return model
+
+
+@contextlib.contextmanager
+def _hub_cache_only_when_unreachable(timeout: float = 3.0) -> Iterator[None]:
+    """Hugging Face Hub downloads (timm's weights) from the local cache alone when the hub cannot be
+    reached, so that offline a missing file fails at once instead of after minutes of retries."""
+    from huggingface_hub import constants
+
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    if constants.HF_HUB_OFFLINE:
+        yield
+        return
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        reachable = True
+    except OSError:
+        reachable = False
+    constants.HF_HUB_OFFLINE = not reachable
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 def _pair(value) -> tuple[int, int]:

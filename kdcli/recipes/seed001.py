@@ -8,7 +8,8 @@ teacher (dropout 0.3, weight decay 1e-4), the student from scratch, and students
 hp = 1 - hard from the expert, the gradient term (0.2 / 0.5 / gr 0.3), the feature term seed 001
 declared but never ran (0.3 / 0.4 / feat 0.3, expert layer hidden.2 -> student hidden.1, a learned
 projection), and function matching (0.3 / 0.7 plus teacher-labelled noise:0.1 or mixup:0.4
-inputs). Batch 128, no schedule. Every student of run s starts from the same initial weights
+inputs; at the best grid weights 0.1 / 0.9: noise:0.3, mixup:1.0, and fresh inputs drawn uniformly
+in the training rows' box, uniform and uniform:1.2). Batch 128, no schedule. Every student of run s starts from the same initial weights
 (--seed s), as seed 001's saved initial state.
 
 Protocols (--protocol):
@@ -21,7 +22,9 @@ Protocols (--protocol):
 
 Writes OUT/report.md and OUT/report.csv (OUT/report-seed-protocol.* for --protocol seed): mean test MSE, std and mean R^2 per model next to seed
 001's figures, paired one-sided t-tests (and Wilcoxon) of each distilled student against the
-scratch student, the seed's two-sided L_GR vs best-grid test, and function matching vs none.
+scratch student, the seed's two-sided L_GR vs best-grid test, function matching vs none, and the
+distilled student of lowest mean validation MSE (never chosen on test) with its paired tests
+against the scratch student and against its teacher.
 Stages run in parallel worker processes (one torch thread each); every stage is cached, so a
 second run only reads the store.
 """
@@ -36,9 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 
 from kdcli import config
+from kdcli.config import build
 from kdcli.errors import UsageError
 from kdcli.recipes.seed001_plan import (
     COST,
@@ -49,6 +54,10 @@ from kdcli.recipes.seed001_plan import (
     plan,
 )
 from kdcli.recipes.seed001_report import collect, render_markdown, summarize, write_csv
+from kdcli.reporting import Reporter
+from kdcli.stages.common import RunContext
+from kdcli.stages.registry import STAGES
+from kdcli.store import Store
 
 
 @dataclass
@@ -74,53 +83,28 @@ def parse_seeds(text: str) -> list[int]:
 # ---------------------------------------------------------------- running stages
 
 
-def _stage(name: str):
-    from kdcli.stages.configs import BaselineConfig, DistillConfig, TeacherConfig
-    from kdcli.stages.train import baseline, distill, train_teacher
-
-    return {"train-teacher": (TeacherConfig, train_teacher), "baseline": (BaselineConfig, baseline),
-            "distill": (DistillConfig, distill)}[name]
-
-
 def run_stage(stage: str, overrides: dict, store_root: str, device: str, ref: str, force: bool) -> dict:
     """One stage in this process: -> {id, skipped, wall_s, cpu_s}. Used in-process and by workers."""
-    import torch
-
-    from kdcli.config import build
-    from kdcli.reporting import Reporter
-    from kdcli.stages.common import RunContext
-    from kdcli.store import Store
-
-    config_cls, stage_fn = _stage(stage)
-    cfg = build(config_cls, None, overrides)
+    spec = STAGES.get(stage)
+    cfg = build(spec.config, None, overrides)
     ctx = RunContext(store=Store(store_root), device=torch.device(device), reporter=Reporter(quiet=True),
                      force=force, name=ref)
     wall, cpu = time.perf_counter(), time.process_time()
-    result = stage_fn(cfg, ctx)
+    result = spec(cfg, ctx)
     return {"id": result.id, "skipped": result.skipped, "wall_s": time.perf_counter() - wall,
             "cpu_s": time.process_time() - cpu}
 
 
 def _worker_init(threads: int) -> None:
-    import torch
-
-    import kdcli.engine  # noqa: F401  (sets its default thread count on import; ours comes after)
-
     torch.set_num_threads(threads)
 
 
-def _cached_id(store, job: Job, data_fingerprint: str, teacher_id: str | None) -> str | None:
+def _cached_id(store, job: Job) -> str | None:
     """The artifact id of the job's cached run, when the store has one (else None: it must train).
-
-    Mirrors the key train_model computes; a miss here only means the stage runs in a worker,
-    which checks the cache again itself.
-    """
-    from kdcli.config import build, key_dict
-
-    config_cls, _ = _stage(job.variant.stage)
-    cfg = build(config_cls, None, job.overrides)
-    inputs = {"data": data_fingerprint, **({"teacher": teacher_id} if teacher_id else {})}
-    entry = store.lookup_run(store.cache_key(job.variant.stage, key_dict(cfg), inputs))
+    The stage itself computes the key; a miss only means the stage runs in a worker, which checks
+    the cache again itself."""
+    spec = STAGES.get(job.variant.stage)
+    entry = store.lookup_run(spec.cache_key(build(spec.config, None, job.overrides), store))
     return entry["artifact"] if entry else None
 
 
@@ -128,11 +112,6 @@ def execute(jobs: list[Job], store, device: str, workers: int, force: bool, repo
             protocol: str = "kdcli") -> None:
     """Run every job, teachers before their students; cached ones in this process, the rest in
     `workers` processes of one torch thread each (workers=1: all in this process)."""
-    from kdcli.config import build
-    from kdcli.stages.common import load_data
-
-    first = jobs[0]
-    data = load_data(build(_stage(first.variant.stage)[0], None, first.overrides))  # all jobs share it
     by_key = {job.key: job for job in jobs}
     pending = sorted(jobs, key=lambda j: (-COST.get(j.variant.slug, 1), j.seed))
     running: dict[cf.Future, Job] = {}
@@ -164,7 +143,7 @@ def execute(jobs: list[Job], store, device: str, workers: int, force: bool, repo
                     overrides["teacher"] = teacher_id
                 job.overrides = overrides
                 ref = f"{REF_PREFIX[protocol]}/{job.key}"
-                if workers <= 1 or (not force and _cached_id(store, job, data.fingerprint, teacher_id)):
+                if workers <= 1 or (not force and _cached_id(store, job)):
                     finish(job, run_stage(job.variant.stage, overrides, str(store.root), device, ref, force))
                     continue
                 if pool is None:
@@ -188,9 +167,6 @@ def run(seeds: list[int], protocol: str = "kdcli", patience: int = DEFAULT_PATIE
         out_dir: Path = Path("reports/seed001"), store=None, device: str = "cpu", force: bool = False,
         reporter=None, quick: dict | None = None) -> RecipeResult:
     """Plan, train (cached), and write report.md / report.csv under `out_dir`."""
-    from kdcli.reporting import Reporter
-    from kdcli.store import Store
-
     store = store or Store()
     reporter = reporter or Reporter()
     if protocol == "seed":
@@ -238,7 +214,6 @@ def main(
     """Seed 001's regression study end to end over several seeds; writes report.md and report.csv."""
     from kdcli.cli.common import execute as execute_cli
     from kdcli.cli.common import open_store
-    from kdcli.reporting import Reporter
     from kdcli.stages.common import resolve_device
 
     def go():

@@ -63,7 +63,7 @@ def summarize(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[li
     rows = []
     for variant in VARIANTS:
         mse, r2 = np.array(series(variant.slug)), np.array(series(variant.slug, "test_r2"))
-        row = {"slug": variant.slug, "model": variant.label, "stage": variant.stage,
+        row = {"slug": variant.slug, "model": variant.label, "stage": variant.stage, "group": variant.group,
                "teacher": variant.teacher or "", "weights": variant.weights(),
                "augment": variant.config.get("augment", "none") if variant.stage == "distill" else "",
                "n": len(seeds), "mse_mean": float(mse.mean()), "mse_std": float(mse.std(ddof=1)),
@@ -94,8 +94,57 @@ def summarize(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[li
         "feat_vs_hp": paired_comparison(series("feat"), series("kd-expert"), alternative="two-sided"),
         "function_matching": {slug: paired_comparison(series(slug), series("kd-expert"), alternative="less")
                               for slug in ("fm-noise", "fm-mixup")},
+        "chosen": choose_on_validation(rows, series),
     }
     return rows, extra
+
+
+def choose_on_validation(rows: list[dict], series) -> dict | None:
+    """The distilled student of lowest mean validation MSE (at each run's kept epoch), with its paired
+    one-sided tests against the scratch student and against its teacher; None without a validation
+    split (seed 001's protocol), where nothing can be chosen without the test set."""
+    from kdcli.stats import paired_comparison
+
+    candidates = [row for row in rows if row["stage"] == "distill"]
+    if any(math.isnan(row["val_mse_mean"]) for row in candidates):
+        return None
+    chosen = min(candidates, key=lambda row: row["val_mse_mean"])
+    return {"slug": chosen["slug"], "by": "mean validation MSE",
+            "ranking": [row["slug"] for row in sorted(candidates, key=lambda row: row["val_mse_mean"])],
+            "vs_scratch": paired_comparison(series(chosen["slug"]), series("scratch"), alternative="less"),
+            "vs_teacher": paired_comparison(series(chosen["slug"]), series(chosen["teacher"]), alternative="less")}
+
+
+def _chosen_section(rows: list[dict], chosen: dict | None) -> list[str]:
+    """Markdown: every distilled student ranked by mean validation MSE, the chosen one's tests."""
+    lines = ["", "## The distilled student chosen on validation", ""]
+    if chosen is None:
+        return lines + ["Seed 001's protocol has no validation split, so no student is chosen here (choosing "
+                        "on the test set is not done); the kdcli protocol's report chooses on validation MSE.", ""]
+    by_slug = {row["slug"]: row for row in rows}
+    best = by_slug[chosen["slug"]]
+    teacher = by_slug[best["teacher"]]
+    lines += ["Selected on: mean validation MSE over the runs (each run's kept epoch, the 10% validation split "
+              "of the training rows); the test set chose nothing. Candidates: every distilled student of this "
+              f"report, {best['n']} runs each. Function matching (beyond the seed) adds teacher-labelled "
+              "inputs to each batch: noise (Gaussian, in standardized units), mixup (Beta(a, a) within the "
+              "batch) or uniform (fresh inputs drawn uniformly in the training rows' per-feature min..max "
+              "box, its half-width scaled by the number given).", "",
+              "| rank | model | weights | extra inputs | validation MSE | test MSE | std | Δ test vs teacher |",
+              "|---|---|---|---|---|---|---|---|"]
+    for rank, slug in enumerate(chosen["ranking"], start=1):
+        row = by_slug[slug]
+        mark = " **chosen**" if slug == chosen["slug"] else ""
+        lines.append(f"| {rank} | {row['model']}{mark} | {row['weights']} | {row['augment'] or 'none'} | "
+                     f"{row['val_mse_mean']:.4f} | {row['mse_mean']:.4f} | {row['mse_std_ddof0']:.4f} | "
+                     f"{row['mse_mean'] - by_slug[row['teacher']]['mse_mean']:+.4f} |")
+    lines.append("")
+    for name, test in (("the scratch student", chosen["vs_scratch"]), (teacher["model"].lower(), chosen["vs_teacher"])):
+        lines.append(f"- {best['model']} vs {name}: test MSE {test['mean_a']:.4f} vs {test['mean_b']:.4f}, "
+                     f"difference {test['mean_diff']:+.4f} (95% CI {test['diff_ci_low']:+.4f} to "
+                     f"{test['diff_ci_high']:+.4f}), one-sided paired t-test that the student is lower: "
+                     f"p = {_p(test['t_p'])} (Wilcoxon {_p(test['wilcoxon_p'])}).")
+    return lines + [""]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -136,7 +185,7 @@ def render_markdown(rows: list[dict], extra: dict, seeds: list[int], protocol: s
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        if row["slug"].startswith("grid-"):
+        if row["slug"].startswith("grid-") or row["group"] == "fm":
             continue
         seed = (f"{row['seed001_mse']:.4f} ({row['seed001_std']:.4f})" if row["seed001_mse"] is not None
                 else "not run")
@@ -182,6 +231,7 @@ def render_markdown(rows: list[dict], extra: dict, seeds: list[int], protocol: s
         row = by_slug[slug]
         lines.append(f"| {row['augment']} | {row['mse_mean']:.4f} | {row['mse_std_ddof0']:.4f} | "
                      f"{test['mean_diff']:+.4f} | {_p(test['t_p'])} | {_p(test['wilcoxon_p'])} |")
+    lines += _chosen_section(rows, extra["chosen"])
     epoch_seconds = sum(row["train_s_total"] for row in rows)
     lines += ["", "## Runtime", "",
               f"This invocation: {timing['jobs']} stages, {timing['ran']} trained and {timing['reused']} reused "

@@ -14,8 +14,9 @@ import torch
 from kdcli.augment import ViewSet
 from kdcli.engine import Prepare, autocast, predict, prepare_model, test_metrics
 from kdcli.errors import UsageError
-from kdcli.stages.common import RunContext, StageResult, check_fits, load_data, load_model, run_cached
+from kdcli.stages.common import RunContext, StageResult, check_fits, load_data, load_model
 from kdcli.stages.configs import CacheLogitsConfig
+from kdcli.stages.runner import Stage, run_cached
 
 
 @torch.no_grad()
@@ -54,7 +55,7 @@ def compress_topk(logits: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
 
 
 def cache_logits(cfg: CacheLogitsConfig, ctx: RunContext) -> StageResult:
-    data = load_data(cfg)
+    data = load_data(cfg, ctx)
     if data.task != "classification":
         raise UsageError("cache-logits is for classification; regression teachers run online")
     teacher, artifact = load_model(ctx.store, cfg.teacher)
@@ -88,4 +89,10 @@ def cache_logits(cfg: CacheLogitsConfig, ctx: RunContext) -> StageResult:
                           f"teacher test acc {teacher_metrics['teacher_test_acc']:.2f}%")
         return "logits", tensors, manifest
 
-    return run_cached(ctx, "cache-logits", cfg, {"data": data.fingerprint, "teacher": artifact.id}, produce)
+    return run_cached(ctx, CACHE_LOGITS, cfg, {"data": data.fingerprint, "teacher": artifact.id}, produce)
+
+
+CACHE_LOGITS = Stage("cache-logits", CacheLogitsConfig, cache_logits,
+                     "Store the teacher's logits for every training image (and view) as a logits artifact.",
+                     ("kdcli.engine", "kdcli.augment", "kdcli.models", "kdcli.data", "kdcli.stages.cache_logits",
+                      "kdcli.stages.common"), positional="teacher", sweepable=False)

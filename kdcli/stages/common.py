@@ -1,8 +1,8 @@
-"""What every stage shares: the run context, the cached-stage runner, data and model artifacts."""
+"""What every stage shares: the run context and result, seeding, data and model artifacts.
+The cached-stage runner is kdcli.stages.runner."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdcli.config import key_dict, parse_kv, to_dict
+from kdcli.config import parse_kv
 from kdcli.data import DataSet, DataSpec, load_dataset
 from kdcli.errors import KdcliError, UsageError
 from kdcli.models import build_model
 from kdcli.models.registry import architecture_args
 from kdcli.models.zoo import load_weights
 from kdcli.reporting import Reporter
-from kdcli.store import Artifact, CorruptArtifact, Store, sha256_of_file
+from kdcli.store import Artifact, Store, sha256_of_file
 
 
 @dataclass
@@ -32,6 +32,7 @@ class RunContext:
     force: bool = False
     name: str | None = None
     tags: list[str] = field(default_factory=list)
+    probe: bool = False  # only look up the cache key (Stage.cache_key): nothing runs
 
 
 @dataclass
@@ -55,14 +56,20 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
         raise UsageError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda requested but no CUDA device is available")
+    if name == "mps" and not _mps_available():
+        raise UsageError("--device mps requested but no MPS device (Apple GPU) is available")
     return torch.device(name)
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def seed_everything(seed: int) -> None:
@@ -71,51 +78,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_cached(ctx: RunContext, stage: str, config, inputs: dict[str, str], produce: Produce,
-               seed: int | None = None) -> StageResult:
-    """Run `produce(cache_key)` unless the same (stage, config, inputs, version) already ran.
-
-    One process at a time runs a given key (a file lock); the others wait and then reuse its result.
-    """
-    store = ctx.store
-    key = store.cache_key(stage, key_dict(config), inputs)
-    with store.lock(f"stage-{key}"):
-        entry = None if ctx.force else store.lookup_run(key)
-        if entry is not None:
-            try:
-                artifact = store.get(entry["artifact"])
-                ctx.reporter.info(
-                    f"skipped {stage}: same config and inputs as {artifact.id[:12]} ({entry['created']}, "
-                    f"key {key[:12]}); --force reruns")
-                return _finish(ctx, StageResult(artifact, skipped=True))
-            except CorruptArtifact as exc:
-                ctx.reporter.warn(f"{exc}; rerunning {stage}")
-        if ctx.force and store.lookup_run(key) is not None:
-            ctx.reporter.info(f"running {stage} again (--force)")
-        kind, tensors, manifest = produce(key)
-        manifest = {"stage": stage, "config": to_dict(config), "parents": inputs, "cache_key": key,
-                    "seed": seed, **manifest}
-        artifact = store.put(kind, tensors, manifest)
-        store.record_run(key, stage, artifact.id)
-        with contextlib.suppress(FileNotFoundError):  # only now is the resumable state no longer needed
-            store.checkpoint_path(key).unlink()
-    return _finish(ctx, StageResult(artifact, skipped=False))
-
-
-def _finish(ctx: RunContext, result: StageResult) -> StageResult:
-    if ctx.name:
-        ctx.store.set_ref(ctx.name, result.id)
-    for tag in ctx.tags:
-        ctx.store.add_tag(tag, result.id)
-    return result
-
-
-def load_data(cfg) -> DataSet:
-    """Load the data set a DataConfig describes."""
-    extra = {k: getattr(cfg, k) for k in ("n_samples", "n_features", "noise", "target", "image_size")
+def load_data(cfg, ctx: RunContext | None = None) -> DataSet:
+    """Load the data set a DataConfig describes; with `ctx`, a loader may keep prepared data in its
+    store (an image folder is decoded once, then memory-mapped)."""
+    extra = {k: getattr(cfg, k) for k in ("n_samples", "n_features", "noise", "target", "image_size", "task")
              if getattr(cfg, k, None) is not None}
     spec = DataSpec(name=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
-                    split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, extra=extra)
+                    split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, extra=extra,
+                    store=ctx.store if ctx else None, reporter=ctx.reporter if ctx else None)
     return load_dataset(spec)
 
 

@@ -2,7 +2,13 @@
 
 A group is a set of model artifacts named by `tag:TAG`, a ref-name glob (`demo/baseline-*`),
 `sweep:SWEEP_REF:POINT` or comma-separated refs. Runs pair up by their manifest's seed; groups
-whose seeds or data fingerprints differ are refused rather than compared.
+whose seeds or data fingerprints differ are refused rather than compared; groups whose configs differ
+in more than the method options (epochs, model, data options...) are compared with a warning naming
+those keys. An identical compare (same groups, same options) reuses its stored report.
+
+Beside the statistics, `side_by_side` holds one row per group and one for the reference teacher:
+the metric with its CI, parameters, compression against the teacher, size of the weights, latency per batch
+on the device it ran on, and agreement with the teacher (seed 004's production evidence).
 
 `alternative` is about "better", not about the sign: "greater" tests whether a group beats the
 baseline, i.e. a higher accuracy or a lower MSE (scipy's "less" on a - b for lower-is-better metrics).
@@ -10,21 +16,29 @@ baseline, i.e. a higher accuracy or a lower MSE (scipy's "less" on a - b for low
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdcli import plots, stats
 from kdcli.errors import UsageError
-from kdcli.stages.configs import check_choice
+from kdcli.stages.configs import TrainConfig, check_choice
 from kdcli.stages.visualize import record_report
-from kdcli.store import Artifact, Store
+from kdcli.store import Artifact, CorruptArtifact, Store, canonical_json
 
 LOWER_IS_BETTER = ("mse", "mae", "nll", "loss", "error", "latency", "size_bytes", "params")
 
 
 def higher_is_better(metric: str) -> bool:
     return not any(word in metric for word in LOWER_IS_BETTER)
+
+
+def metric_bounds(metric: str) -> tuple[float, float] | None:
+    """Accuracies and agreements are percentages: their intervals are kept within [0, 100]."""
+    return (0.0, 100.0) if "acc" in metric or "agreement" in metric else None
 
 
 def scipy_alternative(alternative: str, higher: bool) -> str:
@@ -149,19 +163,53 @@ def _by_seed(runs: list[Artifact]) -> dict[int, Artifact]:
     return {run.manifest["seed"]: run for run in runs}
 
 
+def compared_keys() -> list[str]:
+    """The config keys that define a training run besides its method options: every cache-key field of
+    TrainConfig (data, model, optimization, augmentation) but the seed, which pairs the runs."""
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("key", True) and f.name != "seed"]
+
+
+def config_differences(groups: dict[str, list[Artifact]]) -> dict[str, dict[str, list]]:
+    """{key: {label: the group's distinct values}} for every compared key on which the groups differ."""
+    differing = {}
+    for key in compared_keys():
+        per_group = {}
+        for label, runs in groups.items():
+            distinct = {canonical_json((run.manifest.get("config") or {}).get(key)): None for run in runs}
+            per_group[label] = [json.loads(v) for v in sorted(distinct)]
+        if len({canonical_json(v) for v in per_group.values()}) > 1:
+            differing[key] = per_group
+    return differing
+
+
+def difference_warning(differing: dict[str, dict[str, list]]) -> str:
+    """One line naming the keys other than the method options on which the compared groups differ."""
+    parts = []
+    for key, per_group in differing.items():
+        shown = "; ".join(f"{label}: {', '.join(map(str, values)) or '-'}" for label, values in per_group.items())
+        parts.append(f"{key} ({shown})")
+    return ("the groups differ in more than the method options, so the comparison mixes those effects: "
+            + ", ".join(parts))
+
+
 def analyze(groups: dict[str, list[Artifact]], metric: str, baseline: str, alternative: str = "greater",
             alpha: float = 0.05) -> dict:
     """Pair the groups by seed and test each against `baseline`; `decision` is the last comparison's."""
     if not 0 < alpha < 1:
-        raise UsageError(f"--alpha must be between 0 and 1, got {alpha}")
+        raise UsageError(f"--level must be between 0 and 1, got {alpha}")
     higher = higher_is_better(metric)
     seeds, values = pair(groups, metric)
-    result = stats.compare_groups(values, baseline, scipy_alternative(alternative, higher), higher)
+    bounds = metric_bounds(metric)
+    result = stats.compare_groups(values, baseline, scipy_alternative(alternative, higher), higher, bounds=bounds)
     result.update({"metric": metric, "alternative": alternative, "scipy_alternative": result["alternative"],
                    "alpha": alpha, "seeds": seeds})
     for label, runs in groups.items():
         by_seed = _by_seed(runs)
         result["groups"][label].update({"values": values[label], "ids": [by_seed[s].id for s in seeds]})
+    result["warnings"] = [difference_warning(differing)] if (differing := config_differences(groups)) else []
+    result["notes"] = [f"the 95% CI of {label} is clipped to [{bounds[0]:g}, {bounds[1]:g}] (a t interval "
+                       "ignores the bounds of a percentage)"
+                       for label, g in result["groups"].items() if g.get("ci_clipped")]
     last = result["comparisons"][-1]
     p = last["t_p_holm"] if len(result["comparisons"]) > 1 else last["t_p"]
     result["decision"] = {"a": last["a"], "b": last["b"], "p": p, "significant": bool(p < alpha),
@@ -179,6 +227,74 @@ def reference_value(store: Store, ref: str, metric: str) -> tuple[str, float]:
     raise UsageError(f"reference {ref!r} has no {metric!r}")
 
 
+def reference_model(store: Store, artifact_id: str) -> Artifact | None:
+    """The teacher model behind a reference: the artifact itself, or the teacher a logits table came from."""
+    artifact = store.get(artifact_id)
+    if artifact.kind == "model":
+        return artifact
+    teacher = (artifact.manifest.get("parents") or {}).get("teacher")
+    try:
+        return store.get(teacher, kind="model") if teacher else None
+    except (UsageError, CorruptArtifact):  # its teacher was removed: the row shows what the table knows
+        return None
+
+
+def latency_of(manifest: dict) -> dict | None:
+    """The latency a run measured: {"ms": per batch, "batch": its size, "device": where it ran}, or None.
+
+    Read from the manifest's metrics, where the training stages record it today."""
+    ms = (manifest.get("metrics") or {}).get("latency_ms_per_batch64")
+    if not isinstance(ms, (int, float)):
+        return None
+    return {"ms": float(ms), "batch": 64, "device": manifest.get("device", "?")}
+
+
+def weights_bytes(artifact: Artifact) -> int:
+    """The bytes of a model's stored weights (what a deployment ships; the artifact file also holds the
+    manifest): the recorded size_bytes, else summed over its tensors."""
+    recorded = (artifact.manifest.get("metrics") or {}).get("size_bytes")
+    if isinstance(recorded, int):
+        return recorded
+    return sum(t.numel() * t.element_size() for t in artifact.tensors().values())
+
+
+def _mean_of(values: list) -> float | None:
+    numbers = [float(v) for v in values if isinstance(v, (int, float))]
+    return statistics.fmean(numbers) if numbers else None
+
+
+def side_row(label: str, runs: list[Artifact], teacher_params: float | None) -> dict:
+    """Model facts of one group (means over its runs): params, compression, weights' size, latency, agreement."""
+    params = _mean_of([(run.manifest.get("metrics") or {}).get("params") for run in runs])
+    latencies = [lat for lat in (latency_of(run.manifest) for run in runs) if lat is not None]
+    return {
+        "label": label, "params": params,
+        "compression": teacher_params / params if teacher_params and params else None,
+        "size_bytes": _mean_of([weights_bytes(run) for run in runs]),
+        "latency_ms": _mean_of([lat["ms"] for lat in latencies]),
+        "latency_batch": latencies[0]["batch"] if latencies else None,
+        "device": ", ".join(sorted({lat["device"] for lat in latencies})) or None,
+        "teacher_agreement": _mean_of([(run.manifest.get("metrics") or {}).get("teacher_agreement")
+                                       for run in runs]),
+    }
+
+
+def side_by_side(groups: dict[str, list[Artifact]], result: dict, teacher: Artifact | None) -> list[dict]:
+    """One row per group, then one for the reference teacher: the metric's mean and CI beside the model facts."""
+    teacher_params = (teacher.manifest.get("metrics") or {}).get("params") if teacher else None
+    rows = []
+    for label, runs in groups.items():
+        g = result["groups"][label]
+        rows.append({**side_row(label, runs, teacher_params), "role": "group",
+                     **{k: g[k] for k in ("n", "mean", "std", "ci_low", "ci_high")}})
+    if result.get("reference"):
+        row = side_row("reference", [teacher] if teacher else [], teacher_params)
+        rows.append({**row, "role": "reference", "id": result["reference"]["id"], "n": 1,
+                     "mean": result["reference"][result["metric"]], "std": None, "ci_low": None, "ci_high": None,
+                     "teacher_agreement": None})
+    return rows
+
+
 @dataclass
 class CompareConfig:
     groups: list[str]  # group specs, at least 2
@@ -188,7 +304,7 @@ class CompareConfig:
     alternative: str = "greater"  # about "better than the baseline": greater, less or two-sided
     alpha: float = 0.05  # significance level of `decision`
     reference: str | None = None  # a teacher artifact whose metric is drawn and reported
-    plot: str | None = None  # PNG path of the box plot
+    plot: str | None = None  # PNG path of the paired plot (not part of what makes two compares identical)
 
 
 def _labels(cfg: CompareConfig) -> list[str]:
@@ -214,30 +330,78 @@ def _baseline(cfg: CompareConfig, labels: list[str]) -> str:
 
 
 def compare(cfg: CompareConfig, store: Store) -> dict:
-    """Resolve, pair and test the groups; draw the box plot; store the result as a report artifact."""
+    """Resolve, pair and test the groups; draw the paired plot; store the result as a report artifact.
+
+    An identical compare (same resolved runs, reference and options) returns its stored report, with
+    `reused` set, and writes the stored plot where `cfg.plot` now asks."""
     labels = _labels(cfg)
     baseline = _baseline(cfg, labels)
     groups = {label: resolve_group(store, spec) for label, spec in zip(labels, cfg.groups, strict=True)}
+    reference_id = store.resolve(cfg.reference) if cfg.reference else None
+    key = _compare_key(cfg, groups, reference_id)
+    reused = _reuse(store, key, cfg.plot)
+    if reused is not None:
+        return reused
     metric = cfg.metric or default_metric([run for runs in groups.values() for run in runs])
     result = analyze(groups, metric, baseline, cfg.alternative, cfg.alpha)
     parents = {label: result["groups"][label]["ids"] for label in labels}
     reference = None
-    if cfg.reference:
-        parents["reference"], reference = reference_value(store, cfg.reference, metric)
+    if reference_id:
+        parents["reference"], reference = reference_value(store, reference_id, metric)
         result["reference"] = {"id": parents["reference"], metric: reference}
+    result["side_by_side"] = side_by_side(groups, result, reference_model(store, reference_id) if reference_id else None)
     figures = []
     if cfg.plot:
         values = {label: result["groups"][label]["values"] for label in labels}
-        figures.append(plots.box_plot(values, metric, cfg.plot, reference=reference))
+        differences = {c["a"]: {"values": [a - b for a, b in zip(values[c["a"]], values[c["b"]], strict=True)],
+                                "mean": c["mean_diff"], "low": c["diff_ci_low"], "high": c["diff_ci_high"]}
+                       for c in result["comparisons"]}
+        figures.append(plots.paired_plot(values, result["seeds"], differences, metric, cfg.plot, reference=reference))
         result["plot"] = str(cfg.plot)
     report = record_report(store, "compare", result, figures, parents)
-    return {"id": report.id, **result}
+    store.record_run(key, "compare", report.id)
+    return {"id": report.id, "reused": False, **result}
+
+
+def _compare_key(cfg: CompareConfig, groups: dict[str, list[Artifact]], reference_id: str | None) -> str:
+    """What makes two compares identical: the resolved runs of each group, the reference, every option
+    (whether a plot is drawn, not where it is written)."""
+    options = {**dataclasses.asdict(cfg), "groups": list(groups), "plot": bool(cfg.plot)}
+    runs = {label: sorted(run.id for run in group) for label, group in groups.items()}
+    return Store.cache_key("compare", options, {"groups": runs, "reference": reference_id})
+
+
+def _reuse(store: Store, key: str, plot: str | None) -> dict | None:
+    """The stored result of an identical compare (its figure rewritten to `plot`), or None."""
+    entry = store.lookup_run(key)
+    if entry is None:
+        return None
+    try:
+        report = store.get(entry["artifact"], kind="report")
+    except CorruptArtifact:
+        return None
+    result = dict(report.manifest["result"])
+    if plot:
+        (figure,) = report.tensor_names()
+        Path(plot).parent.mkdir(parents=True, exist_ok=True)
+        Path(plot).write_bytes(bytes(report.tensor(figure).numpy()))
+        result["plot"] = str(plot)
+    return {"id": report.id, "reused": True, **result}
+
+
+SIDE_KEYS = ("params", "compression", "size_bytes", "latency_ms", "latency_batch", "device", "teacher_agreement")
 
 
 def summary_rows(result: dict) -> list[dict]:
-    """One flat row per group and per comparison (for CSV)."""
-    rows = [{"row": "group", "name": label, **{k: g[k] for k in ("n", "mean", "std", "ci_low", "ci_high")}}
+    """One flat row per group (with its side-by-side facts), for the reference, and per comparison (for CSV)."""
+    side = {row["label"]: row for row in result.get("side_by_side", [])}
+    rows = [{"row": "group", "name": label, **{k: g[k] for k in ("n", "mean", "std", "ci_low", "ci_high")},
+             **{k: side.get(label, {}).get(k) for k in SIDE_KEYS}}
             for label, g in result["groups"].items()]
+    if "reference" in side:
+        ref = side["reference"]
+        rows.append({"row": "reference", "name": ref["id"], "n": 1, "mean": ref["mean"],
+                     **{k: ref[k] for k in SIDE_KEYS}})
     keys = ("n", "mean_diff", "diff_ci_low", "diff_ci_high", "t", "t_p", "t_p_holm", "wilcoxon_p",
             "wilcoxon_p_holm", "cohens_dz")
     rows += [{"row": "comparison", "name": f"{c['a']} - {c['b']}", **{k: c[k] for k in keys}}

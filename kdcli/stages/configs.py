@@ -17,6 +17,13 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 ZOO_PREFIXES = ("timm:", "torchvision:")  # import-teacher sources built by kdcli.models.zoo
 
 
+TASKS = ("regression", "classification")
+# data options that only some data sets take (by the name before ':'); elsewhere they are refused
+DATA_OPTIONS = {"n_samples": ("synthetic-regression",), "n_features": ("synthetic-regression",),
+                "noise": ("synthetic-regression",), "target": ("csv",), "task": ("csv",),
+                "image_size": ("imagefolder",)}
+
+
 def check_choice(name: str, value: str, choices) -> None:
     if value not in choices:
         raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {value!r}")
@@ -35,10 +42,19 @@ class DataConfig:
     noise: float | None = opt(None, "synthetic-regression: Gaussian noise std (default 0.1)")
     target: str | None = opt(None, "csv:PATH: name of the target column")
     image_size: int | None = opt(None, "imagefolder:PATH: resize images to this square size (default 32)")
+    task: str | None = opt(None, "csv:PATH: regression (default) or classification (an integer target column "
+                                 "holds class labels)")
 
     def validate(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        base = self.dataset.partition(":")[0]
+        for name, datasets in DATA_OPTIONS.items():
+            if getattr(self, name) is not None and base not in datasets:
+                raise UsageError(f"--{name.replace('_', '-')} applies to {' and '.join(datasets)} only, not to "
+                                 f"--dataset {self.dataset}")
+        if self.task is not None:
+            check_choice("task", self.task, TASKS)
 
 
 @dataclass
@@ -73,7 +89,7 @@ class TrainConfig(DataConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name, value, low in (("epochs", self.epochs, 0), ("batch_size", self.batch_size, 1),
+        for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1),
                                  ("patience", self.patience, 0), ("eval_batch_size", self.eval_batch_size, 1)):
             if value < low:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
@@ -105,19 +121,22 @@ class BaselineConfig(TrainConfig):
 
 @dataclass
 class DistillConfig(TrainConfig):
+    """The distill stage. Weights default to None: the chosen method's defaults fill the ones it reads
+    (kdcli.losses.methods, `kdcli methods`), and a weight it does not read is refused."""
+
     teacher: str | None = opt(None, "teacher model artifact, run online (needed by feature methods)", key=False)
     logits: str | None = opt(None, "cached teacher-logits artifact (from cache-logits)", key=False)
-    method: str = opt("kd", "distillation loss (see 'kdcli methods')")
-    alpha: float = opt(0.5, "weight of the hard-label cross-entropy; 0 = labels unused (seed 002)")
-    temperature: float = opt(4.0, "softmax temperature T")
-    # method options (kdcli.losses.logit_methods): defaults are the papers' CIFAR-100 settings
-    ce_weight: float = opt(1.0, "weight of the hard-label CE in additive methods (dkd, feature methods, dml)")
-    dkd_alpha: float = opt(1.0, "dkd: weight of the target-class term TCKD (Zhao et al. 2022)")
-    dkd_beta: float = opt(8.0, "dkd: weight of the non-target-class term NCKD")
-    dkd_warmup: int = opt(20, "dkd: epochs of linear warm-up of the DKD terms (0 = none)")
-    logit_standardize: bool = opt(False, "z-score teacher and student logits in the soft terms of kd/dkd "
-                                         "(Sun et al. 2024)")
-    # schedules over the epochs (kdcli.stages.schemes.anneal)
+    method: str | None = opt(None, "distillation method (see 'kdcli methods'); default kd, or regression on "
+                                   "regression data")
+    # the methods' weights (kdcli.losses.methods): defaults are the papers' settings, per method
+    alpha: float | None = opt(None, "kd, kd-ls, deit: weight of the hard-label CE, the KD weight is 1 - alpha "
+                                    "(default 0.5); 0 = labels unused (seed 002)")
+    temperature: float | None = opt(None, "kd, kd-ls, dkd, dkd-ls: softmax temperature T (default 4)")
+    ce_weight: float | None = opt(None, "dkd, dkd-ls, feature methods: weight of the hard-label CE (default 1)")
+    dkd_alpha: float | None = opt(None, "dkd: weight of the target-class term TCKD (Zhao et al. 2022; default 1)")
+    dkd_beta: float | None = opt(None, "dkd: weight of the non-target-class term NCKD (default 8)")
+    dkd_warmup: int | None = opt(None, "dkd: epochs of linear warm-up of the DKD terms (default 20; 0 = none)")
+    # schedules over the epochs (kdcli.stages.objectives.logit.Schedule)
     temperature_schedule: str = opt("constant", "temperature schedule: constant, linear or cosine "
                                                 "from --temperature to --temperature-end")
     temperature_end: float | None = opt(None, "temperature at the last epoch of a linear/cosine schedule")
@@ -125,20 +144,22 @@ class DistillConfig(TrainConfig):
     alpha_end: float | None = opt(None, "alpha at the last epoch of a linear/cosine schedule")
     # regression data (seed 001): L = w_hard*MSE(y, y_s) + w_hp*MSE(y_t, y_s) + w_feat*MSE(P(h_s), h_t)
     #   + w_gr*MSE(grad_x L_s, grad_x L_t); --augment noise:SIGMA / mixup:ALPHA adds teacher-labelled inputs
-    w_hard: float = opt(0.3, "regression: weight of the label term MSE(y, y_s) (seed 001: 0.3)")
-    w_hp: float = opt(0.7, "regression: weight of the prediction term MSE(y_t, y_s) (seed 001: 0.7)")
-    w_feat: float = opt(0.0, "regression: weight of the feature term MSE(P(h_s), h_t), P learned")
-    w_gr: float = opt(0.0, "regression: weight of the input-gradient term (seed 001 part 4: 0.3)")
+    w_hard: float | None = opt(None, "regression: weight of the label term MSE(y, y_s) (seed 001: 0.3)")
+    w_hp: float | None = opt(None, "regression: weight of the prediction term MSE(y_t, y_s) (seed 001: 0.7)")
+    w_feat: float | None = opt(None, "regression: weight of the feature term MSE(P(h_s), h_t), P learned (default 0)")
+    w_gr: float | None = opt(None, "regression: weight of the input-gradient term (default 0; seed 001 part 4: 0.3)")
     # layer pairs of feature terms, shared by regression's w_feat and the classification feature methods
-    feature_pairs: list[str] = opt([], "feature pair TEACHER_LAYER:STUDENT_LAYER (repeatable), e.g. "
-                                       "hidden.2:hidden.1 for MLPs; default: the method's own choice "
-                                       "(MLPs: the last hidden layers)", flag="--feature-pair")
+    feature_pairs: list[str] = opt([], "feature pair teacher.LAYER:student.LAYER (repeatable; the role prefixes "
+                                       "are optional), e.g. teacher.hidden.2:student.hidden.1; default: the "
+                                       "method's own choice (at, sp: the last convolutional feature maps; others: "
+                                       "penultimate; MLPs: the last hidden layers)", flag="--feature-pair")
     # feature methods (kdcli.losses.feature_methods; layers from --feature-pair)
-    feature_weight: float | None = opt(None, "weight of a feature method's term (default: the method's own, "
-                                             "fitnet 100, at 1000, sp 3000, rkd 1, crd 0.8)")
-    crd_dim: int = opt(128, "crd: embedding width")
-    crd_negatives: int = opt(16384, "crd: negatives per anchor drawn from the memory bank (capped at N - 1)")
-    # training schemes (kdcli.stages.schemes)
+    feature_weight: float | None = opt(None, "feature methods: weight of the method's term (default: the method's "
+                                             "own, fitnet 100, at 1000, sp 3000, rkd 1, crd 0.8)")
+    crd_dim: int | None = opt(None, "crd: embedding width (default 128)")
+    crd_negatives: int | None = opt(None, "crd: negatives per anchor drawn from the memory bank, capped at N - 1 "
+                                          "(default 16384)")
+    # training schemes (kdcli.stages.planners)
     extra_teachers: list[str] = opt([], "another teacher, a model or logits artifact, whose logits are averaged "
                                         "with the first (repeatable)", flag="--extra-teacher", key=False)
     scheme: str = opt("standard", "standard (teacher -> student), dml (two students teach each other, no "
@@ -148,13 +169,15 @@ class DistillConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
-        if not 0 <= self.alpha <= 1:
+        if self.alpha is not None and not 0 <= self.alpha <= 1:
             raise UsageError(f"--alpha must be in [0, 1], got {self.alpha}")
-        for name in ("ce_weight", "dkd_alpha", "dkd_beta", "dkd_warmup"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("ce_weight", "dkd_alpha", "dkd_beta", "dkd_warmup", "w_hard", "w_hp", "w_feat", "w_gr",
+                     "feature_weight"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
         for name, end in (("temperature", self.temperature_end), ("alpha", self.alpha_end)):
             kind = getattr(self, f"{name}_schedule")
             check_choice(f"{name}_schedule", kind, ("constant", "linear", "cosine"))
@@ -164,18 +187,16 @@ class DistillConfig(TrainConfig):
             raise UsageError(f"--temperature-end must be > 0, got {self.temperature_end}")
         if self.alpha_end is not None and not 0 <= self.alpha_end <= 1:
             raise UsageError(f"--alpha-end must be in [0, 1], got {self.alpha_end}")
-        for name in ("w_hard", "w_hp", "w_feat", "w_gr"):
-            if not getattr(self, name) >= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.feature_weight is not None and self.feature_weight < 0:
-            raise UsageError(f"--feature-weight must be >= 0, got {self.feature_weight}")
-        if self.crd_dim < 1 or self.crd_negatives < 1:
+        if (self.crd_dim is not None and self.crd_dim < 1) or (self.crd_negatives is not None and self.crd_negatives < 1):
             raise UsageError("--crd-dim and --crd-negatives must be >= 1")
         check_choice("scheme", self.scheme, ("standard", "dml", "ema"))
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.generations < 1:
             raise UsageError(f"--generations must be >= 1, got {self.generations}")
+        if self.teacher and self.logits:
+            raise UsageError("give the teacher once: --teacher MODEL_REF (run online) or --logits LOGITS_REF "
+                             "(its cached table), not both")
         if not self.teacher and not self.logits and self.scheme == "standard":
             raise UsageError("distill needs a teacher: --teacher MODEL_REF or --logits LOGITS_REF "
                              "(or --scheme dml / ema)")

@@ -37,8 +37,9 @@ from kdcli.data import DataSet
 from kdcli.engine import predict, test_metrics
 from kdcli.errors import KdcliError, UsageError
 from kdcli.models import parameter_count
-from kdcli.stages.common import RunContext, StageResult, load_model, run_cached
+from kdcli.stages.common import RunContext, StageResult, load_model
 from kdcli.stages.configs import check_choice
+from kdcli.stages.runner import Stage, run_cached
 from kdcli.stages.visualize import data_of
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -172,12 +173,17 @@ def _latency_batches(x: torch.Tensor) -> dict[int, torch.Tensor]:
     return {1: x[:1].contiguous(), 64: repeated[:64].contiguous()}
 
 
-def _measure(runtime: Runtime, data: DataSet, x: torch.Tensor, cfg: ExportConfig) -> tuple[torch.Tensor, dict]:
+def _latencies(runtime: Runtime, x: torch.Tensor, cfg: ExportConfig, prefix: str) -> dict[str, float]:
+    """{PREFIX_b1, PREFIX_b64: CPU latency in ms} of `runtime` on test inputs."""
+    return {f"{prefix}_b{batch}": cpu_latency_ms(lambda inputs=inputs: runtime(inputs), cfg.latency_repeats)
+            for batch, inputs in _latency_batches(x).items()}
+
+
+def _measure(runtime: Runtime, data: DataSet, x: torch.Tensor, cfg: ExportConfig,
+             prefix: str) -> tuple[torch.Tensor, dict, dict]:
+    """(outputs on the test split, test metrics, latencies)."""
     outputs = run_batched(runtime, x, cfg.eval_batch_size)
-    metrics = test_metrics(data.task, outputs, data.y_test)
-    for batch, inputs in _latency_batches(x).items():
-        metrics[f"latency_ms_b{batch}"] = cpu_latency_ms(lambda inputs=inputs: runtime(inputs), cfg.latency_repeats)
-    return outputs, metrics
+    return outputs, test_metrics(data.task, outputs, data.y_test), _latencies(runtime, x, cfg, prefix)
 
 
 def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> StageResult:
@@ -191,11 +197,11 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
         x = data.prepare(data.x_test)
         reference = predict(model, data, data.x_test, cfg.eval_batch_size, cpu)
         with torch.no_grad():
-            pytorch = {f"pytorch_latency_ms_b{b}": cpu_latency_ms(lambda v=v: model(v), cfg.latency_repeats)
-                       for b, v in _latency_batches(x).items()}
+            latency = _latencies(model, x, cfg, "pytorch")
         blob = onnx_bytes(model, x[:1], cfg.opset) if cfg.format == "onnx" else torchscript_bytes(model, x[:1])
         runtime = onnx_runtime(blob) if cfg.format == "onnx" else torchscript_runtime(blob)
-        outputs, measured = _measure(runtime, data, x, cfg)
+        outputs, measured, runtime_latency = _measure(runtime, data, x, cfg, "runtime")
+        latency.update(runtime_latency, threads=torch.get_num_threads())
         check = parity(reference, outputs, classification)
         where = f"{role} {artifact.id[:12]}: the {cfg.format} export"
         if check["max_abs_diff"] > cfg.atol:
@@ -204,13 +210,14 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
         if classification and check["agreement"] < cfg.min_agreement:
             raise KdcliError(f"{where} fails parity: argmax agreement {check['agreement']:.2f}% < "
                              f"--min-agreement {cfg.min_agreement:g}%; nothing was written")
-        metrics = {"params": parameter_count(model), "file_bytes": len(blob), **pytorch,
+        metrics = {"params": parameter_count(model), "file_bytes": len(blob),
                    **{f"pytorch_{k}": v for k, v in test_metrics(data.task, reference, data.y_test).items()},
-                   **measured, **{f"parity_{k}": v for k, v in check.items()}, "threads": torch.get_num_threads()}
+                   **measured, **{f"parity_{k}": v for k, v in check.items()}}
         tensors = {"export": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
         if cfg.int8:
             quantized = int8_bytes(blob)
-            _, measured8 = _measure(onnx_runtime(quantized), data, x, cfg)
+            _, measured8, latency8 = _measure(onnx_runtime(quantized), data, x, cfg, "int8")
+            latency.update(latency8)
             metric = "test_acc" if classification else "test_mse"
             change = measured8[metric] - measured[metric]
             drop = -change if classification else change
@@ -224,12 +231,13 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
         ctx.reporter.info(f"export: {role} {artifact.id[:12]} to {cfg.format}: parity max |diff| "
                           f"{check['max_abs_diff']:.2g}" + (f", agreement {check['agreement']:.2f}%" if classification
                                                             else ""))
-        return "export", tensors, {"format": cfg.format, "role": role, "metrics": metrics,
+        # latency: wall-clock figures, kept beside the content (the store's volatile fields)
+        return "export", tensors, {"format": cfg.format, "role": role, "metrics": metrics, "latency": latency,
                                    "data_fingerprint": data.fingerprint, "data": data.describe(),
                                    "model": artifact.manifest["model"]}
 
     config = dataclasses.replace(cfg, model=ref, teacher=None)
-    return run_cached(ctx, "export", config, {"model": artifact.id, "data": data.fingerprint}, produce)
+    return run_cached(ctx, EXPORT, config, {"model": artifact.id, "data": data.fingerprint}, produce)
 
 
 def file_names(result: StageResult) -> dict[str, str]:
@@ -285,3 +293,9 @@ def export(cfg: ExportConfig, ctx: RunContext) -> ExportResult:
     files = write_exports(Path(cfg.out), [student] + ([teacher] if teacher else []))
     ctx.reporter.info(f"export: wrote {', '.join(str(f) for f in files)}")
     return ExportResult(student.artifact, student.skipped, teacher)
+
+
+EXPORT = Stage("export", ExportConfig, export,
+               "Export a model to ONNX or TorchScript, check parity against PyTorch on the test split, "
+               "and measure size, CPU latency and accuracy (with --teacher, the teacher's too).",
+               ("kdcli.stages.export", "kdcli.engine", "kdcli.models", "kdcli.data"), positional="model", sweepable=False)

@@ -17,8 +17,9 @@ from kdcli.errors import UsageError
 from kdcli.models import build_model, parameter_count, state_hash
 from kdcli.models.external import load_checkpoint_into, load_hf_classifier, load_state_into, load_torchhub
 from kdcli.models.zoo import load_weights
-from kdcli.stages.common import RunContext, StageResult, load_data, model_spec, run_cached
+from kdcli.stages.common import RunContext, StageResult, load_data, model_spec
 from kdcli.stages.configs import ZOO_PREFIXES, ImportConfig
+from kdcli.stages.runner import Stage, run_cached
 
 
 def load_source(cfg: ImportConfig, data):
@@ -45,7 +46,7 @@ def load_source(cfg: ImportConfig, data):
 
 
 def import_teacher(cfg: ImportConfig, ctx: RunContext) -> StageResult:
-    data = load_data(cfg)
+    data = load_data(cfg, ctx)
     if data.task != "classification":
         raise UsageError("import-teacher imports image classifiers; train regression teachers with train-teacher")
     model, spec = load_source(cfg, data)
@@ -63,4 +64,11 @@ def import_teacher(cfg: ImportConfig, ctx: RunContext) -> StageResult:
         return "model", state, {"model": spec, "metrics": metrics, "source": cfg.source,
                                 "data_fingerprint": data.fingerprint, "data": data.describe()}
 
-    return run_cached(ctx, "import-teacher", cfg, {"data": data.fingerprint, "weights": weights}, produce)
+    return run_cached(ctx, IMPORT_TEACHER, cfg, {"data": data.fingerprint, "weights": weights}, produce)
+
+
+IMPORT_TEACHER = Stage("import-teacher", ImportConfig, import_teacher,
+                       "Import a pretrained teacher (hf:, timm:, torchvision:, torchhub:, or a checkpoint file) "
+                       "and report its test accuracy.",
+                       ("kdcli.engine", "kdcli.models", "kdcli.data", "kdcli.stages.import_teacher",
+                        "kdcli.stages.common"), positional="source")

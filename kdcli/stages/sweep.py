@@ -28,8 +28,7 @@ from kdcli import executors, plots, stats
 from kdcli.config import opt, parse_seeds
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
-from kdcli.stages import train
-from kdcli.stages.common import RunContext, run_cached
+from kdcli.stages.common import RunContext
 from kdcli.stages.compare import (
     analyze,
     check_selection,
@@ -40,16 +39,16 @@ from kdcli.stages.compare import (
     reference_value,
     resolve_group,
 )
-from kdcli.stages.configs import BaselineConfig, DistillConfig, check_choice
+from kdcli.stages.configs import check_choice
+from kdcli.stages.registry import STAGES
+from kdcli.stages.runner import Stage, run_cached
 from kdcli.stages.visualize import record_report
 from kdcli.store import Store
-
-STAGES = {"distill": DistillConfig, "baseline": BaselineConfig}
 
 
 @dataclass
 class SweepConfig:
-    stage: str = opt("distill", "stage run at every point: distill or baseline")
+    stage: str = opt("distill", "registered stage run at every point, e.g. distill or baseline")
     grid: dict = opt({}, "option -> list of values; the points are their cartesian product")
     seeds: list[int] = opt([0], "seeds run at every point")
     base: dict = opt({}, "fixed options of every run")
@@ -69,10 +68,11 @@ class SweepConfig:
     time_limit: int = opt(60, "Slurm time limit of each run, minutes", key=False)
     slurm_cluster: str = opt("slurm", "slurm, or local: submitit runs the jobs on this machine", key=False)
     slurm_folder: str | None = opt(None, "Slurm job logs (default STORE/slurm; shared with the nodes)", key=False)
+    push: str | None = opt(None, "push each finished run, then the sweep, to this remote (fsspec URL)", key=False)
     plot_dir: str | None = opt(None, "directory of the grid bar chart and temperature curve", key=False)
 
     def validate(self) -> None:
-        check_choice("stage", self.stage, STAGES)
+        STAGES.get(self.stage)  # an unknown stage fails with the registered names
         check_choice("executor", self.executor, executors.EXECUTORS)
         check_choice("slurm_cluster", self.slurm_cluster, executors.SLURM_CLUSTERS)
         if self.jobs < 1:
@@ -104,8 +104,10 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
-def sweep_config(spec: Path | None, grid: list[str], sets: list[str], seeds: str | None, **options) -> SweepConfig:
-    """The YAML spec (stage, grid, seeds, base, ...), then flags: --grid keys and --set keys override."""
+def sweep_config(spec: Path | None, grid: list[str], sets: list[str], seeds: str | None, fixed: dict | None = None,
+                 **options) -> SweepConfig:
+    """The YAML spec (stage, grid, seeds, base, ...), then flags: --grid keys, the stage's own flags
+    (`fixed`, already typed) and --set keys override."""
     raw = config_mod.load_yaml(spec) if spec else {}
     spec_grid = raw.get("grid") or {}
     if not isinstance(spec_grid, dict) or not isinstance(raw.get("base") or {}, dict):
@@ -113,7 +115,7 @@ def sweep_config(spec: Path | None, grid: list[str], sets: list[str], seeds: str
     merged_grid = parse_grid([f"{k}={v}" for k, v in spec_grid.items() if not isinstance(v, list)])
     merged_grid.update({str(k).replace("-", "_"): v for k, v in spec_grid.items() if isinstance(v, list)})
     merged_grid.update(parse_grid(grid))
-    base = {**(raw.get("base") or {}), **config_mod.parse_kv(sets, "--set")}
+    base = {**(raw.get("base") or {}), **(fixed or {}), **config_mod.parse_kv(sets, "--set")}
     values = {**raw, "grid": merged_grid, "base": {str(k).replace("-", "_"): v for k, v in base.items()},
               "seeds": parse_seeds(seeds if seeds is not None else raw.get("seeds", 0))}
     values.update({k: v for k, v in options.items() if v is not None})
@@ -129,7 +131,7 @@ def _label(params: dict) -> str:
 
 def plan(cfg: SweepConfig) -> list[tuple[str, dict, int, object]]:
     """Every (point label, params, seed, resolved stage config), validated before anything runs."""
-    cls = STAGES[cfg.stage]
+    cls = STAGES.get(cfg.stage).config
     types_ = config_mod.field_types(cls)
     grid = {}
     for key, values in cfg.grid.items():
@@ -142,7 +144,10 @@ def plan(cfg: SweepConfig) -> list[tuple[str, dict, int, object]]:
     labels = [_label(p) for p in points]
     if len(set(labels)) != len(labels):
         raise UsageError(f"--grid repeats a point: {', '.join(labels)}")
-    return [(label, params, seed, config_mod.build(cls, None, {**cfg.base, **params, "seed": seed}))
+    seeded = "seed" in types_
+    if not seeded and cfg.seeds != [0]:
+        raise UsageError(f"{cfg.stage} has no seed option; drop --seeds")
+    return [(label, params, seed, config_mod.build(cls, None, {**cfg.base, **params, **({"seed": seed} if seeded else {})}))
             for label, params in zip(labels, points, strict=True) for seed in cfg.seeds]
 
 
@@ -155,7 +160,10 @@ def run_point(payload: dict, device: str, threads: int) -> dict:
     ctx = RunContext(store=Store(payload["store"]), device=torch.device(device), reporter=Reporter(quiet=True),
                      force=payload["force"], tags=[payload["tag"]])
     try:
-        result = getattr(train, payload["stage"])(STAGES[payload["stage"]](**payload["config"]), ctx)
+        stage = STAGES.get(payload["stage"])
+        result = stage(stage.config(**payload["config"]), ctx)
+        if payload["push"]:  # from where the run ran, so a machine without the store can pull it
+            ctx.store.push(payload["push"], [result.id])
     except Exception as exc:  # this run's failure; Ctrl-C still stops the sweep
         return {"error": executors.first_line(exc)}
     return {"id": result.id, "skipped": result.skipped}
@@ -175,7 +183,7 @@ def make_executor(cfg: SweepConfig, ctx: RunContext):
 def run_points(cfg: SweepConfig, tasks: list, ctx: RunContext, tag: str):
     """Yield the executor's Started / Finished events over every task (point x seed)."""
     payloads = [{"stage": cfg.stage, "config": config_mod.to_dict(config), "store": str(ctx.store.root.resolve()),
-                 "force": ctx.force, "tag": tag} for _, _, _, config in tasks]
+                 "force": ctx.force, "tag": tag, "push": cfg.push} for _, _, _, config in tasks]
     yield from make_executor(cfg, ctx).run(run_point, payloads)
 
 
@@ -205,7 +213,7 @@ def sweep(cfg: SweepConfig, ctx: RunContext) -> dict:
     """Run (or reuse) every point x seed, then store and return the sweep's table and summary."""
     tasks = plan(cfg)
     store = ctx.store
-    short = store.cache_key("sweep", config_mod.key_dict(cfg), {})[:12]
+    short = store.cache_key("sweep", config_mod.key_dict(cfg), {})[:12]  # the tag: stable across code changes
     tag = "sweep-" + (ctx.name.replace("/", "-") if ctx.name else short)
     baseline = resolve_group(store, cfg.baseline_ref) if cfg.baseline_ref else None
     baseline_seeds = {b.manifest.get("seed") for b in baseline or []}
@@ -265,7 +273,9 @@ def sweep(cfg: SweepConfig, ctx: RunContext) -> dict:
                     "best": best, "baseline_test": test, "reference": reference}
         return "sweep", {}, manifest
 
-    result = run_cached(ctx, "sweep", cfg, inputs, produce)
+    result = run_cached(ctx, SWEEP, cfg, inputs, produce)
+    if cfg.push:
+        ctx.reporter.info(store.push(cfg.push, [result.id]).summary())
     out = {"id": result.id, "skipped": result.skipped, "tag": tag, "metric": metric, "higher_is_better": higher,
            "select": select, "select_higher_is_better": select_higher, "best": best, "summary": summary,
            "baseline_test": test, "reference": reference, "runs": len(rows), "ran": ran}
@@ -297,3 +307,7 @@ def sweep_plots(cfg: SweepConfig, store: Store, sweep_id: str, labels: list[str]
                                                   "curve_at_point_chosen_by": select},
                            figures, {"sweep": sweep_id})
     return {"plots": [str(f) for f in figures], "plots_report": report.id}
+
+
+SWEEP = Stage("sweep", SweepConfig, sweep, "Grid of a stage's options x seeds, each run cached.",
+              ("kdcli.stats", "kdcli.stages.sweep", "kdcli.stages.compare"))

@@ -23,21 +23,18 @@ gives a new (content) id rather than the old one.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import re
 import tempfile
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save_file
-
-from kdcli import __version__
 from kdcli.errors import KdcliError, UsageError
+from kdcli.store.locks import Holder, Leases, file_lock, hold_lease, is_live, scan_leases
+from kdcli.store.maintenance import GcPlan, Problem, apply_gc, check, plan_gc, repair
 from kdcli.store.objects import (
     Artifact,
     CorruptArtifact,
@@ -49,14 +46,26 @@ from kdcli.store.objects import (
     split_volatile,
     versions,
 )
+from kdcli.store.remote import Transfer, pull, push
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["KINDS", "Artifact", "CorruptArtifact", "Store", "canonical_json", "default_root", "sha256_of_file",
            "versions"]
 
-KINDS = ("model", "logits", "run", "sweep", "report", "export")
+KINDS = ("model", "logits", "run", "sweep", "report", "export", "data")
 MIN_PREFIX = 8
 _HEX = re.compile(r"^[0-9a-f]+$")
 _REF_NAME = re.compile(r"^[A-Za-z0-9_.@+-]+(/[A-Za-z0-9_.@+-]+)*$")
+
+
+def save_file(tensors: dict[str, torch.Tensor], path, metadata: dict | None = None) -> None:
+    """safetensors' save_file, imported on first use: torch, numpy and safetensors load only when
+    tensors are read or written, so listing, naming and verifying the store start without them."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, path, metadata=metadata)
 
 
 def default_root() -> Path:
@@ -66,8 +75,26 @@ def default_root() -> Path:
 class Store:
     """The artifact store rooted at `root`. Every method is safe to call from several processes."""
 
-    def __init__(self, root: Path | str | None = None):
+    def __init__(self, root: Path | str | None = None, readonly: bool = False):
+        """A store at `root` (created on first write). A root that is a file, or that cannot be
+        written (unless `readonly`), is refused here with one line, before any work."""
         self.root = Path(root) if root is not None else default_root()
+        self._check_root(readonly)
+
+    def _check_root(self, readonly: bool) -> None:
+        existing = self.root
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            where = "is a file" if existing == self.root else f"is under {existing}, which is a file"
+            raise UsageError(f"--store {self.root} {where}, not a store directory")
+        if not readonly and not os.access(existing, os.W_OK | os.X_OK):
+            where = "" if existing == self.root else f" ({existing} is not writable)"
+            raise UsageError(f"--store {self.root} cannot be written{where}")
+
+    def exists(self) -> bool:
+        """Has anything ever been stored here?"""
+        return any((self.root / part).is_dir() for part in ("objects", "refs", "runs", "tags"))
 
     # -- paths ---------------------------------------------------------------
     def object_path(self, artifact_id: str) -> Path:
@@ -81,6 +108,12 @@ class Store:
         path = self.root / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def tmp_path(self, suffix: str = "") -> Path:
+        """A fresh, empty file under tmp/ for a write that is renamed into place when complete."""
+        fd, tmp = tempfile.mkstemp(dir=self._dir("tmp"), suffix=suffix)
+        os.close(fd)
+        return Path(tmp)
 
     def _atomic_write_text(self, path: Path, text: str) -> None:
         """Write `text` to `path` through a synced temp file and a rename: readers see all or nothing."""
@@ -101,16 +134,32 @@ class Store:
                 raise KdcliError(f"could not write {path}: {exc.strerror or exc}") from exc
             raise
 
+    def _lock_path(self, name: str) -> Path:
+        return self.root / "locks" / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".lock")
+
     @contextlib.contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        """An exclusive inter-process lock (flock) named `name`."""
-        path = self._dir("locks") / (re.sub(r"[^A-Za-z0-9_.-]", "_", name) + ".lock")
-        with open(path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def lock(self, name: str, on_wait: Callable[[Holder], None] | None = None) -> Iterator[Holder]:
+        """An exclusive inter-process lock named `name`, safe on shared filesystems (kdcli.store.locks).
+
+        `on_wait(holder)` is called once when another process holds it (holder.describe() is 'pid N')."""
+        self._dir("locks")
+        with file_lock(self._lock_path(name), on_wait) as holder:
+            yield holder
+
+    def stage_running(self, key: str) -> bool:
+        """Does a live process hold the lock of the stage with cache key `key`?"""
+        return is_live(self._lock_path(f"stage-{key}")) is not None
+
+    @contextlib.contextmanager
+    def lease(self, ids: Iterable[str] = (), checkpoints: Iterable[str] = ()) -> Iterator[None]:
+        """While inside, gc removes none of `ids` (artifact ids, and everything they derive from) nor
+        the checkpoints of the cache keys `checkpoints`. The lease ends with the block, or when its
+        process dies (kdcli.store.locks says how that is told from another host)."""
+        with hold_lease(self._dir("leases"), ids, checkpoints, self._atomic_write_text):
+            yield
+
+    def leases(self) -> Leases:
+        return scan_leases(self.root / "leases")
 
     # -- objects ---------------------------------------------------------------
     def put(self, kind: str, tensors: dict[str, torch.Tensor], manifest: dict) -> Artifact:
@@ -129,11 +178,10 @@ class Store:
                 value = value.clone()
             seen.add(value.data_ptr())
             prepared[key] = value
-        fd, tmp = tempfile.mkstemp(dir=self._dir("tmp"), suffix=".safetensors")
-        os.close(fd)
+        tmp = self.tmp_path(".safetensors")
         try:
-            save_file(prepared, tmp, metadata={"kdcli": canonical_json(content)})
-            artifact_id = sha256_of_file(Path(tmp))
+            save_file(prepared, str(tmp), metadata={"kdcli": canonical_json(content)})
+            artifact_id = sha256_of_file(tmp)
             final = self.object_path(artifact_id)
             if final.is_file() and sha256_of_file(final) == artifact_id:
                 os.unlink(tmp)
@@ -150,19 +198,23 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return Artifact(artifact_id, final, self._settle_sidecar(final, content, volatile))
+        return Artifact(artifact_id, final, self.settle_sidecar(final, content, volatile))
 
-    def _settle_sidecar(self, path: Path, content: dict, volatile: dict) -> dict:
+    def settle_sidecar(self, path: Path, content: dict, volatile: dict) -> dict:
         """The whole manifest of the object at `path`: keep a sidecar that agrees, else (re)write it."""
-        sidecar = self._read_sidecar(path)
+        sidecar = self.read_sidecar(path)
         if sidecar is not None and split_volatile(sidecar)[0] == content:
             return join_volatile(content, split_volatile(sidecar)[1])
         manifest = join_volatile(content, volatile)
-        self._atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=2, default=str))
+        self.write_sidecar(path, manifest)
         return manifest
 
+    def write_sidecar(self, path: Path, manifest: dict) -> None:
+        self._atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=2, default=str))
+
     @staticmethod
-    def _read_sidecar(path: Path) -> dict | None:
+    def read_sidecar(path: Path) -> dict | None:
+        """The sidecar beside the object at `path` (unverified), or None."""
         try:
             sidecar = json.loads(path.with_suffix(".json").read_text())
         except (OSError, ValueError):
@@ -184,7 +236,7 @@ class Store:
             content = embedded_manifest(path)
         except CorruptArtifact as exc:
             raise CorruptArtifact(f"artifact {artifact_id[:12]} has no readable manifest ({path})") from exc
-        sidecar = self._read_sidecar(path)
+        sidecar = self.read_sidecar(path)
         manifest = join_volatile(content, split_volatile(sidecar)[1]) if sidecar is not None else content
         if kind is not None and manifest.get("kind") != kind:
             raise UsageError(f"{ref!r} is a {manifest.get('kind')} artifact, expected a {kind}")
@@ -231,13 +283,12 @@ class Store:
             content = embedded_manifest(path)
         except (OSError, CorruptArtifact):
             return {}
-        sidecar = self._read_sidecar(path)
+        sidecar = self.read_sidecar(path)
         return join_volatile(content, split_volatile(sidecar)[1]) if sidecar is not None else content
 
     # -- refs and tags ----------------------------------------------------------
     def set_ref(self, name: str, artifact_id: str) -> None:
-        if not _REF_NAME.match(name) or ".." in name.split("/"):
-            raise UsageError(f"invalid name {name!r}: use letters, digits, '.', '_', '-', '@', '+' and '/'")
+        check_ref_name(name)
         self._atomic_write_text(self.root / "refs" / name, artifact_id + "\n")
 
     def refs(self) -> dict[str, str]:
@@ -247,8 +298,7 @@ class Store:
         return {p.relative_to(base).as_posix(): p.read_text().strip() for p in sorted(base.rglob("*")) if p.is_file()}
 
     def add_tag(self, tag: str, artifact_id: str) -> None:
-        if not _REF_NAME.match(tag) or "/" in tag:
-            raise UsageError(f"invalid tag {tag!r}")
+        check_tag(tag)
         path = self.root / "tags" / tag / artifact_id
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
@@ -263,8 +313,13 @@ class Store:
 
     # -- run cache ----------------------------------------------------------------
     @staticmethod
-    def cache_key(stage: str, config: dict, inputs: dict) -> str:
-        payload = {"stage": stage, "config": config, "inputs": inputs, "kdcli": __version__}
+    def cache_key(stage: str, config: dict, inputs: dict, code: str | None = None) -> str:
+        """The run-cache key of (stage, key config, inputs) made by the code whose fingerprint is `code`
+        (kdcli.stages.runner.code_fingerprint); without `code`, the key of that run under any code.
+        The package version is not part of it: the code fingerprint says when numerics changed."""
+        payload = {"stage": stage, "config": config, "inputs": inputs}
+        if code is not None:
+            payload["code"] = code
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
     def lookup_run(self, key: str) -> dict | None:
@@ -277,8 +332,11 @@ class Store:
         return entry if self.object_path(entry["artifact"]).is_file() else None
 
     def record_run(self, key: str, stage: str, artifact_id: str) -> None:
-        entry = {"key": key, "stage": stage, "artifact": artifact_id, "created": now()}
-        self._atomic_write_text(self.root / "runs" / f"{key}.json", json.dumps(entry, indent=2))
+        self.adopt_run({"key": key, "stage": stage, "artifact": artifact_id, "created": now()})
+
+    def adopt_run(self, entry: dict) -> None:
+        """Write a run-cache entry {key, stage, artifact, created} (e.g. one pulled from a remote)."""
+        self._atomic_write_text(self.root / "runs" / f"{entry['key']}.json", json.dumps(entry, indent=2))
 
     def runs(self) -> list[dict]:
         base = self.root / "runs"
@@ -293,46 +351,50 @@ class Store:
         """Re-hash every object; return the ids whose bytes do not match."""
         return [i for i in self.ids() if sha256_of_file(self.object_path(i)) != i]
 
-    def reachable(self) -> set[str]:
-        """Ids reachable from refs, tags and the run cache, following manifest parents."""
-        roots = list(self.refs().values()) + [e["artifact"] for e in self.runs()]
-        roots += [i for ids in self.tags().values() for i in ids]
-        seen: set[str] = set()
-        while roots:
-            current = roots.pop()
-            if current in seen or not self.object_path(current).is_file():
-                continue
-            seen.add(current)
-            parents = self.read_manifest(current).get("parents") or {}  # from the object, not its sidecar
-            roots.extend(p for p in _flatten(parents) if isinstance(p, str))
-        return seen
+    def check(self) -> list[Problem]:
+        """Corrupt objects, missing parents, refs/tags/run entries to nothing, sidecars that disagree."""
+        return check(self)
 
-    def gc(self, dry_run: bool = False) -> list[str]:
-        """Remove objects nothing reaches (and stale tmp files); return the removed ids."""
-        keep = self.reachable()
-        doomed = [i for i in self.ids() if i not in keep]
-        if not dry_run:
-            for artifact_id in doomed:
-                path = self.object_path(artifact_id)
-                for victim in (path, path.with_suffix(".json")):
-                    with contextlib.suppress(FileNotFoundError):
-                        victim.unlink()
-            finished = {entry["key"] for entry in self.runs()}
-            for checkpoint in (self.root / "checkpoints").glob("*.pt"):
-                if checkpoint.stem in finished:  # left by a run killed after storing its result
-                    with contextlib.suppress(OSError):
-                        checkpoint.unlink()
-            cutoff = time.time() - 3600  # a tmp file this old belongs to no live writer
-            for stale in (self.root / "tmp").glob("*"):
-                with contextlib.suppress(OSError):
-                    if stale.stat().st_mtime < cutoff:
-                        stale.unlink()
-        return doomed
+    def repair(self, problems: list[Problem]) -> tuple[list[str], list[Problem]]:
+        """Fix what `check` found where it can: (what was done, the problems left)."""
+        return repair(self, problems)
+
+    def gc_plan(self, keep_checkpoints_days: float | None = None, all_checkpoints: bool = False) -> GcPlan:
+        return plan_gc(self, keep_checkpoints_days, all_checkpoints)
+
+    def apply_gc(self, plan: GcPlan) -> GcPlan:
+        return apply_gc(self, plan)
+
+    def gc(self, dry_run: bool = False, keep_checkpoints_days: float | None = None,
+           all_checkpoints: bool = False) -> list[str]:
+        """Remove what no ref, tag, cached run or live lease reaches (see maintenance.plan_gc);
+        return the ids of the objects removed (or that would be, with dry_run)."""
+        plan = self.gc_plan(keep_checkpoints_days, all_checkpoints)
+        return (plan if dry_run else self.apply_gc(plan)).objects
+
+    # -- remotes ----------------------------------------------------------------------
+    def push(self, remote: str, ids: list[str] | None = None, storage_options: dict | None = None) -> Transfer:
+        """Send to the fsspec URL `remote` the objects it lacks (`ids` and their ancestors, or all),
+        then the refs, tags and run-cache entries pointing to them (kdcli.store.remote)."""
+        return push(self, remote, ids, storage_options)
+
+    def pull(self, remote: str, refs: list[str] | None = None, storage_options: dict | None = None) -> Transfer:
+        """Fetch `refs` (names or ids on the remote; all when None) and their ancestors, re-hashing
+        every object before accepting it, then merge refs, tags and run-cache entries."""
+        return pull(self, remote, refs, storage_options)
 
 
-def _flatten(value) -> list:
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _flatten(v)]
-    if isinstance(value, (list, tuple)):
-        return [x for v in value for x in _flatten(v)]
-    return [value]
+def check_ref_name(name: str) -> None:
+    """A name (refs/NAME) is path segments of letters, digits, '.', '_', '-', '@', '+'; never '..', and never
+    all hex of id-prefix length (it would hide the artifact whose id starts that way)."""
+    if not _REF_NAME.match(name) or ".." in name.split("/"):
+        raise UsageError(f"invalid name {name!r}: use letters, digits, '.', '_', '-', '@', '+' and '/'")
+    if len(name) >= MIN_PREFIX and _HEX.match(name.lower()):
+        raise UsageError(f"invalid name {name!r}: {MIN_PREFIX} or more hex digits read as an artifact id prefix; "
+                         "add a letter outside a-f")
+
+
+def check_tag(tag: str) -> None:
+    """A tag is one segment of the characters a name may use."""
+    if not _REF_NAME.match(tag) or "/" in tag or tag in (".", ".."):
+        raise UsageError(f"invalid tag {tag!r}: use letters, digits, '.', '_', '-', '@' and '+'")

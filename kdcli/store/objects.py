@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import fnmatch
 import hashlib
 import json
 import struct
@@ -23,8 +24,11 @@ import torch
 from kdcli import __version__
 from kdcli.errors import KdcliError
 
-# Dotted paths of the manifest fields kept out of the hash; "*" walks every element of a list.
-VOLATILE_FIELDS = ("created", "versions", "history.*.seconds", "metrics.latency_ms_per_batch64")
+# Dotted paths of the manifest fields kept out of the hash (wall-clock facts); each part is a glob over
+# dict keys, and "*" also walks every element of a list. Refs and paths as the user typed them (a name
+# in one store, an id in another) are kept out too: the manifest's parents hold the ids they resolved to.
+VOLATILE_FIELDS = ("created", "versions", "history.*.seconds", "metrics.*latency_ms*", "latency",
+                   "config.teacher", "config.logits", "config.extra_teachers", "config.weights", "config.data_dir")
 _NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64,
                  "I32": np.int32, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "BOOL": np.bool_}
 
@@ -82,10 +86,10 @@ def embedded_manifest(path: Path) -> dict:
 def _walk(node, parts: list[str], trail: tuple, found: list) -> None:
     """Collect (path tuple, value) of every field `parts` names under `node`."""
     head, rest = parts[0], parts[1:]
-    if head == "*":
-        children = list(enumerate(node)) if isinstance(node, list) else []
+    if isinstance(node, list):
+        children = list(enumerate(node)) if head == "*" else []
     else:
-        children = [(head, node[head])] if isinstance(node, dict) and head in node else []
+        children = [(k, v) for k, v in node.items() if fnmatch.fnmatchcase(k, head)] if isinstance(node, dict) else []
     for key, child in children:
         if rest:
             _walk(child, rest, (*trail, key), found)

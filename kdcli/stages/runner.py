@@ -1,0 +1,275 @@
+"""The one runner: a Stage's description, the cached run of any stage, and the training of any plan.
+
+A training stage (train-teacher, baseline, every distill variant) is a planner that returns a
+`Plan`; `train(stage, cfg, ctx, data, plan)` seeds, builds the student, fits it with early stopping,
+evaluates it on the test set and stores the model artifact, through `run_cached`.
+
+`run_cached` runs a stage's `produce` unless the same (stage, config, inputs, code) already ran.
+"code" is the stage's code fingerprint: a hash of the source files that decide its numbers
+(`Stage.numerics`), so a run made by other code is not reused (it trains again and says which run
+it replaces). Under torchrun every rank trains together and rank 0 alone stores (kdcli.distributed).
+
+Fairness: a student's initial weights, batch order and augmentation draws depend on --seed alone,
+so a baseline and a distilled student with the same seed start from bit-identical weights (the
+manifest records the hash of the initial weights) and see the same batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdcli import distributed
+from kdcli.augment import ViewSet
+from kdcli.config import key_dict, to_dict
+from kdcli.data import DataSet
+from kdcli.engine import Checkpoint, DeviceData, Objective, fit, predict, prepare_model, test_metrics
+from kdcli.models import parameter_count, state_hash
+from kdcli.reporting import Reporter
+from kdcli.stages.common import (
+    Produce,
+    RunContext,
+    StageResult,
+    build_from_config,
+    seed_everything,
+    weights_input,
+)
+from kdcli.store import CorruptArtifact, Store
+
+# the modules whose source decides a training run's numbers (the stage's own modules come on top)
+TRAINING_NUMERICS = ("kdcli.engine", "kdcli.augment", "kdcli.distributed", "kdcli.losses", "kdcli.models",
+                     "kdcli.data", "kdcli.stages.runner", "kdcli.stages.common")
+
+
+@functools.cache
+def code_fingerprint(modules: tuple[str, ...]) -> str:
+    """sha256 over the bytes of the modules' source files (a package: all its .py files), once per process."""
+    digest = hashlib.sha256()
+    for name in sorted(set(modules)):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"numerics module {name!r} not found")
+        origin = Path(spec.origin)
+        files = sorted(origin.parent.rglob("*.py")) if spec.submodule_search_locations else [origin]
+        for path in files:
+            digest.update(f"{name}/{path.relative_to(origin.parent)}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage: its name (the CLI command), config dataclass, run function `run(cfg, RunContext)`,
+    help text, and the modules whose source decides its numbers (its cache key's code fingerprint).
+
+    positional names a config field also accepted as the command's first argument; removed maps a
+    flag that no longer exists to the one-line hint given instead; sweepable stages get a
+    `kdcli sweep NAME` subcommand."""
+
+    name: str
+    config: type
+    run: Callable
+    help: str
+    numerics: tuple[str, ...] = ()
+    positional: str | None = None
+    removed: dict = field(default_factory=dict)
+    sweepable: bool = True  # a model-producing stage whose runs a sweep can rank
+
+    def code_fingerprint(self) -> str:
+        return code_fingerprint(self.numerics)
+
+    def __call__(self, cfg, ctx: RunContext) -> StageResult:
+        return self.run(cfg, ctx)
+
+    def cache_key(self, cfg, store: Store) -> str:
+        """The key this config's run has in `store`, found the way a real run finds it (data, parents
+        and all), without running anything."""
+        try:
+            self.run(cfg, RunContext(store=store, reporter=Reporter(quiet=True), probe=True))
+        except CacheProbe as probe:
+            return probe.key
+        raise RuntimeError(f"stage {self.name} returned without looking up its cache key")
+
+
+class CacheProbe(Exception):  # noqa: N818 (a signal, not an error): carries the key out of a probing run
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def cache_key(stage: Stage, config, inputs: dict) -> tuple[str, str]:
+    """(the key of this run, the key of the same run under any code: its manifest's config_key)."""
+    config = key_dict(config)
+    return (Store.cache_key(stage.name, config, inputs, code=stage.code_fingerprint()),
+            Store.cache_key(stage.name, config, inputs))
+
+
+def run_cached(ctx: RunContext, stage: Stage, config, inputs: dict[str, str], produce: Produce,
+               seed: int | None = None) -> StageResult:
+    """Run `produce(cache_key)` unless the same (stage, config, inputs, code) already ran.
+
+    One process at a time runs a given key (a file lock); the others wait and then reuse its result.
+    Under torchrun (kdcli.distributed) rank 0 looks the run up and tells the others whether to train;
+    all ranks train together; rank 0 alone writes the artifact and the others load it by id.
+    """
+    if distributed.active():
+        return _run_cached_ranked(ctx, stage, config, inputs, produce, seed)
+    return _run_cached(ctx, stage, config, inputs, produce, seed)
+
+
+def _run_cached(ctx: RunContext, stage: Stage, config, inputs: dict, produce: Produce, seed) -> StageResult:
+    store = ctx.store
+    key, any_code_key = cache_key(stage, config, inputs)
+    if ctx.probe:
+        raise CacheProbe(key)
+    # a lease on the inputs and the checkpoint: `artifacts gc` removes neither while this run lives
+    parents = [value for value in inputs.values() if isinstance(value, str)]
+    with store.lease(ids=parents, checkpoints=[key]), store.lock(
+            f"stage-{key}", on_wait=lambda holder: ctx.reporter.info(
+                f"waiting for a running identical stage ({holder.describe()})")):
+        entry = None if ctx.force else store.lookup_run(key)
+        if entry is not None:
+            try:
+                artifact = store.get(entry["artifact"])
+                ctx.reporter.info(
+                    f"skipped {stage.name}: same config and inputs as {artifact.id[:12]} ({entry['created']}, "
+                    f"key {key[:12]}); --force reruns")
+                return _finish(ctx, StageResult(artifact, skipped=True))
+            except CorruptArtifact as exc:
+                ctx.reporter.warn(f"{exc}; rerunning {stage.name}")
+        if ctx.force and store.lookup_run(key) is not None:
+            ctx.reporter.info(f"running {stage.name} again (--force)")
+        elif (earlier := _same_run_other_code(store, stage, any_code_key)) is not None:
+            ctx.reporter.info(f"running {stage.name} again: code changed since run {earlier['artifact'][:12]} "
+                              f"({earlier['created']})")
+        kind, tensors, manifest = produce(key)
+        manifest = {"stage": stage.name, "config": to_dict(config), "parents": inputs, "cache_key": key,
+                    "config_key": any_code_key, "code_fingerprint": stage.code_fingerprint(), "seed": seed,
+                    **manifest}
+        artifact = store.put(kind, tensors, manifest)
+        store.record_run(key, stage.name, artifact.id)
+        with contextlib.suppress(FileNotFoundError):  # only now is the resumable state no longer needed
+            store.checkpoint_path(key).unlink()
+    return _finish(ctx, StageResult(artifact, skipped=False))
+
+
+def rank_context(ctx: RunContext) -> RunContext:
+    """The run context of this rank: under torchrun the ranks other than 0 print, name and tag nothing."""
+    if distributed.world_size() <= 1 or distributed.is_main():
+        return ctx
+    return dataclasses.replace(ctx, reporter=Reporter(quiet=True), name=None, tags=[])
+
+
+def _same_run_other_code(store: Store, stage: Stage, any_code_key: str) -> dict | None:
+    """The latest recorded run of this stage with the same config and inputs made by other code (its
+    manifest's config_key matches), or None. Read only on a cache miss, which trains anyway."""
+    matches = []
+    for entry in store.runs():
+        if entry.get("stage") != stage.name:
+            continue
+        if store.read_manifest(entry["artifact"]).get("config_key") == any_code_key:  # {} if unreadable
+            matches.append(entry)
+    return max(matches, key=lambda e: e.get("created", ""), default=None)
+
+
+def _run_cached_ranked(ctx: RunContext, stage: Stage, config, inputs: dict, produce: Produce, seed) -> StageResult:
+    inputs = {**inputs, "world_size": str(distributed.world_size())}
+    if not distributed.is_main():
+        ctx = rank_context(ctx)
+        message = distributed.broadcast_object(None)
+        if message[0] == "run":
+            produce(message[1])
+        return StageResult(ctx.store.get(distributed.broadcast_object(None)), skipped=message[0] == "hit")
+    ran = []
+
+    def produce_main(key):
+        distributed.broadcast_object(("run", key))
+        ran.append(key)
+        kind, tensors, manifest = produce(key)
+        return kind, tensors, {**manifest, "world_size": distributed.world_size()}
+
+    result = _run_cached(ctx, stage, config, inputs, produce_main, seed)
+    if not ran:
+        distributed.broadcast_object(("hit", None))
+    distributed.broadcast_object(result.id)
+    return result
+
+
+def _finish(ctx: RunContext, result: StageResult) -> StageResult:
+    if ctx.name:
+        ctx.store.set_ref(ctx.name, result.id)
+    for tag in ctx.tags:
+        ctx.store.add_tag(tag, result.id)
+    return result
+
+
+# ---- training a plan --------------------------------------------------------------------------------
+
+# validation figures of the kept epoch that go into the metrics: what a sweep may select on
+KEPT_VALIDATION = ("val_loss", "val_acc", "val_nll", "val_mse")
+
+# builds the objective once the student exists and the data sits on the device
+ObjectiveFactory = Callable[[nn.Module, DeviceData], Objective]
+
+
+@dataclass
+class Plan:
+    """What a training run trains on: its parent artifacts {role: id}, the student's views, the
+    objective factory, the teacher's test logits (N_test, K) for the agreement metric, and manifest
+    entries of its own. `config` is the run's resolved config (weights filled in per method), which
+    the cache key and the manifest record."""
+
+    config: object
+    parents: dict[str, str]
+    views: ViewSet
+    make_objective: ObjectiveFactory
+    teacher_test_logits: torch.Tensor | None = None
+    extra_manifest: dict = field(default_factory=dict)
+
+
+def train(stage: Stage, ctx: RunContext, data: DataSet, plan: Plan) -> StageResult:
+    """Seed, build, fit with early stopping, evaluate on the test set, store the model artifact."""
+    cfg = plan.config
+    ctx = rank_context(ctx)
+
+    def produce(key: str):
+        seed_everything(cfg.seed)
+        student, spec = build_from_config(cfg, data)
+        initial_hash = state_hash(student)
+        device_data = DeviceData(data, ctx.device)
+        model = prepare_model(student, ctx.device, cfg.compile)
+        objective = plan.make_objective(model, device_data)
+        checkpoint = Checkpoint(ctx.store.checkpoint_path(key))
+        ctx.reporter.info(f"{stage.name}: {cfg.model} ({parameter_count(student):,} params) on {data.name} "
+                          f"[{len(data.train_idx)} train / {len(data.val_idx)} val], {ctx.device}")
+        result = fit(model, device_data, objective, cfg, plan.views, ctx.reporter, checkpoint)
+        outputs = predict(model, data, device_data.x_test, cfg.eval_batch_size, ctx.device, cfg.precision)
+        metrics = test_metrics(data.task, outputs, data.y_test)
+        state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
+        metrics.update({
+            "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+            **{k: v for k, v in result.kept().items() if k in KEPT_VALIDATION}, "params": parameter_count(student),
+            "size_bytes": sum(t.numel() * t.element_size() for t in state.values()),
+        })
+        if plan.teacher_test_logits is not None and data.task == "classification":
+            agree = (outputs.argmax(1) == plan.teacher_test_logits.argmax(1)).float().mean()
+            metrics["teacher_agreement"] = 100.0 * float(agree)
+        manifest = {"model": spec, "metrics": metrics, "history": result.history,
+                    "initial_weights_sha256": initial_hash, "data_fingerprint": data.fingerprint,
+                    "data": data.describe(), "device": str(ctx.device), "augment": plan.views.spec(),
+                    **plan.extra_manifest}
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("test_"))
+        ctx.reporter.info(f"{stage.name}: best epoch {result.best_epoch}; {summary}")
+        return "model", state, manifest
+
+    inputs = {"data": data.fingerprint, **plan.parents, **weights_input(cfg)}
+    return run_cached(ctx, stage, cfg, inputs, produce, seed=cfg.seed)

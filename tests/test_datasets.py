@@ -1,0 +1,74 @@
+"""Every registered data set, parametrized over the registry as the models are: loaded from tiny
+files in its real format (or its generator), it has consistent shapes, a disjoint train/validation
+split of the pool, labels or targets of the right kind, and a stable fingerprint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_data_vision import _png, cifar_md5, write_cifar10, write_cifar100, write_mnist  # noqa: F401
+
+from kdcli.data import DATASETS, DataSpec, load_dataset
+
+
+def _csv(root: Path) -> DataSpec:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    path = root / "table.csv"
+    rows = ["a,b,c,y", *(f"{a:.5f},{b:.5f},{c:.5f},{a + 2 * b - c:.5f}" for a, b, c in x)]
+    path.write_text("\n".join(rows) + "\n")
+    return DataSpec(name=f"csv:{path}", extra={"target": "y"})
+
+
+def _imagefolder(root: Path) -> DataSpec:
+    for label, color in {"cat": (255, 0, 0), "dog": (0, 255, 0)}.items():
+        for i in range(5):
+            _png(root / "imgs" / label / f"{i}.png", color)
+    return DataSpec(name=f"imagefolder:{root / 'imgs'}", val_fraction=0.25, extra={"image_size": 8})
+
+
+def _vision(name: str, writer, torchvision_name: str | None = None):
+    def make(root: Path, md5) -> DataSpec:
+        writer(root) if torchvision_name is None else writer(root, torchvision_name)
+        if name.startswith("cifar"):
+            md5("CIFAR10" if name == "cifar10" else "CIFAR100", root)
+        return DataSpec(name=name, data_dir=str(root))
+
+    return make
+
+
+# registered name -> spec of a tiny instance in its real format (root, cifar md5 patch) -> DataSpec
+INSTANCES = {
+    "digits": lambda root, md5: DataSpec(name="digits"),
+    "mnist": _vision("mnist", write_mnist, "MNIST"),
+    "fashion-mnist": _vision("fashion-mnist", write_mnist, "FashionMNIST"),
+    "cifar10": _vision("cifar10", write_cifar10),
+    "cifar100": _vision("cifar100", write_cifar100),
+    "imagefolder": lambda root, md5: _imagefolder(root),
+    "synthetic-regression": lambda root, md5: DataSpec(name="synthetic-regression", extra={"n_samples": 60}),
+    "diabetes": lambda root, md5: DataSpec(name="diabetes"),
+    "csv": lambda root, md5: _csv(root),
+}
+
+
+def test_every_registered_data_set_has_an_instance_here():
+    assert sorted(INSTANCES) == DATASETS.names()
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_registered_data_set_loads_consistently(name, tmp_path, cifar_md5):  # noqa: F811
+    spec = INSTANCES[name](tmp_path, cifar_md5)
+    data = load_dataset(spec)
+    assert tuple(data.x_pool.shape[1:]) == tuple(data.x_test.shape[1:]) == tuple(data.input_shape)
+    assert len(data.x_pool) == len(data.y_pool) and len(data.x_test) == len(data.y_test) > 0
+    train, val = set(data.train_idx.tolist()), set(data.val_idx.tolist())
+    assert train and not train & val and train | val <= set(range(len(data.x_pool)))
+    if data.task == "classification":
+        assert data.y_pool.dtype == torch.int64 and int(data.y_pool.max()) < data.num_outputs
+    else:
+        assert data.task == "regression" and data.y_pool.is_floating_point() and data.num_outputs == 1
+    again = load_dataset(INSTANCES[name](tmp_path, cifar_md5))
+    assert again.fingerprint == data.fingerprint and torch.equal(again.y_test, data.y_test)
