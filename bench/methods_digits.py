@@ -26,6 +26,7 @@ import torch
 
 from kdcli import stats
 from kdcli.config import build, parse_seeds
+from kdcli.engine import apply_default_threads
 from kdcli.reporting import Reporter
 from kdcli.stages.cache_logits import cache_logits
 from kdcli.stages.common import RunContext, load_data, resolve_device
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("bench/methods_digits.md"))
     args = parser.parse_args()
+    apply_default_threads()  # the CLI's thread policy (KDCLI_THREADS, else the usable CPUs)
 
     from kdcli.store import default_root
 
