@@ -42,6 +42,12 @@ clean:
 bench: install
 	$(BIN)/python bench/bench.py --out $(REPORTS)/bench.md
 
+# Every CUDA path once (issue 14), at most 8 minutes: prints one table, writes $(REPORTS)/gpu-check.md,
+# exits non-zero on any failure. Without a GPU it runs the CPU-safe checks and names the skipped ones.
+.PHONY: gpu-check
+gpu-check: install
+	$(BIN)/python bench/gpu_check.py --out $(REPORTS)/gpu-check.md
+
 # The main job on the embedded digits data: teacher, logit table, baseline and distilled student
 # over SEEDS (same seed = same initial weights, batches and augmentation), then the paired one-sided
 # test. The student and recipe were chosen on the validation split by `make demo-choice` (seeds

@@ -29,14 +29,40 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kdcli.errors import UsageError
 
-def pin_local_gpu(device: torch.device) -> None:
-    """Under torchrun on a CUDA `device`, make "cuda" mean this rank's GPU (LOCAL_RANK), so tensors
-    made before the process group is joined (a teacher moved to the device) land there too. Call it
-    once the device is resolved, before anything moves to it; elsewhere it does nothing."""
-    if device.type == "cuda" and device.index is None and world_size() > 1 and torch.cuda.is_available() \
-            and os.environ.get("KDCLI_DIST_BACKEND", "") != "gloo":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+def rank_device(device: torch.device, local_rank: int, gpus: int) -> torch.device:
+    """The device a torchrun rank trains on: its own GPU (LOCAL_RANK) for "cuda", refused when the host
+    has fewer GPUs than ranks or when --device names one GPU (every rank would share it); other
+    devices as they are."""
+    if device.type != "cuda":
+        return device
+    if device.index is not None:
+        raise UsageError(f"--device {device} under torchrun: each rank uses its own GPU (LOCAL_RANK); pass --device cuda")
+    if local_rank >= gpus:
+        raise UsageError(f"torchrun rank with LOCAL_RANK {local_rank} but this host has {gpus} GPU(s): "
+                         "start at most one rank per GPU (--nproc-per-node), or use --device cpu")
+    return torch.device("cuda", local_rank)
+
+
+def backend(cuda_available: bool) -> str:
+    """The process group's backends by tensor device: gloo for CPU tensors always, NCCL for CUDA ones
+    where CUDA exists, so a --device cpu run on a GPU host never hands CPU tensors to NCCL."""
+    return "cpu:gloo,cuda:nccl" if cuda_available else "gloo"
+
+
+def pin_local_gpu(device: torch.device) -> torch.device:
+    """Under torchrun, this rank's device (`rank_device`), made current on CUDA so tensors made before
+    the process group is joined (a teacher moved to the device) land there too. Call it once the
+    device is resolved, before anything moves to it; outside torchrun the device is returned as is."""
+    if world_size() <= 1:
+        return device
+    device = rank_device(device, int(os.environ.get("LOCAL_RANK", "0")),
+                         torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def world_size() -> int:
@@ -64,9 +90,7 @@ def init() -> None:
     if dist.is_initialized() or world_size() <= 1:
         return
     use_cuda = torch.cuda.is_available() and os.environ.get("KDCLI_DIST_BACKEND", "") != "gloo"
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(backend(use_cuda), timeout=datetime.timedelta(minutes=30))
 
 
 def is_main() -> bool:
@@ -88,10 +112,18 @@ def shard(global_idx: torch.Tensor) -> tuple[torch.Tensor, float]:
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel around `model` (SyncBatchNorm first on CUDA); `model` itself is kept
     and shares the parameters, so the engine's checkpoints and best-state copies see plain keys."""
-    if device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index or torch.cuda.current_device()])
+    if device.type == "cuda":  # SyncBatchNorm already (`sync_batchnorm`, before the objective's hooks)
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return nn.parallel.DistributedDataParallel(model, device_ids=[index])
     return nn.parallel.DistributedDataParallel(model)
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Under torchrun on CUDA, BatchNorm layers become SyncBatchNorm, in place below the top module.
+    Done before the objective attaches feature hooks: converting after would drop hooks on BN layers."""
+    if world_size() > 1 and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 def average_gradients(parameters) -> None:

@@ -230,6 +230,14 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def rng_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose random state `torch.random.fork_rng` must save and restore around a
+    side draw (a peer's or a projector's initialization) on `device`; none off CUDA."""
+    if device.type != "cuda":
+        return []
+    return [torch.cuda.current_device() if device.index is None else device.index]
+
+
 def objective_parameters(objective) -> list[nn.Parameter]:
     """Trainable parameters an objective owns besides the model's (a feature projector, a FitNet
     regressor): anything exposing `.parameters()`, as an nn.Module does; plain functions own none."""

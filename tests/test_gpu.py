@@ -70,7 +70,7 @@ def test_resume_across_compile_on_cuda(tmp_path):
     from kdcli.reporting import Reporter
     from kdcli.stages.common import load_data
     from kdcli.stages.configs import BaselineConfig
-    from kdcli.stages.objectives import hard_label_objective
+    from kdcli.stages.objectives.labels import hard_label_objective
 
     cfg = build(BaselineConfig, None, {"epochs": 2, "patience": 0, "checkpoint_every": 0.0})
     data, device = load_data(cfg), torch.device("cuda")

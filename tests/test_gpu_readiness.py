@@ -96,13 +96,60 @@ def test_required_torch_has_what_the_code_uses():
 
 
 def test_out_of_gpu_memory_is_one_line(cli, store, monkeypatch):
-    from kdcli.stages import train
+    from kdcli.stages import runner
 
-    def out_of_memory(cfg, ctx):
+    def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79 GiB total)\nmore")
 
-    monkeypatch.setattr(train, "baseline", out_of_memory)
+    monkeypatch.setattr(runner, "fit", out_of_memory)
     result = cli("baseline", "--epochs", "1", "--device", "cpu")
     assert result.exit_code == 1 and "Traceback" not in result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: out of GPU memory: lower --batch-size") and "Tried to allocate 2.00 GiB" in line
+    lines = result.stderr.strip().splitlines()
+    line = lines[-1]
+    assert sum(x.startswith("error:") for x in lines) == 1 and line.startswith("error: out of GPU memory: lower --batch-size") and "Tried to allocate 2.00 GiB" in line
+
+
+def test_float16_logits_table_refuses_overflow():
+    """A logit above float16's 65504 became inf in the table, then NaN in the KD loss (issue 14, item 11)."""
+    from kdcli.errors import KdcliError
+    from kdcli.stages.cache_logits import view_logits
+
+    cfg = build(BaselineConfig, None, {})
+    data = load_data(cfg)
+
+    class Huge(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((len(x), 10), 7e4)
+
+    with pytest.raises(KdcliError, match="non-finite teacher logits.*--dtype float32"):
+        view_logits(Huge(), data, ViewSet(), 256, torch.device("cpu"), "fp32", lambda n: None, dtype=torch.float16)
+    table = view_logits(Huge(), data, ViewSet(), 256, torch.device("cpu"), "fp32", lambda n: None,
+                        dtype=torch.float32)["logits"]
+    assert bool(torch.isfinite(table).all())
+
+
+def test_process_group_backend_follows_the_tensor_device():
+    """It was NCCL whenever CUDA existed, so a --device cpu run on a GPU host gave NCCL CPU tensors."""
+    from kdcli import distributed
+
+    assert distributed.backend(cuda_available=True) == "cpu:gloo,cuda:nccl"
+    assert distributed.backend(cuda_available=False) == "gloo"
+
+
+def test_each_rank_gets_its_own_gpu_or_a_clear_refusal():
+    """`device.index or current_device()` read cuda:0 as "no index"; 2 ranks on 1 GPU failed in set_device."""
+    from kdcli import distributed
+
+    assert distributed.rank_device(torch.device("cuda"), 1, 2) == torch.device("cuda", 1)
+    assert distributed.rank_device(torch.device("cpu"), 1, 0) == torch.device("cpu")  # no GPU touched
+    with pytest.raises(UsageError, match="LOCAL_RANK 1 but this host has 1 GPU"):
+        distributed.rank_device(torch.device("cuda"), 1, 1)
+    with pytest.raises(UsageError, match="each rank uses its own GPU"):
+        distributed.rank_device(torch.device("cuda", 0), 1, 2)
+
+
+def test_compile_with_the_gradient_term_is_refused():
+    from kdcli.stages.configs import DistillConfig
+
+    with pytest.raises(UsageError, match="--w-gr needs a double backward"):
+        build(DistillConfig, None, {"dataset": "synthetic-regression", "teacher": "t", "w_gr": 0.3, "compile": True})

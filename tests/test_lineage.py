@@ -77,17 +77,17 @@ def test_printed_commands_rebuild_the_same_artifact_in_a_fresh_store(chain, tmp_
     assert [line.split()[1] for line in lines] == ["train-teacher", "cache-logits", "distill"]
     fresh_root = tmp_path / "fresh"
     fresh = make_cli(fresh_root)
+    rebuilt_ids = []
     for line in lines:
         result = fresh(*shlex.split(line)[1:], "-q")
         assert result.exit_code == 0, (line, result.stderr)
+        rebuilt_ids.append(result.stdout.strip().splitlines()[-1])
     rebuilt_store = Store(fresh_root)
-    for name, line in zip(("t", "lg", "d1"), lines, strict=True):
-        original, rebuilt = store.get(name), rebuilt_store.get(line.split("--name ")[1])
+    for name, rebuilt_id in zip(("t", "lg", "d1"), rebuilt_ids, strict=True):
+        original, rebuilt = store.get(name), rebuilt_store.get(rebuilt_id)
         assert _measured(rebuilt) == _measured(original)
         assert _weights_hash(rebuilt) == _weights_hash(original)
-    # content ids: the teacher's config names no parent, so it is the very same artifact; the
-    # children's configs record the refs as typed (a name there, an id here), so their ids differ
-    assert rebuilt_store.resolve(lines[0].split("--name ")[1]) == store.resolve("t")
+        assert rebuilt.id == original.id  # refs as typed stay out of the content id: the very same artifacts
 
 
 def test_card_has_teacher_data_recipe_ci_comparison_and_lineage(chain, tmp_path):
@@ -109,6 +109,5 @@ def test_card_has_teacher_data_recipe_ci_comparison_and_lineage(chain, tmp_path)
 def test_command_line_uses_parent_ids_and_only_changed_options():
     line = command_line("distill", {"logits": "my/logits", "temperature": 4.0, "epochs": 7, "model_args": ["a=1"],
                                     "compile": True, "seed": 0}, {"logits": "ab" * 32}, "cd" * 32)
-    assert line == ("kdcli distill --model-arg a=1 --epochs 7 --compile --logits abababababab --temperature 4 "
-                    "--name cdcdcdcdcdcd")
+    assert line == "kdcli distill --model-arg a=1 --epochs 7 --compile --logits abababababab --temperature 4"
     assert command_line("sweep", {}, {}, "cd" * 32) is None

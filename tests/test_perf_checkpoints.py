@@ -80,6 +80,16 @@ def test_checkpoints_are_written_by_time(setup, tmp_path, every, expected):
 def test_interrupt_between_writes_resumes_bit_identically(setup, tmp_path):
     """Only epoch 1 is due by time; Ctrl-C in epoch 4 writes epoch 3; the rerun resumes there."""
     signum = signal.SIGINT
+    # Ctrl-C as in a terminal: a background job (nohup, &) starts with SIGINT ignored, and kdcli
+    # leaves an ignored signal ignored
+    previous_handler = signal.signal(signum, signal.default_int_handler)
+    try:
+        _interrupted_run(setup, tmp_path, signum)
+    finally:
+        signal.signal(signum, previous_handler)
+
+
+def _interrupted_run(setup, tmp_path, signum):
     cfg, data = setup
     cfg = build(BaselineConfig, None, {**vars(cfg), "checkpoint_every": 3600.0})
     expected_model, expected = _fit(cfg, data, hard_label_objective("classification"), None)

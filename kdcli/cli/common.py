@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import os
+import sys
 import tempfile
 import typing
 from collections.abc import Callable, Iterator
@@ -161,6 +162,10 @@ def execute(action: Callable[[], Any], debug: bool) -> Any:
     except Exception as exc:  # anything unforeseen still ends in one line without --debug
         if debug:
             raise
+        torch = sys.modules.get("torch")  # loaded by any command that could run out of GPU memory
+        if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+            raise fail("out of GPU memory: lower --batch-size or --eval-batch-size, or use --precision bf16 "
+                       f"({str(exc).splitlines()[0] if str(exc) else 'CUDA'})", 1) from None
         raise fail(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1) from None
 
 
@@ -243,7 +248,7 @@ def run_context(common: dict) -> RunContext:
     """The RunContext of a command's common options; the device is resolved (and, under torchrun on CUDA,
     this rank's GPU pinned) before any stage moves a model to it."""
     device = resolve_device(common["device"])
-    distributed.pin_local_gpu(device)
+    device = distributed.pin_local_gpu(device)
     return RunContext(store=open_store(common["store"], write=True), device=device, reporter=Reporter(quiet=common["quiet"]),
                       force=common["force"], name=common["name"], tags=list(common["tag"] or []))
 

@@ -77,7 +77,8 @@ def similarity_matrix(f: torch.Tensor) -> torch.Tensor:
 def sp_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
     """Similarity preserving: ||G_s - G_t||_F^2 / N^2, G the normalized batch Gram matrices (N, N)."""
     n = f_s.shape[0]
-    return (similarity_matrix(f_s) - similarity_matrix(f_t.detach())).pow(2).sum() / (n * n)
+    with torch.autocast(f_s.device.type, enabled=False):  # the Gram matmul in float32, not fp16/bf16
+        return (similarity_matrix(f_s) - similarity_matrix(f_t.detach())).pow(2).sum() / (n * n)
 
 
 def _pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -99,14 +100,17 @@ def rkd_loss(f_s: torch.Tensor, f_t: torch.Tensor, distance_weight: float = 25.0
     """
     dtype = compute_dtype(f_s, f_t)
     s, t = upcast(f_s, dtype).flatten(1), upcast(f_t.detach(), dtype).flatten(1)
-    with torch.no_grad():
-        t_d = _pairwise_distances(t)
-        t_d = t_d / t_d[t_d > 0].mean()
-        t_angle = _angles(t)
-    s_d = _pairwise_distances(s)
-    s_d = s_d / s_d[s_d > 0].mean()
-    distance = F.smooth_l1_loss(s_d, t_d)
-    angle = F.smooth_l1_loss(_angles(s), t_angle)
+    n = len(s)
+    pairs = max(n * (n - 1), 1)  # off-diagonal distances are > 0 (clamped): their mean without a host sync
+    with torch.autocast(f_s.device.type, enabled=False):  # distances and angles in float32 under AMP
+        with torch.no_grad():
+            t_d = _pairwise_distances(t)
+            t_d = t_d / (t_d.sum() / pairs)
+            t_angle = _angles(t)
+        s_d = _pairwise_distances(s)
+        s_d = s_d / (s_d.sum() / pairs)
+        distance = F.smooth_l1_loss(s_d, t_d)
+        angle = F.smooth_l1_loss(_angles(s), t_angle)
     return {"rkd_distance": distance, "rkd_angle": angle, "rkd": distance_weight * distance + angle_weight * angle}
 
 

@@ -13,7 +13,7 @@ import torch
 
 from kdcli.augment import ViewSet
 from kdcli.engine import Prepare, autocast, predict, prepare_model, test_metrics
-from kdcli.errors import UsageError
+from kdcli.errors import KdcliError, UsageError
 from kdcli.stages.common import RunContext, StageResult, check_fits, load_data, load_model
 from kdcli.stages.configs import CacheLogitsConfig
 from kdcli.stages.runner import Stage, run_cached
@@ -40,6 +40,12 @@ def view_logits(teacher, data, views: ViewSet, batch_size: int, device, precisio
                 outputs.append(teacher(prepare(views.apply(x, ids))).float())
         chunk = torch.stack(outputs, 1).cpu()  # (B, V, K) float32
         part = compress_topk(chunk, topk) if topk else {"logits": chunk.to(dtype)}
+        for name, value in part.items():  # float16 ends at 65504: a larger logit would be inf, then NaN in KD
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                where = "the teacher's outputs" if not bool(torch.isfinite(chunk).all()) else f"{name} in {value.dtype}"
+                raise KdcliError(f"non-finite teacher logits for pool images {start}..{start + len(x) - 1} ({where}; "
+                                 f"largest |logit| {chunk.abs().nan_to_num(posinf=float('inf')).max():.4g}); "
+                                 "use --dtype float32 or a teacher with finite outputs")
         for name, value in part.items():
             if name not in tensors:
                 tensors[name] = torch.empty((n, *value.shape[1:]), dtype=value.dtype)

@@ -23,8 +23,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from kdcli import plots, stats
 from kdcli.errors import UsageError
+from kdcli.latency import measure_latency
 from kdcli.stages.configs import TrainConfig, check_choice
 from kdcli.stages.visualize import record_report
 from kdcli.store import Artifact, CorruptArtifact, Store, canonical_json
@@ -239,14 +242,17 @@ def reference_model(store: Store, artifact_id: str) -> Artifact | None:
         return None
 
 
-def latency_of(manifest: dict) -> dict | None:
-    """The latency a run measured: {"ms": per batch, "batch": its size, "device": where it ran}, or None.
-
-    Read from the manifest's metrics, where the training stages record it today."""
-    ms = (manifest.get("metrics") or {}).get("latency_ms_per_batch64")
-    if not isinstance(ms, (int, float)):
-        return None
-    return {"ms": float(ms), "batch": 64, "device": manifest.get("device", "?")}
+def latency_of(store: Store, artifact: Artifact, batch: int = 64) -> dict:
+    """{"ms": per batch, "batch", "device"}: the model's cached latency measurement (kdcli.latency) on the
+    device it ran on (the CPU when that device is not here), or the figure an older run recorded."""
+    recorded = (artifact.manifest.get("metrics") or {}).get(f"latency_ms_per_batch{batch}")
+    if isinstance(recorded, (int, float)):
+        return {"ms": float(recorded), "batch": batch, "device": artifact.manifest.get("device", "?")}
+    device = torch.device(artifact.manifest.get("device") or "cpu")
+    if device.type != "cpu" and not (device.type == "cuda" and torch.cuda.is_available()):
+        device = torch.device("cpu")
+    measured = measure_latency(store, artifact.id, device, batch=batch)
+    return {"ms": measured["latency_ms"], "batch": batch, "device": measured["device"]}
 
 
 def weights_bytes(artifact: Artifact) -> int:
@@ -263,10 +269,11 @@ def _mean_of(values: list) -> float | None:
     return statistics.fmean(numbers) if numbers else None
 
 
-def side_row(label: str, runs: list[Artifact], teacher_params: float | None) -> dict:
-    """Model facts of one group (means over its runs): params, compression, weights' size, latency, agreement."""
+def side_row(store: Store, label: str, runs: list[Artifact], teacher_params: float | None) -> dict:
+    """Model facts of one group (means over its runs): params, compression, weights' size, agreement, and
+    the latency of its first run (the runs of a group share one architecture)."""
     params = _mean_of([(run.manifest.get("metrics") or {}).get("params") for run in runs])
-    latencies = [lat for lat in (latency_of(run.manifest) for run in runs) if lat is not None]
+    latencies = [latency_of(store, runs[0])] if runs else []
     return {
         "label": label, "params": params,
         "compression": teacher_params / params if teacher_params and params else None,
@@ -279,16 +286,17 @@ def side_row(label: str, runs: list[Artifact], teacher_params: float | None) -> 
     }
 
 
-def side_by_side(groups: dict[str, list[Artifact]], result: dict, teacher: Artifact | None) -> list[dict]:
+def side_by_side(store: Store, groups: dict[str, list[Artifact]], result: dict,
+                 teacher: Artifact | None) -> list[dict]:
     """One row per group, then one for the reference teacher: the metric's mean and CI beside the model facts."""
     teacher_params = (teacher.manifest.get("metrics") or {}).get("params") if teacher else None
     rows = []
     for label, runs in groups.items():
         g = result["groups"][label]
-        rows.append({**side_row(label, runs, teacher_params), "role": "group",
+        rows.append({**side_row(store, label, runs, teacher_params), "role": "group",
                      **{k: g[k] for k in ("n", "mean", "std", "ci_low", "ci_high")}})
     if result.get("reference"):
-        row = side_row("reference", [teacher] if teacher else [], teacher_params)
+        row = side_row(store, "reference", [teacher] if teacher else [], teacher_params)
         rows.append({**row, "role": "reference", "id": result["reference"]["id"], "n": 1,
                      "mean": result["reference"][result["metric"]], "std": None, "ci_low": None, "ci_high": None,
                      "teacher_agreement": None})
@@ -349,7 +357,7 @@ def compare(cfg: CompareConfig, store: Store) -> dict:
     if reference_id:
         parents["reference"], reference = reference_value(store, reference_id, metric)
         result["reference"] = {"id": parents["reference"], metric: reference}
-    result["side_by_side"] = side_by_side(groups, result, reference_model(store, reference_id) if reference_id else None)
+    result["side_by_side"] = side_by_side(store, groups, result, reference_model(store, reference_id) if reference_id else None)
     figures = []
     if cfg.plot:
         values = {label: result["groups"][label]["values"] for label in labels}

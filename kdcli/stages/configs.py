@@ -178,6 +178,8 @@ class DistillConfig(TrainConfig):
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.compile and self.w_gr:  # the input-gradient term differentiates through the model twice
+            raise UsageError("--w-gr needs a double backward, which torch.compile does not support; drop --compile")
         for name, end in (("temperature", self.temperature_end), ("alpha", self.alpha_end)):
             kind = getattr(self, f"{name}_schedule")
             check_choice(f"{name}_schedule", kind, ("constant", "linear", "cosine"))

@@ -3,9 +3,10 @@
 Every artifact's manifest records its stage, its resolved config and its parents (artifact ids, the
 data fingerprint, a weights-file hash), so the graph and the commands are derived from the store
 alone. A command passes the options that differ from the stage's defaults; a parent artifact is
-referred to by its id (12 hex digits) and every command names its result by that id (`--name ID`),
-so the commands resolve both in the store they came from (an id prefix) and, run in order, in a
-fresh store (the names). Artifacts of other stages (sweeps, reports) appear without a command.
+referred to by its id (12 hex digits). A rebuilt artifact has the id of the original (refs as
+typed stay out of the content id), so the commands resolve their parents both in the store they came
+from and, run in order, in a fresh store. They name nothing: a name of 8 or more hex digits would
+hide the id it spells. Artifacts of other stages (sweeps, reports) appear without a command.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def stage_config(stage: str):
 
 
 def command_line(stage: str, config: dict, parents: dict, artifact_id: str) -> str | None:
-    """`kdcli STAGE --option value ... --name ID` for a stage run, parents by id; None for other stages."""
+    """`kdcli STAGE --option value ...` for a stage run, parents by id; None for other stages."""
     cls = stage_config(stage)
     if cls is None:
         return None
@@ -87,7 +88,7 @@ def command_line(stage: str, config: dict, parents: dict, artifact_id: str) -> s
     for f in dataclasses.fields(cls):
         if f.name in config and config[f.name] is not None and config[f.name] != _default(f):
             tokens += _flag_tokens(f, types_[f.name], config[f.name])
-    return "kdcli " + shlex.join([*tokens, "--name", artifact_id[:SHORT]])
+    return "kdcli " + shlex.join(tokens)
 
 
 def _summary(manifest: dict) -> str:

@@ -19,7 +19,7 @@ import torch
 
 from kdcli.augment import ViewSet, resolve_augment
 from kdcli.data import DataSet
-from kdcli.engine import predict, prepare_model
+from kdcli.engine import predict, prepare_model, rng_devices
 from kdcli.errors import UsageError
 from kdcli.losses import LOSSES
 from kdcli.losses.feature_methods import FEATURE_METHODS
@@ -131,7 +131,7 @@ def plan_teacherless(cfg: DistillConfig, ctx: RunContext, data: DataSet) -> Plan
                     lambda model, dd: EMATeacherObjective(model, cfg.ema_decay, loss, schedule).to(dd.device))
 
     def make_mutual(model, device_data):
-        with torch.random.fork_rng(devices=[]):  # the peer's own initialization; the student's stream untouched
+        with torch.random.fork_rng(devices=rng_devices(device_data.device)):  # the peer's own init; the student's streams untouched
             torch.manual_seed(cfg.seed + 1000)
             peer, _ = build_from_config(cfg, data)
         return MutualObjective(peer, loss, schedule).to(device_data.device)

@@ -246,7 +246,7 @@ def train(stage: Stage, ctx: RunContext, data: DataSet, plan: Plan) -> StageResu
         student, spec = build_from_config(cfg, data)
         initial_hash = state_hash(student)
         device_data = DeviceData(data, ctx.device)
-        model = prepare_model(student, ctx.device, cfg.compile)
+        model = prepare_model(distributed.sync_batchnorm(student, ctx.device), ctx.device, cfg.compile)
         objective = plan.make_objective(model, device_data)
         checkpoint = Checkpoint(ctx.store.checkpoint_path(key))
         ctx.reporter.info(f"{stage.name}: {cfg.model} ({parameter_count(student):,} params) on {data.name} "

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcli.engine import Batch
+from kdcli.engine import Batch, rng_devices
 from kdcli.errors import UsageError
 from kdcli.losses.feature_methods import FeatureMethod
 from kdcli.losses.registry import upcast
@@ -44,7 +44,7 @@ class FeatureObjective(nn.Module):
         if method.needs_maps and any(len(s) != 3 for s in (*s_shapes, *t_shapes)):
             raise UsageError(f"--method {method.name} needs convolutional feature maps (N, C, H, W); "
                              f"the chosen layers give {s_shapes} (student) and {t_shapes} (teacher)")
-        with torch.random.fork_rng(devices=[]):  # the student's RNG stream stays that of a baseline
+        with torch.random.fork_rng(devices=rng_devices(next(student.parameters()).device)):  # the student's streams stay a baseline's
             torch.manual_seed(seed + 2)
             self.heads = nn.ModuleList(method.make(s, t, n_data, options) for s, t in zip(s_shapes, t_shapes, strict=True))
         self.weight = options["feature_weight"]
