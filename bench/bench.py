@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from kdcli.data import DATASETS, DataSet, split_pool  # noqa: E402
+from kdcli.engine import apply_default_threads  # noqa: E402
 from kdcli.models import build_model  # noqa: E402
 from kdcli.reporting import Reporter  # noqa: E402
 from kdcli.stages.cache_logits import cache_logits  # noqa: E402
@@ -676,7 +677,8 @@ def main() -> None:
         child(args)
         return
     args.teachers = [t.strip() for t in args.teachers.split(",") if t.strip()]
-    engine_threads = torch.get_num_threads()  # the engine's policy, applied when it was imported
+    apply_default_threads()  # what `kdcli` does at start-up (KDCLI_THREADS or the usable CPUs)
+    engine_threads = torch.get_num_threads()
     threads_why = "--threads" if args.threads else "KDCLI_THREADS / usable CPUs"
     if not args.threads and not os.environ.get("KDCLI_THREADS") and os.getloadavg()[0] >= (os.cpu_count() or 1):
         # other work already fills the CPUs: several OpenMP threads per process then wait on each other
