@@ -13,7 +13,11 @@ Prints one table of ratios (and writes it to --out, default reports/bench.md):
      1 view and with 18 views (flip,translate:1), each in a fresh child process (target: distill's
      anonymous memory flat in the number of views; only the memory-mapped table pages grow);
   5. start-up: `kdcli --help` and `kdcli artifacts ls` vs `python -c "import torch"`, fresh processes
-     (target: under half the time; commands that need no tensors do not import torch).
+     (target: under half the time; commands that need no tensors do not import torch);
+  6. online-teacher distill (mixup) vs baseline (mixup), time per epoch (bench/online_teacher.py);
+  7. push / pull to a local-path remote, MiB/s, and a second push of an unchanged store (bench/remote_bench.py);
+  8. scale (bench/scale.py): the same 8-run sweep on local workers and on Ray; peak RSS of distill on a
+     memory-mapped image folder of N and 4N images; mapped vs in-memory images per second.
 
 Data are synthetic CIFAR-shaped uint8 images (speed does not depend on pixel values); the stages are
 called in-process (the same functions the CLI calls), with --force so nothing is skipped. Rows 1-3
@@ -48,6 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from kdcli.data import DATASETS, DataSet, split_pool  # noqa: E402
+from kdcli.engine import apply_default_threads  # noqa: E402
 from kdcli.models import build_model  # noqa: E402
 from kdcli.reporting import Reporter  # noqa: E402
 from kdcli.stages.cache_logits import cache_logits  # noqa: E402
@@ -660,6 +665,7 @@ def main() -> None:
                         help="row 1 teachers; the first (seed 000's resnet56) carries the target")
     parser.add_argument("--device", default="auto", help="auto (CPU, plus CUDA when present), cpu or cuda")
     parser.add_argument("--no-memory", action="store_true", help="skip row 4")
+    parser.add_argument("--skip", default="", help="comma-separated row groups to skip: online, remote, scale")
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench.md"), help="also write the table here")
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=("teacher", "cache", "distill"), help=argparse.SUPPRESS)
@@ -671,7 +677,8 @@ def main() -> None:
         child(args)
         return
     args.teachers = [t.strip() for t in args.teachers.split(",") if t.strip()]
-    engine_threads = torch.get_num_threads()  # the engine's policy, applied when it was imported
+    apply_default_threads()  # what `kdcli` does at start-up (KDCLI_THREADS or the usable CPUs)
+    engine_threads = torch.get_num_threads()
     threads_why = "--threads" if args.threads else "KDCLI_THREADS / usable CPUs"
     if not args.threads and not os.environ.get("KDCLI_THREADS") and os.getloadavg()[0] >= (os.cpu_count() or 1):
         # other work already fills the CPUs: several OpenMP threads per process then wait on each other
@@ -698,6 +705,18 @@ def main() -> None:
         rows += startup_rows(store, args.startup_reps, "cpu" if torch.get_num_threads() == 1 else "wall")
         if not args.no_memory:
             rows += memory_rows(Store(root / "memory-store"))
+        skip = {part.strip() for part in args.skip.split(",") if part.strip()}
+        # the row groups beside this file (bench/); scale.py itself imports PeakMemory from this module
+        import online_teacher
+        import remote_bench
+        import scale
+
+        if "online" not in skip:
+            rows += [online_teacher.online_teacher_row(device, Store(root / "online-store")) for device in devices]
+        if "remote" not in skip:
+            rows += remote_bench.push_pull_rows(root / "remote")
+        if "scale" not in skip:
+            rows += scale.rows(root / "scale")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     load_after = os.getloadavg()

@@ -26,6 +26,7 @@ import torch
 
 from kdcli import stats
 from kdcli.config import build, parse_seeds
+from kdcli.engine import apply_default_threads
 from kdcli.reporting import Reporter
 from kdcli.stages.cache_logits import cache_logits
 from kdcli.stages.common import RunContext, load_data, resolve_device
@@ -85,7 +86,7 @@ def markdown(values: dict[str, list[float]], args, teacher_acc: float, minutes: 
     lines = [
         "# Logit distillation methods on digits, on a student with room to learn",
         "",
-        f"digits-teacher ({teacher_acc:.2f}% test accuracy, 53k params) -> {RECIPE['model']} (2.7k params), "
+        f"digits-teacher ({teacher_acc:.2f}% test accuracy, 53k params) -> {RECIPE['model']} (2.6k params), "
         f"Adam 3e-3 at a constant rate for {RECIPE['epochs']} epochs, the best validation-loss epoch kept (the demo's "
         f"student and recipe, chosen on validation by `make demo-choice`), {len(args.seeds)} seeds "
         f"({', '.join(map(str, args.seeds))}), every method at its defaults. Clean rows: the cached clean-image "
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("bench/methods_digits.md"))
     args = parser.parse_args()
+    apply_default_threads()  # the CLI's thread policy (KDCLI_THREADS, else the usable CPUs)
 
     from kdcli.store import default_root
 

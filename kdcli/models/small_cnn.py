@@ -60,6 +60,6 @@ register_preset("digits-teacher", SimpleCNN, "Teacher sized for 8x8 digits: conv
 register_preset("digits-student", SimpleCNN, "Student sized for 8x8 digits: one conv block of 4 channels, fc 16.",
                 blocks=(4,), hidden=(16,))
 register_preset("digits-student-m", SimpleCNN, "Digits student with more room: one conv block of 6 channels, fc 24 "
-                "(about 2.7k params, 1/20 of digits-teacher).", blocks=(6,), hidden=(24,))
+                "(about 2.6k params, 1/20 of digits-teacher).", blocks=(6,), hidden=(24,))
 register_preset("digits-student-l", SimpleCNN, "Digits student with room to learn from the teacher: one conv block of "
                 "8 channels, fc 32 (about 4.5k params, 1/12 of digits-teacher).", blocks=(8,), hidden=(32,))
