@@ -16,7 +16,7 @@ export KDCLI_STORE ?= artifacts
 KD   := $(BIN)/kdcli
 DATA  = --data-dir $(DATA_DIR) $(DOWNLOAD) --device $(DEVICE)
 
-.PHONY: install demo demo-tiny demo-choice test lint clean cifar100-kd-bench methods-digits \
+.PHONY: install demo demo-tiny demo-choice test test-unit test-cli test-e2e lint clean cifar100-kd-bench methods-digits \
         seed000-cifar10 seed000-cifar100 seed000-cifar100-resnet18 seed002-hinton seed003-kl seed004-mnist \
         seed001-regression
 
@@ -27,8 +27,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The tests in layers: tests/unit (losses, store, stats, engine parts), tests/cli (one command through
+# Typer's CliRunner on tiny data), tests/e2e (pipelines, faults, torchrun, Ray, walkthrough); `make test` runs all.
 test: install
 	$(BIN)/python -m pytest
+
+test-unit test-cli test-e2e: install
+	$(BIN)/python -m pytest tests/$(@:test-%=%)
 
 lint: install
 	$(BIN)/ruff check kdcli tests bench

@@ -1,8 +1,8 @@
 """`make gpu-check`: every CUDA path of issue 14 once, in at most 8 minutes; one table, exit 1 on any failure.
 
 Checks (CUDA ones are reported SKIP without a GPU, so a CPU-only machine runs the rest):
-  1. the CPU-safe tests of the CUDA defects (tests/test_gpu_readiness.py, tests/test_perf_checkpoints.py)
-  2. the tests marked gpu (tests/test_gpu.py): every training stage on digits with --device cuda at
+  1. the CPU-safe tests of the CUDA defects (tests/unit/test_gpu_readiness.py, tests/cli/test_perf_checkpoints.py)
+  2. the tests marked gpu (tests/unit/test_gpu.py): every training stage on digits with --device cuda at
      --precision fp32/bf16/fp16, compile on/off and resume across it, cache-logits CUDA vs CPU,
      same-seed fairness
   3. cached vs online teacher on the same batches (augment none, a float32 table), on this device and
@@ -175,9 +175,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     checks = [
         ("CPU-safe tests of the CUDA defects", lambda s: check_pytest(
-            ["tests/test_gpu_readiness.py", "tests/test_perf_checkpoints.py"])),
+            ["tests/unit/test_gpu_readiness.py", "tests/cli/test_perf_checkpoints.py"])),
         ("tests marked gpu (stages x precisions, compile, cache-logits, fairness)",
-         lambda s: check_pytest(["tests/test_gpu.py"], "gpu")),
+         lambda s: check_pytest(["tests/unit/test_gpu.py"], "gpu")),
         (f"cached vs online teacher, {device} and cpu", lambda s: check_cached_vs_online(device, s)),
         ("same seed twice on the CPU", check_cpu_determinism),
         ("CUDA out of memory as one line", check_oom),

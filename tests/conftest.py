@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh store per test and CLI runners that keep stdout and stderr apart."""
+"""Shared fixtures of tests/unit, tests/cli and tests/e2e: a fresh store per test and CLI runners that keep stdout and stderr apart."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def walkthrough_commands() -> list[list[str]]:

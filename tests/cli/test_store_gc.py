@@ -17,7 +17,7 @@ import torch
 from kdcli.store import Store
 from kdcli.store import locks as locks_module
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOLD_LEASE = textwrap.dedent("""
     import sys
     from kdcli.store import Store

@@ -14,7 +14,7 @@ import pytest
 
 from kdcli.store import locks as locks_module
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
     from kdcli.store import Store

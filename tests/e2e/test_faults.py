@@ -11,7 +11,7 @@
 - untrusted files: pickles that would run code are refused (checkpoints, resume state, import-teacher),
   and so are torch.hub and Hugging Face remote code without --trust-remote-code
 
-The plain cases of tests/test_pipeline.py::test_bad_inputs_give_one_line and tests/test_store.py are
+The plain cases of tests/e2e/test_pipeline.py::test_bad_inputs_give_one_line and tests/unit/test_store.py are
 not repeated here.
 """
 
@@ -40,7 +40,7 @@ from kdcli.stages.configs import BaselineConfig
 from kdcli.stages.registry import STAGES
 from kdcli.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CPU = ["--device", "cpu"]
 
 

@@ -23,7 +23,7 @@ from kdcli.stages.configs import BaselineConfig
 from kdcli.stages.objectives.labels import hard_label_objective
 from kdcli.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class CountingCheckpoint(engine.Checkpoint):

@@ -20,7 +20,7 @@ from kdcli.stages.common import load_data
 from kdcli.stages.configs import BaselineConfig
 from kdcli.stages.objectives.labels import hard_label_objective
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class KilledAfter(engine.Checkpoint):
