@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+import kdcli
+
+REPO = Path(kdcli.__file__).resolve().parent.parent
 HEAVY = ("torch", "numpy", "scipy", "matplotlib", "transformers", "sklearn", "safetensors.torch")
 
 PROBE = f"""
