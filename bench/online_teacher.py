@@ -56,7 +56,7 @@ def online_teacher_row(device: torch.device, store: Store, epochs: int = 4, reps
     ratio = statistics.median(ratios)
     med = {name: statistics.median(t[basis] for t in ts) for name, ts in times.items()}
     params = parameter_count(load_model(store, teacher.id)[0])
-    return {"row": "5", "device": device.type, "basis": basis,
+    return {"row": "6", "device": device.type, "basis": basis,
             "what": f"kdcli baseline -> kdcli distill --teacher (online, {AUGMENT}), {basis} s per epoch",
             "a": f"{med['baseline']:.3f}", "b": f"{med['distill']:.3f}", "ratio": ratio,
             "target": "-", "met": None,
