@@ -12,17 +12,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import platform
 import statistics
-import tempfile
 import time
 
 import torch
 
 from kdcli.engine import autocast, prepare_model
 from kdcli.stages.common import load_model
-from kdcli.store import Store, canonical_json
+from kdcli.store import Store, canonical_json, write_text_atomically
 
 WARMUP, REPEATS = 3, 10
 
@@ -67,19 +65,6 @@ def measure_latency(store: Store, ref: str, device: torch.device, batch: int = 6
                 timings.append((time.perf_counter() - started) * 1000)
     result = {"latency_ms": round(statistics.median(timings), 3), "batch": batch, "device": str(device),
               "device_name": description["device_name"], "precision": precision, "repeats": REPEATS}
-    _write_atomically(path, json.dumps({"key": description, "result": result}, indent=2))
+    write_text_atomically(path, json.dumps({"key": description, "result": result}, indent=2))
     return result
 
-
-def _write_atomically(path, text: str) -> None:
-    """All or nothing: a temp file beside `path`, then a rename (a cache: a failed write is only lost work)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

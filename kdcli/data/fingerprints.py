@@ -14,14 +14,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from kdcli.store import canonical_json, default_root
+from kdcli.store import canonical_json, default_root, write_text_atomically
 
 SAMPLE_ROWS = 64
 _MEMO: dict[str, str] = {}
@@ -77,19 +75,7 @@ def cached_fingerprint(data, compute: Callable[[], str], root: Path | None = Non
             return cached["fingerprint"]
     value = _MEMO[key + sample] = compute()
     if root.is_dir():
-        _write(path, json.dumps({"fingerprint": value, "sample": sample, "recipe": recipe}))
+        with contextlib.suppress(OSError):  # a cache that cannot be written is only work to redo
+            write_text_atomically(path, json.dumps({"fingerprint": value, "sample": sample, "recipe": recipe}))
     return value
 
-
-def _write(path: Path, text: str) -> None:
-    """A temp file and a rename; a cache that cannot be written is only work to redo."""
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)

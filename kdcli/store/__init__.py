@@ -45,6 +45,7 @@ from kdcli.store.objects import (
     sha256_of_file,
     split_volatile,
     versions,
+    write_text_atomically,
 )
 from kdcli.store.remote import Transfer, pull, push
 
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["KINDS", "Artifact", "CorruptArtifact", "Store", "canonical_json", "default_root", "sha256_of_file",
-           "versions"]
+           "versions", "write_text_atomically"]
 
 KINDS = ("model", "logits", "run", "sweep", "report", "export", "data")
 MIN_PREFIX = 8

@@ -8,13 +8,16 @@ bit-identical tensors, so they stay out of the hashed file and live in the reada
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import fnmatch
 import hashlib
 import json
+import os
 import struct
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +40,20 @@ _NUMPY_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "I64": "i
 
 class CorruptArtifact(KdcliError):
     """An object whose bytes no longer hash to its id."""
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """All or nothing: a temp file beside `path`, then a rename (for caches kept beside the objects)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def canonical_json(obj) -> str:
