@@ -22,9 +22,9 @@ DATA  = --data-dir $(DATA_DIR) $(DOWNLOAD) --device $(DEVICE)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]' -c constraints.txt
 	touch $(STAMP)
 
 # The tests in layers: tests/unit (losses, store, stats, engine parts), tests/cli (one command through
