@@ -12,6 +12,7 @@ teacher. A schedule changes a param between epochs with `dataclasses.replace(los
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
@@ -37,7 +38,7 @@ def upcast(tensor: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tens
 
 
 @dataclass
-class LogitLoss:
+class LogitLoss(abc.ABC):
     """Base of the logit losses: subclasses are dataclasses whose fields are their params and
     implement `terms(student_logits, teacher_logits, labels)` on upcast, teacher-detached logits."""
 
@@ -53,8 +54,9 @@ class LogitLoss:
         dtype = compute_dtype(student_logits, teacher_logits)
         return self.terms(upcast(student_logits, dtype), upcast(teacher_logits.detach(), dtype), labels)
 
+    @abc.abstractmethod
     def terms(self, student_logits, teacher_logits, labels) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The named terms, "loss" among them, of (B, K) logits and (B,) labels."""
 
     @classmethod
     def options(cls) -> dict:
