@@ -15,8 +15,7 @@ from kdcli.stages.registry import STAGES
 
 
 def methods() -> None:
-    """List the distillation methods 'kdcli distill --method' accepts, with the weights each reads
-    (and their defaults), then the training schemes."""
+    """List the distillation methods 'kdcli distill --method' accepts, their weights and the schemes."""
     from kdcli.losses.methods import method_table  # the listings load the registries they list (torch)
     from kdcli.stages.planners import flag
     from kdcli.stages.train import SCHEMES
