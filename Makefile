@@ -106,9 +106,7 @@ demo-choice: install
 	  $(KD) $(CHOICE_KD) >/dev/null; $(KD) $(CHOICE_BASE) >/dev/null; \
 	done; \
 	$(BIN)/python bench/demo_choice.py --splits "$(CHOICE_SPLITS)" --out bench/demo_choice.md \
-	  --command '`make demo-choice` (for each split k: `kdcli train-teacher --split-seed k`, `kdcli cache-logits`, \
-	  `kdcli sweep --spec bench/demo_choice_kd.yaml --set split_seed=k --seeds 100+k` and the same with \
-	  bench/demo_choice_baseline.yaml)'
+	  --command '`make demo-choice` (per split k: train-teacher and cache-logits with --split-seed k, then sweeps of bench/demo_choice_kd.yaml and bench/demo_choice_baseline.yaml with --set split_seed=k --seeds 100+k)'
 
 # Seed 000, CIFAR-10: pretrained ResNet-56 (chenyaofo) -> small CNN, Adam 1e-3, batch 64, T=10,
 # alpha=0.2 (CE weight), early stopping patience 5 on a 45k/5k split; no augmentation; paired t-test.
