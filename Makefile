@@ -83,8 +83,8 @@ demo: install
 	  --plot $(REPORTS)/$(DEMO_NAME)-compare.png; \
 	$(BIN)/python bench/demo_seeds.py "$$base" "$$kd"
 
-# The lesson of the first demo: the same teacher and recipe with the 1.25k-param digits-student
-# (1/42 of the teacher), a student too small to learn from the teacher.
+# The same teacher and recipe with the 1.25k-param digits-student (1/42 of the teacher): it gains
+# less than the demo's student and less reliably (README, "When distillation helps").
 demo-tiny:
 	@$(MAKE) --no-print-directory demo DEMO_STUDENT=digits-student DEMO_NAME=demo-tiny
 

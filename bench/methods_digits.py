@@ -2,7 +2,7 @@
 on the student that has room to learn from the teacher, with and without function matching.
 
 One teacher (digits-teacher, kdcli's defaults) and its clean-image logit table; then, per seed, the
-demo's student and recipe (digits-student-m, 2.7k params; Adam 3e-3 at a constant rate for 40
+demo's student and recipe (digits-student-l, 4.5k params; Adam 3e-3 at a constant rate for 200
 epochs, the best validation-loss epoch kept; chosen on validation by `make demo-choice`) trained from scratch (vanilla)
 and distilled with kd, kd-ls, dkd, dkd-ls and deit from the table, every method at its defaults (kd:
 alpha 0.5, T 4; dkd: CE 1, alpha 1, beta 8, T 4, 20-epoch warm-up; -ls: the same on z-scored logits;
@@ -36,7 +36,7 @@ from kdcli.store import Store
 
 PREFIX = "mdig"
 # the demo's student and recipe (Makefile DEMO_STUDENT / DEMO_RECIPE)
-RECIPE = {"model": "digits-student-m", "epochs": 40, "patience": 0}
+RECIPE = {"model": "digits-student-l", "epochs": 200, "patience": 0}
 MIXUP, CUTMIX = "translate:1,mixup:1", "translate:1,cutmix:1"
 
 
@@ -81,12 +81,13 @@ def paired_tests(values: dict[str, list[float]]) -> dict[str, dict]:
     return tests
 
 
-def markdown(values: dict[str, list[float]], args, teacher_acc: float, minutes: float, agreement: float) -> str:
+def markdown(values: dict[str, list[float]], args, teacher_acc: float, minutes: float, agreement: float,
+             student_params: int) -> str:
     tests = paired_tests(values)
     lines = [
         "# Logit distillation methods on digits, on a student with room to learn",
         "",
-        f"digits-teacher ({teacher_acc:.2f}% test accuracy, 53k params) -> {RECIPE['model']} (2.6k params), "
+        f"digits-teacher ({teacher_acc:.2f}% test accuracy, 53k params) -> {RECIPE['model']} ({student_params / 1000:.1f}k params), "
         f"Adam 3e-3 at a constant rate for {RECIPE['epochs']} epochs, the best validation-loss epoch kept (the demo's "
         f"student and recipe, chosen on validation by `make demo-choice`), {len(args.seeds)} seeds "
         f"({', '.join(map(str, args.seeds))}), every method at its defaults. Clean rows: the cached clean-image "
@@ -147,7 +148,7 @@ def main() -> None:
     teacher = train_teacher(build(TeacherConfig, None, {"seed": 0}), ctx("teacher"))
     table = cache_logits(build(CacheLogitsConfig, None, {"teacher": teacher.id}), ctx("logits"))
     values: dict[str, list[float]] = {row.label: [] for row in ROWS}
-    seconds = 0.0
+    seconds, student_params = 0.0, 0
     for seed in args.seeds:
         for row in ROWS:
             run_started = time.perf_counter()
@@ -160,11 +161,12 @@ def main() -> None:
                 cfg = build(DistillConfig, None, {**options, **source, "method": row.method})
                 result = distill(cfg, ctx(f"{row.slug}-s{seed}"))
             values[row.label].append(result.metrics["test_acc"])
+            student_params = result.metrics["params"]
             seconds += sum(h.get("seconds", 0.0) for h in result.artifact.manifest.get("history", []))
             print(f"seed {seed} {row.label:16s} test_acc {result.metrics['test_acc']:.2f} "
                   f"({'cached' if result.skipped else f'{time.perf_counter() - run_started:.0f}s'})", flush=True)
     agreement = teacher_label_agreement(store, table.id, load_data(build(TeacherConfig, None, {})))
-    text = markdown(values, args, teacher.metrics["test_acc"], seconds / 60, agreement)
+    text = markdown(values, args, teacher.metrics["test_acc"], seconds / 60, agreement, student_params)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
