@@ -205,7 +205,8 @@ seed004-mnist: install
 
 # Seed 001, regression (kdcli.recipes.seed001): teacher and expert teacher, scratch student, students
 # distilled from each (hard 0.3 / hp 0.7), the grid hard 0.1..0.9, L_GR (0.2/0.5/0.3), L_FEAT and
-# function matching (noise, mixup, fresh inputs uniform in the training rows' box) over SEEDS; seed
+# function matching (noise, mixup, fresh inputs uniform in the training rows' box; each of the four at
+# hard 0.1 / hp 0.9 also patiently, 1200 epochs and patience 150) over SEEDS; seed
 # epochs/lr/wd, early stopping on a validation split (patience 50). The report names the distilled
 # student of lowest mean validation MSE and tests it against scratch and the expert teacher.
 # Writes $(REPORTS)/seed001/report.md and report.csv. CPU, parallel workers; a rerun reads the cache.

@@ -9,7 +9,8 @@ hp = 1 - hard from the expert, the gradient term (0.2 / 0.5 / gr 0.3), the featu
 declared but never ran (0.3 / 0.4 / feat 0.3, expert layer hidden.2 -> student hidden.1, a learned
 projection), and function matching (0.3 / 0.7 plus teacher-labelled noise:0.1 or mixup:0.4
 inputs; at the best grid weights 0.1 / 0.9: noise:0.3, mixup:1.0, and fresh inputs drawn uniformly
-in the training rows' box, uniform and uniform:1.2). Batch 128, no schedule. Every student of run s starts from the same initial weights
+in the training rows' box, uniform and uniform:1.2; each of these four also patiently, 1200 epochs
+and three times the patience). Batch 128, no schedule. Every student of run s starts from the same initial weights
 (--seed s), as seed 001's saved initial state.
 
 Protocols (--protocol):

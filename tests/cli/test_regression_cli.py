@@ -243,6 +243,10 @@ def test_seed001_recipe_tiny_run_and_rerun(store, tmp_path):
     seed_protocol = next(j for j in plan([0, 1], "seed", 50) if j.key == "gr-s1").overrides
     assert (seed_protocol["val_fraction"], seed_protocol["patience"], seed_protocol["epochs"]) == (0.0, 0, 600)
     assert (seed_protocol["w_hard"], seed_protocol["w_hp"], seed_protocol["w_gr"]) == (0.2, 0.5, 0.3)
+    patient = {protocol: next(j for j in plan([0], protocol, 50) if j.key == "fm-mixup1-patient-s0").overrides
+               for protocol in ("kdcli", "seed")}
+    assert (patient["kdcli"]["epochs"], patient["kdcli"]["patience"], patient["kdcli"]["augment"]) == (1200, 150, "mixup:1.0")
+    assert patient["seed"]["patience"] == 0  # seed 001's protocol has no validation split to stop on
 
     quick = {"epochs": 2, "n_samples": 120}
     out = tmp_path / "report"
