@@ -22,6 +22,7 @@ Outside torchrun (WORLD_SIZE unset or 1) every function here is a no-op.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 
@@ -91,6 +92,14 @@ def init() -> None:
         return
     use_cuda = torch.cuda.is_available() and os.environ.get("KDCLI_DIST_BACKEND", "") != "gloo"
     dist.init_process_group(backend(use_cuda), timeout=datetime.timedelta(minutes=30))
+    # left to interpreter teardown, the group's C++ threads can outlive it and abort the process
+    # ("terminate called without an active exception") after the run has finished
+    atexit.register(_destroy)
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_main() -> bool:
