@@ -150,7 +150,7 @@ def _kdcli_imports(path: Path) -> tuple[set[str], list[str]]:
 
 @pytest.mark.parametrize("layer, forbidden", [
     ("stages", ("kdcli.cli", "kdcli.recipes")),
-    ("engine.py", ("kdcli.cli", "kdcli.recipes", "kdcli.stages")),
+    ("engine", ("kdcli.cli", "kdcli.recipes", "kdcli.stages")),
     ("store", ("kdcli.cli", "kdcli.recipes", "kdcli.stages", "kdcli.engine")),
     ("distributed.py", ("kdcli.cli", "kdcli.recipes", "kdcli.stages", "kdcli.engine", "kdcli.store")),
     ("losses", ("kdcli.cli", "kdcli.recipes", "kdcli.stages", "kdcli.engine", "kdcli.store")),

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from kdcli import engine
-from kdcli.augment import Mixing, ViewSet, resolve_augment
+from kdcli.augment import MixDraw, Mixing, ViewSet, resolve_augment
 from kdcli.config import build
 from kdcli.errors import UsageError
 from kdcli.models import build_model
@@ -63,7 +63,7 @@ def test_a_mixed_batch_is_made_of_the_batch_and_its_partners(seed, kind, alpha):
 def test_mixed_labels_are_the_mixed_one_hot_cross_entropy():
     logits, labels = torch.randn(5, 10), torch.tensor([1, 2, 3, 4, 5])
     perm = torch.tensor([4, 0, 1, 2, 3])
-    batch = engine.Batch(torch.zeros(5, 1), labels, torch.arange(5), mix=engine.MixDraw(perm, 0.3))
+    batch = engine.Batch(torch.zeros(5, 1), labels, torch.arange(5), mix=MixDraw(perm, 0.3))
     terms = batch.label_mixed(lambda y: {"loss": F.cross_entropy(logits, y)})
     soft = 0.3 * F.one_hot(labels, 10).float() + 0.7 * F.one_hot(labels[perm], 10).float()
     torch.testing.assert_close(terms["loss"], F.cross_entropy(logits, soft))
@@ -151,7 +151,7 @@ def test_the_online_teacher_labels_exactly_the_mixed_input():
 def test_a_cached_table_refuses_a_mixed_batch():
     table = CachedLogits({"logits": torch.zeros(4, 1, 10)}, 10, 0, torch.device("cpu"))
     batch = engine.Batch(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long), torch.arange(2),
-                         mix=engine.MixDraw(torch.tensor([1, 0]), 0.5))
+                         mix=MixDraw(torch.tensor([1, 0]), 0.5))
     with pytest.raises(UsageError, match="--teacher"):
         table(batch)
 
