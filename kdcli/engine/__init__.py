@@ -14,18 +14,10 @@ validation, `predict`), `loop` (`fit`). The names below are the engine's interfa
 """
 
 from kdcli.engine.batches import Batch, DeviceData, Objective, Prepare
-from kdcli.engine.checkpoints import Checkpoint, CheckpointSchedule, Interrupts
-from kdcli.engine.devices import (
-    apply_default_threads,
-    autocast,
-    check_precision,
-    default_threads,
-    prepare_model,
-    rng_devices,
-    unwrap,
-)
-from kdcli.engine.evaluate import TermSums, predict, task_metrics, test_metrics
-from kdcli.engine.loop import FitResult, check_monitor, fit, monitored_value
+from kdcli.engine.checkpoints import Checkpoint
+from kdcli.engine.devices import apply_default_threads, autocast, prepare_model, rng_devices, unwrap
+from kdcli.engine.evaluate import predict, test_metrics
+from kdcli.engine.loop import FitResult, fit
 from kdcli.engine.optim import (
     make_optimizer,
     make_scheduler,
@@ -35,8 +27,7 @@ from kdcli.engine.optim import (
 )
 
 __all__ = [
-    "Batch", "Checkpoint", "CheckpointSchedule", "DeviceData", "FitResult", "Interrupts", "Objective", "Prepare",
-    "TermSums", "apply_default_threads", "autocast", "check_monitor", "check_precision", "default_threads", "fit",
-    "make_optimizer", "make_scheduler", "monitored_value", "objective_parameters", "predict", "prepare_model",
-    "rng_devices", "steps_per_batch", "task_metrics", "test_metrics", "unwrap", "warmup_cosine",
+    "Batch", "Checkpoint", "DeviceData", "FitResult", "Objective", "Prepare", "apply_default_threads", "autocast",
+    "fit", "make_optimizer", "make_scheduler", "objective_parameters", "predict", "prepare_model", "rng_devices",
+    "steps_per_batch", "test_metrics", "unwrap", "warmup_cosine",
 ]
