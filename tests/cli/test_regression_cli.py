@@ -164,11 +164,7 @@ def test_uniform_inputs_fill_the_training_box():
 
 
 def test_uniform_box_comes_from_training_rows_only():
-    data = _tiny_data()
-    torch.manual_seed(0)
-    student = build_model("seed001-student", data.input_shape, 1)
-    teacher = build_model("seed001-teacher", data.input_shape, 1).eval()
-    objective = regression_objective(_cfg(augment="uniform"), student, teacher, data)
+    data, student, objective = _distilling(_cfg(augment="uniform"))
     train_x = data.x_pool[data.train_idx]
     torch.testing.assert_close(objective.box[0], train_x.min(0).values)
     torch.testing.assert_close(objective.box[1], train_x.max(0).values)
@@ -192,12 +188,17 @@ def _tiny_data():
     return load_dataset(DataSpec("synthetic-regression", extra={"n_samples": 120}))
 
 
-def test_function_matching_averages_hp_over_real_and_new_rows():
+def _distilling(cfg):
+    """(data, student, its regression objective) on the tiny set: seed 001's student and teacher, seed 0."""
     data = _tiny_data()
     torch.manual_seed(0)
     student = build_model("seed001-student", data.input_shape, 1)
     teacher = build_model("seed001-teacher", data.input_shape, 1).eval()
-    objective = regression_objective(_cfg(augment="noise:0.2"), student, teacher, data)
+    return data, student, regression_objective(cfg, student, teacher, data)
+
+
+def test_function_matching_averages_hp_over_real_and_new_rows():
+    data, student, objective = _distilling(_cfg(augment="noise:0.2"))
     assert isinstance(objective, FunctionMatching)
     batch = Batch(data.x_pool[:16], data.y_pool[:16], torch.arange(16))
     _, val_terms = objective(student, batch, False)
@@ -210,12 +211,8 @@ def test_function_matching_averages_hp_over_real_and_new_rows():
 
 
 def test_feature_projector_is_trained_by_the_engine():
-    data = _tiny_data()
-    torch.manual_seed(0)
-    student = build_model("seed001-student", data.input_shape, 1)
-    teacher = build_model("seed001-teacher", data.input_shape, 1).eval()
     cfg = _cfg(w_hp=0.4, w_feat=0.3, feature_pairs=["hidden.2:hidden.1"])
-    objective = regression_objective(cfg, student, teacher, data)
+    data, student, objective = _distilling(cfg)
     projector = objective.projectors[0].proj
     assert (projector.in_features, projector.out_features) == (64, 128)
     assert {id(p) for p in objective_parameters(objective)} == {id(projector.weight), id(projector.bias)}
