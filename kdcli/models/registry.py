@@ -30,11 +30,17 @@ def register_preset(name: str, cls, doc: str, **defaults) -> None:
     MODELS.register(name)(factory)
 
 
+def model_factory(name: str):
+    """The factory (input_shape, num_outputs, **args) of registry model `name` or FAMILY:NAME; an unknown
+    name (or family) is a UsageError with the nearest names, raised before anything is built or run."""
+    family, sep, model_name = name.partition(":")
+    return functools.partial(FAMILIES.get(family), model_name) if sep else MODELS.get(name)
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_outputs: int, **args) -> nn.Module:
     """Build registry model `name` (or FAMILY:NAME) for inputs of `input_shape` (no batch dim) and
     `num_outputs` outputs."""
-    family, sep, model_name = name.partition(":")
-    factory = functools.partial(FAMILIES.get(family), model_name) if sep else MODELS.get(name)
+    factory = model_factory(name)
     try:
         return factory(tuple(input_shape), int(num_outputs), **args)
     except TypeError as exc:

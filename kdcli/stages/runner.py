@@ -30,6 +30,7 @@ from kdcli.config import key_dict, to_dict
 from kdcli.data import DataSet
 from kdcli.engine import Checkpoint, DeviceData, Objective, fit, predict, prepare_model, test_metrics
 from kdcli.models import parameter_count, state_hash
+from kdcli.models.registry import model_factory
 from kdcli.reporting import Reporter
 from kdcli.stages.common import (
     Produce,
@@ -224,5 +225,6 @@ def train(stage: Stage, ctx: RunContext, data: DataSet, plan: Plan) -> StageResu
         ctx.reporter.info(f"{stage.name}: best epoch {result.best_epoch}; {summary}")
         return "model", state, manifest
 
+    model_factory(cfg.model)  # an unknown --model fails here, before run_cached touches the store
     inputs = {"data": data.fingerprint, **plan.parents, **weights_input(cfg)}
     return run_cached(ctx, stage, cfg, inputs, produce, seed=cfg.seed)
