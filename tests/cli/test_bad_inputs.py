@@ -70,6 +70,13 @@ CASES = [
     (["baseline", "--config", "{tmp}/nan.yaml"], "--lr must be a finite number"),
     (["distill", "--config", "{tmp}/inf.yaml"], "--temperature must be a finite number"),
     (["baseline", "--epochs", "0"], "--epochs must be >= 1"),
+    (["baseline", "--epochs", "-1"], "--epochs must be >= 1"),
+    # values out of range, unknown names (with a suggestion) and artifacts
+    (["distill", "--temperature", "0", "--logits", "x"], "--temperature must be > 0"),
+    (["distill", "--alpha", "1.5", "--logits", "x"], "--alpha must be in [0, 1]"),
+    (["baseline", "--model", "digits-studnt"], "did you mean digits-student"),
+    (["baseline", "--dataset", "digts"], "did you mean digits"),
+    (["distill", "--logits", "nothere"], "unknown artifact 'nothere'"),
     (["visualize-temperature", "kept", "--temperatures", "1,inf"], "--temperatures expects finite numbers"),
     # names and tags, checked before training
     (["baseline", "--name", "../evil"], "invalid name '../evil'"),
