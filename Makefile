@@ -92,7 +92,7 @@ demo-tiny:
 # demo's own is split 0) a teacher trained on that split's training part, its logit table, one sweep of
 # distilled students (bench/demo_choice_kd.yaml, seed 100 + split) and one of the same students from
 # scratch; the lowest mean validation cross-entropy over the splits wins. Writes bench/demo_choice.md.
-CHOICE_SPLITS ?= 1 2 3 4 5
+CHOICE_SPLITS ?= 1 2 3 4 5 6 7 8 9 10
 CHOICE_SPLIT  = --split-seed $$k -q --device $(DEVICE)
 CHOICE_KD     = sweep --spec bench/demo_choice_kd.yaml --set logits=demo-choice/logits-split$$k --set split_seed=$$k \
 	--seeds $$((100 + k)) --name demo-choice/kd-split$$k --jobs 2 -q --device $(DEVICE)

@@ -42,6 +42,12 @@ def _mean(values) -> float:
     return stats.describe(list(values))["mean"]
 
 
+def _mean_and_error(values) -> str:
+    """'mean ± standard error' over the splits: how far apart two points must be to be told apart."""
+    summary = stats.describe(list(values))
+    return f"{summary['mean']:.4f} ± {summary['std'] / summary['n'] ** 0.5:.4f}"
+
+
 def choose(distilled: dict) -> list[str]:
     """The distill points, best first: lowest mean val_nll over the splits."""
     return sorted(distilled, key=lambda point: _mean(v["val_nll"] for v in distilled[point].values()))
@@ -58,8 +64,8 @@ def markdown(distilled: dict, baseline: dict, params: dict[str, int], command: s
         "was trained on that split's training part and its logits cached; every point distills one student "
         "per split (seed 100 + split) from them and keeps its best validation-loss epoch; the same students "
         "and schedules were trained from scratch beside them. The point with the lowest mean validation "
-        "cross-entropy (val_nll) is chosen. The validation gain is shown, not used to choose; no test "
-        "metric was read.",
+        "cross-entropy (val_nll) is chosen (± is the standard error over the splits). The validation gain "
+        "is shown, not used to choose; no test metric was read.",
         "",
         f"Commands: {command}",
         "",
@@ -71,7 +77,7 @@ def markdown(distilled: dict, baseline: dict, params: dict[str, int], command: s
         runs, base = distilled[point], baseline[_baseline_point(point)]
         gains = [runs[s]["val_acc"] - base[s]["val_acc"] for s in sorted(runs)]
         lines.append(
-            f"| {'chosen' if rank == 0 else ''} | {point} | {_mean(r['val_nll'] for r in runs.values()):.4f} | "
+            f"| {'chosen' if rank == 0 else ''} | {point} | {_mean_and_error(r['val_nll'] for r in runs.values())} | "
             f"{_mean(r['val_acc'] for r in runs.values()):.2f} | {_mean(b['val_nll'] for b in base.values()):.4f} | "
             f"{_mean(b['val_acc'] for b in base.values()):.2f} | {_mean(gains):+.2f} | "
             f"{', '.join(f'{g:+.2f}' for g in gains)} | {params[point]:,} |")
