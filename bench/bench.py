@@ -21,8 +21,9 @@ Prints one table of ratios (and writes it to --out, default reports/bench.md):
 
 Data are synthetic CIFAR-shaped uint8 images (speed does not depend on pixel values); the stages are
 called in-process (the same functions the CLI calls), with --force so nothing is skipped. Rows 1-3
-also run on CUDA when a GPU is present. Repeated timings are interleaved (A, B, C, A, B, C, ...)
-and the medians compared, so a change in machine load hits every contender alike.
+also run on CUDA when a GPU is present. Each repetition runs every contender twice in a mirrored,
+rotating order (A, B, C, C, B, A) and keeps its faster run; the medians over repetitions are compared,
+so a change in machine load hits every contender alike and one stalled run does not decide a rep.
 """
 
 from __future__ import annotations
@@ -347,9 +348,11 @@ def speed_rows(device: torch.device, store: Store, args) -> list[dict]:
     times, runs = interleaved(contenders, args.reps, basis, log)
     med = {k: statistics.median(v) for k, v in times.items()}
     distill_ips = args.epochs * n_train / med["distill"]
-    # the same comparison on a run of >= 5 s, where per-run costs have less weight
-    long_times, long_runs = interleaved({"baseline": lambda seed: run_baseline(seed, args.long_epochs),
-                                         "hand": lambda seed: hand_loop(data, args.long_epochs, device, seed)},
+    # the same comparison on a run of >= 5 s, where per-run costs have less weight: by default as many
+    # epochs as make the hand loop take about 6 s here (its epoch time depends on the CPU and threads)
+    long_epochs = args.long_epochs or max(args.epochs, math.ceil(6.0 / (med["hand"] / args.epochs)))
+    long_times, long_runs = interleaved({"baseline": lambda seed: run_baseline(seed, long_epochs),
+                                         "hand": lambda seed: hand_loop(data, long_epochs, device, seed)},
                                         args.long_reps, basis, log)
     long_med = {k: statistics.median(v) for k, v in long_times.items()}
 
@@ -374,7 +377,7 @@ def speed_rows(device: torch.device, store: Store, args) -> list[dict]:
     rows.append(_time_ratio_row("3", "hand", "baseline", 1.05, times, runs, med, basis, steady=True,
                                 what=f"{args.epochs} epochs"))
     long_row = _time_ratio_row("3b", "hand", "baseline", 1.05, long_times, long_runs, long_med, basis,
-                               steady=True, what=f"{args.long_epochs} epochs")
+                               steady=True, what=f"{long_epochs} epochs")
     long_row["met"] = long_row["met"] and long_med["hand"] >= 5.0
     long_row["target"] += ", run >= 5 s"
     rows.append(long_row)
@@ -464,15 +467,21 @@ def channels_last_step_ms(data: DataSet, device: torch.device) -> tuple[list[flo
 
 
 def interleaved(contenders: dict, reps: int, basis: str, log) -> tuple[dict[str, list[float]], dict[str, list[dict]]]:
-    """Each contender `reps` times, in an order that rotates each rep (none always runs first).
-    Returns the basis seconds per contender and the raw {wall, cpu} readings."""
+    """Each contender twice per rep, in a mirrored order (A B C C B A) that also rotates each rep, so
+    none always runs first and a drift in machine speed within a rep hits every contender alike; each
+    rep keeps a contender's faster run (noise on a busy machine only adds time, so one stalled run
+    does not decide the rep). Returns the basis seconds per contender and the kept {wall, cpu} readings."""
     runs: dict[str, list[dict]] = {name: [] for name in contenders}
     order = list(contenders)
     for rep in range(reps):
-        for name in order[rep % len(order):] + order[:rep % len(order)]:
-            runs[name].append(contenders[name](rep))
-        log(f"rep {rep}: " + ", ".join(f"{k} {v[-1]['wall']:.2f}s wall / {v[-1]['cpu']:.2f}s cpu"
-                                       for k, v in runs.items()))
+        rotated = order[rep % len(order):] + order[:rep % len(order)]
+        readings: dict[str, list[dict]] = {name: [] for name in contenders}
+        for name in rotated + rotated[::-1]:
+            readings[name].append(contenders[name](rep))
+        for name, pair in readings.items():
+            runs[name].append(min(pair, key=lambda reading: reading[basis]))
+        log(f"rep {rep}: " + ", ".join(f"{k} " + "/".join(f"{r[basis]:.2f}" for r in v) + f"s {basis}"
+                                       for k, v in readings.items()))
     return {name: [t[basis] for t in ts] for name, ts in runs.items()}, runs
 
 
@@ -632,7 +641,7 @@ def startup_rows(store: Store, reps: int, basis: str) -> list[dict]:
                      "what": f"python -c 'import torch' -> {what} (fresh process), {basis} s",
                      "a": f"{statistics.median(times['torch']):.2f}", "b": f"{statistics.median(times[name]):.2f}",
                      "ratio": ratio, "target": "< 0.50", "met": ratio < 0.5,
-                     "note": f"per-rep ratios {_spread(ratios)}; {reps} interleaved reps"})
+                     "note": f"per-rep ratios {_spread(ratios)}; {reps} reps, each A B C C B A"})
     return rows
 
 
@@ -658,7 +667,8 @@ def main() -> None:
                              "usable CPUs; 1 when the machine is already loaded, see below)")
     parser.add_argument("--notebook-epochs", type=int, default=1, help="epochs of the notebook loop (row 1)")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions of rows 2-3")
-    parser.add_argument("--long-epochs", type=int, default=15, help="epochs of row 3b's longer run (>= 5 s)")
+    parser.add_argument("--long-epochs", type=int,
+                        help="epochs of row 3b's longer run (default: enough for about 6 s of the hand loop)")
     parser.add_argument("--long-reps", type=int, default=3, help="interleaved repetitions of row 3b")
     parser.add_argument("--startup-reps", type=int, default=5, help="interleaved repetitions of row 5")
     parser.add_argument("--teachers", default="resnet56,resnet20",
@@ -727,12 +737,12 @@ def main() -> None:
               f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}.\n"
               f"Rows 1-3: {args.images:,} synthetic 3x32x32 images ({len(split_pool(args.images, 0.1, 0)[0]):,} train), "
               f"student {STUDENT}, batch {BATCH}, Adam {LR}, crop:4+flip; {args.epochs} epochs per kdcli/hand run "
-              f"(row 3b: {args.long_epochs} epochs, {args.long_reps} reps), "
-              f"{args.reps} interleaved reps in rotating order (A, B: median times; ratio: median of the "
-              f"per-rep ratios; 'cpu s' = CPU seconds of this one-thread process, which other load on the "
+              f"(row 3b: about 6 s of the hand loop, {args.long_reps} reps), "
+              f"{args.reps} reps, each A B C C B A in rotating order keeping each contender's faster run "
+              f"(A, B: median times; ratio: median of the per-rep ratios; 'cpu s' = CPU seconds of this one-thread process, which other load on the "
               f"machine barely changes, 'wall s' otherwise). Teachers: random weights, calibrated "
               f"BatchNorm. Row 4: fresh child processes, {MEMORY_POOL:,} images "
-              f"3x8x8, {MEMORY_CLASSES} classes. Row 5: {args.startup_reps} interleaved reps of each command.")
+              f"3x8x8, {MEMORY_CLASSES} classes. Row 5: {args.startup_reps} reps of each command, the same way.")
     table = render(rows, header)
     print(table)
     if args.out:

@@ -55,3 +55,19 @@ def test_hand_loop_crop_is_random_crop_then_flip():
     for i in range(6):
         expected = padded[i, :, top[i, 0]:top[i, 0] + 32, left[i, 0]:left[i, 0] + 32]
         assert torch.equal(out[i], expected.flip(2) if flip[i] else expected)
+
+
+def test_interleaved_runs_a_mirrored_rotating_order_and_keeps_each_faster_run():
+    calls, stalls = [], iter([5.0, 1.0, 2.0, 1.0] + [1.0] * 4)  # rep 0: a's first run stalls, b's second is slow
+
+    def contender(name):
+        def run(rep):
+            calls.append((rep, name))
+            seconds = next(stalls)
+            return {"wall": seconds, "cpu": seconds}
+        return run
+
+    times, runs = _bench().interleaved({"a": contender("a"), "b": contender("b")}, 2, "cpu", lambda message: None)
+    assert calls == [(0, "a"), (0, "b"), (0, "b"), (0, "a"), (1, "b"), (1, "a"), (1, "a"), (1, "b")]
+    assert times == {"a": [1.0, 1.0], "b": [1.0, 1.0]}
+    assert runs["a"][0] == {"wall": 1.0, "cpu": 1.0}
