@@ -46,11 +46,18 @@ CPU = ["--device", "cpu"]
 
 # ---- helpers -----------------------------------------------------------------------------------
 
+def _as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default, as for a command typed at a terminal. A suite
+    started as a background job (`make test &`, nohup) inherits SIGINT ignored, and kdcli rightly
+    leaves an ignored signal ignored, so without this the Ctrl-C test would test nothing and fail."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(args: list[str], root: Path) -> subprocess.Popen:
     """`python -m kdcli ARGS` on the store at `root`, stdout and stderr piped."""
     env = {**os.environ, "KDCLI_STORE": str(root), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "kdcli", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_as_in_a_terminal)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[str, str]:
