@@ -366,7 +366,9 @@ def compare(cfg: CompareConfig, store: Store) -> dict:
                        for c in result["comparisons"]}
         figures.append(plots.paired_plot(values, result["seeds"], differences, metric, cfg.plot, reference=reference))
         result["plot"] = str(cfg.plot)
-    report = record_report(store, "compare", result, figures, parents)
+    config = {"groups": list(cfg.groups), "labels": labels, "metric": metric, "baseline": baseline,
+              "alternative": cfg.alternative, "alpha": cfg.alpha, "reference": reference_id, "plot": bool(cfg.plot)}
+    report = record_report(store, "compare", result, figures, parents, config)
     store.record_run(key, "compare", report.id)
     return {"id": report.id, "reused": False, **result}
 

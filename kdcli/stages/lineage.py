@@ -6,7 +6,8 @@ alone. A command passes the options that differ from the stage's defaults; a par
 referred to by its id (12 hex digits). A rebuilt artifact has the id of the original (refs as
 typed stay out of the content id), so the commands resolve their parents both in the store they came
 from and, run in order, in a fresh store. They name nothing: a name of 8 or more hex digits would
-hide the id it spells. Artifacts of other stages (sweeps, reports) appear without a command.
+hide the id it spells. A compare report gets its `kdcli compare` line, each group by its runs' ids;
+artifacts of other stages (sweeps, plots) appear without a command.
 """
 
 from __future__ import annotations
@@ -70,8 +71,28 @@ def stage_config(stage: str):
     return STAGES.get(stage).config if stage in STAGES else None
 
 
+def compare_command(config: dict, parents: dict) -> str | None:
+    """`kdcli compare` of a report: each group as its runs' ids, every option spelled out (the manifest
+    keeps the labels' order, and so which group is the baseline, only in `labels`). None for a report
+    stored before compare recorded its options."""
+    labels = config.get("labels")
+    if not labels:
+        return None
+    tokens = ["compare", *(",".join(run[:SHORT] for run in parents[label]) for label in labels)]
+    for label in labels:
+        tokens += ["--label", label]
+    tokens += ["--metric", config["metric"], "--baseline", config["baseline"],
+               "--alternative", config["alternative"], "--level", format(config["alpha"], ".12g")]
+    if config.get("reference"):
+        tokens += ["--reference", config["reference"][:SHORT]]
+    return "kdcli " + shlex.join(tokens)
+
+
 def command_line(stage: str, config: dict, parents: dict, artifact_id: str) -> str | None:
-    """`kdcli STAGE --option value ...` for a stage run, parents by id; None for other stages."""
+    """`kdcli STAGE --option value ...` for a stage run or a compare report, parents by id; None for
+    other stages."""
+    if stage == "compare":
+        return compare_command(config, parents)
     cls = stage_config(stage)
     if cls is None:
         return None

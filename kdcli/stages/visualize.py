@@ -21,11 +21,16 @@ from kdcli.stages.configs import DataConfig
 from kdcli.store import Artifact, Store
 
 
-def record_report(store: Store, report: str, result: dict, figures: list[Path], parents: dict) -> Artifact:
-    """Store a report artifact: `result` in the manifest, each PNG's bytes as a uint8 tensor."""
+def record_report(store: Store, report: str, result: dict, figures: list[Path], parents: dict,
+                  config: dict | None = None) -> Artifact:
+    """Store a report artifact: `result` (and the options that made it, `config`) in the manifest, each
+    PNG's bytes as a uint8 tensor."""
     tensors = {Path(f).name: torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) for f in figures}
-    return store.put("report", tensors, {"stage": report, "report": report, "result": result, "parents": parents,
-                                         "figures": [str(f) for f in figures]})
+    manifest = {"stage": report, "report": report, "result": result, "parents": parents,
+                "figures": [str(f) for f in figures]}
+    if config is not None:
+        manifest["config"] = config
+    return store.put("report", tensors, manifest)
 
 
 def data_of(manifest: dict, dataset: str | None = None):

@@ -36,7 +36,10 @@ def chain(tmp_path_factory, make_cli):
         cli("baseline", "--epochs", "2", "--seed", seed, "--name", f"b{seed}", "-q")
         cli("distill", "--logits", "lg", "--epochs", "2", "--temperature", "2", "--seed", seed, "--name", f"d{seed}",
             "-q")
-    assert cli("compare", "b0,b1", "d0,d1", "--label", "baseline", "--label", "kd").exit_code == 0
+    # the baseline second, so a rebuilt compare must carry its labels' order and baseline explicitly
+    compared = cli("compare", "d0,d1", "b0,b1", "--label", "kd", "--label", "baseline", "--baseline", "baseline",
+                   "--name", "cmp")
+    assert compared.exit_code == 0, compared.stderr
     return cli, Store(root)
 
 
@@ -111,3 +114,22 @@ def test_command_line_uses_parent_ids_and_only_changed_options():
                                     "compile": True, "seed": 0}, {"logits": "ab" * 32}, "cd" * 32)
     assert line == "kdcli distill --model-arg a=1 --epochs 7 --compile --logits abababababab --temperature 4"
     assert command_line("sweep", {}, {}, "cd" * 32) is None
+
+
+def test_a_compare_reports_commands_rebuild_the_same_comparison_in_a_fresh_store(chain, tmp_path, make_cli):
+    cli, store = chain
+    text = cli("artifacts", "lineage", "cmp").stdout
+    lines = [line.strip() for line in text.split("rebuild, in order:")[1].strip().splitlines()]
+    assert sorted(line.split()[1] for line in lines) == sorted(
+        ["train-teacher", "cache-logits", "baseline", "baseline", "distill", "distill", "compare"])
+    assert lines[-1].split()[1] == "compare" and "--baseline baseline" in lines[-1]
+    fresh = make_cli(tmp_path / "fresh")
+    for line in lines:
+        result = fresh(*shlex.split(line)[1:], "-q")
+        assert result.exit_code == 0, (line, result.stderr)
+    rebuilt = Store(tmp_path / "fresh").get(result.stdout.strip().splitlines()[-1], kind="report")
+    original = store.get("cmp", kind="report").manifest
+    typed = {k: v for k, v in original["config"].items() if k != "groups"}  # the groups as typed: names
+    assert {k: v for k, v in rebuilt.manifest["config"].items() if k != "groups"} == typed
+    for key in ("baseline", "metric", "seeds", "groups", "comparisons"):
+        assert rebuilt.manifest["result"][key] == original["result"][key], key
