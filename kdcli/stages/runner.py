@@ -220,6 +220,8 @@ def train(stage: Stage, ctx: RunContext, data: DataSet, plan: Plan) -> StageResu
         manifest = {"model": spec, "metrics": metrics, "history": result.history,
                     "initial_weights_sha256": initial_hash, "data_fingerprint": data.fingerprint,
                     "data": data.describe(), "device": str(ctx.device), "augment": plan.views.spec(),
+                    # on a CPU the thread count moves the last bits of the weights (not part of the key)
+                    "cpu_threads": torch.get_num_threads() if ctx.device.type == "cpu" else None,
                     **plan.extra_manifest}
         summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("test_"))
         ctx.reporter.info(f"{stage.name}: best epoch {result.best_epoch}; {summary}")

@@ -34,6 +34,7 @@ def test_pipeline_and_rerun_skips_every_stage(chain, store):
     assert student["parents"]["logits"] == first["logits"]["id"]
     assert student["data_fingerprint"] == store.get(first["logits"]["id"]).manifest["data_fingerprint"]
     assert {"seed", "config", "versions", "history", "created"} <= set(student)
+    assert student["cpu_threads"] == torch.get_num_threads()  # the runs are in-process, on the CPU
     assert {"test_acc", "teacher_agreement", "params", "size_bytes", "best_epoch"} <= set(student["metrics"])
     second = chain()
     assert all(r["skipped"] for r in second.values())
