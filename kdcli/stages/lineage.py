@@ -53,6 +53,11 @@ def _default(f: dataclasses.Field):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
+def _token(value) -> str:
+    """A value as the CLI reads it back: floats to 12 significant digits, no trailing noise."""
+    return format(value, ".12g") if isinstance(value, float) else str(value)
+
+
 def _flag_tokens(f: dataclasses.Field, tp, value) -> list[str]:
     """The CLI tokens that set field `f` to `value` (the rules of kdcli.cli.common.stage_command)."""
     flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
@@ -62,8 +67,8 @@ def _flag_tokens(f: dataclasses.Field, tp, value) -> list[str]:
     if typing.get_origin(base) is list:
         if typing.get_args(base) in ((str,), ()):
             return [token for item in value for token in (flag, str(item))]
-        return [flag, ",".join(format(v, ".12g") if isinstance(v, float) else str(v) for v in value)]
-    return [flag, format(value, ".12g") if isinstance(value, float) else str(value)]
+        return [flag, ",".join(_token(v) for v in value)]
+    return [flag, _token(value)]
 
 
 def stage_config(stage: str):
@@ -82,7 +87,7 @@ def compare_command(config: dict, parents: dict) -> str | None:
     for label in labels:
         tokens += ["--label", label]
     tokens += ["--metric", config["metric"], "--baseline", config["baseline"],
-               "--alternative", config["alternative"], "--level", format(config["alpha"], ".12g")]
+               "--alternative", config["alternative"], "--level", _token(float(config["alpha"]))]
     if config.get("reference"):
         tokens += ["--reference", config["reference"][:SHORT]]
     return "kdcli " + shlex.join(tokens)

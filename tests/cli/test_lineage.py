@@ -25,6 +25,21 @@ def _measured(artifact) -> dict:
     return {k: v for k, v in artifact.manifest["metrics"].items() if "latency" not in k}
 
 
+def _rebuild_commands(lineage_text: str) -> list[str]:
+    """The command lines under the tree's "rebuild, in order:"."""
+    return [line.strip() for line in lineage_text.split("rebuild, in order:")[1].strip().splitlines()]
+
+
+def _run_each(lines: list[str], cli) -> list[str]:
+    """Run each printed `kdcli ...` line through `cli`; the artifact id each one prints last."""
+    ids = []
+    for line in lines:
+        result = cli(*shlex.split(line)[1:], "-q")
+        assert result.exit_code == 0, (line, result.stderr)
+        ids.append(result.stdout.strip().splitlines()[-1])
+    return ids
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, make_cli):
     """teacher -> logits -> distilled student and a baseline, two seeds each, and their comparison."""
@@ -75,16 +90,10 @@ def test_bad_lineage_input_is_one_line(chain):
 
 def test_printed_commands_rebuild_the_same_artifact_in_a_fresh_store(chain, tmp_path, make_cli):
     cli, store = chain
-    text = cli("artifacts", "lineage", "d1").stdout
-    lines = [line.strip() for line in text.split("rebuild, in order:")[1].strip().splitlines()]
+    lines = _rebuild_commands(cli("artifacts", "lineage", "d1").stdout)
     assert [line.split()[1] for line in lines] == ["train-teacher", "cache-logits", "distill"]
     fresh_root = tmp_path / "fresh"
-    fresh = make_cli(fresh_root)
-    rebuilt_ids = []
-    for line in lines:
-        result = fresh(*shlex.split(line)[1:], "-q")
-        assert result.exit_code == 0, (line, result.stderr)
-        rebuilt_ids.append(result.stdout.strip().splitlines()[-1])
+    rebuilt_ids = _run_each(lines, make_cli(fresh_root))
     rebuilt_store = Store(fresh_root)
     for name, rebuilt_id in zip(("t", "lg", "d1"), rebuilt_ids, strict=True):
         original, rebuilt = store.get(name), rebuilt_store.get(rebuilt_id)
@@ -118,16 +127,12 @@ def test_command_line_uses_parent_ids_and_only_changed_options():
 
 def test_a_compare_reports_commands_rebuild_the_same_comparison_in_a_fresh_store(chain, tmp_path, make_cli):
     cli, store = chain
-    text = cli("artifacts", "lineage", "cmp").stdout
-    lines = [line.strip() for line in text.split("rebuild, in order:")[1].strip().splitlines()]
+    lines = _rebuild_commands(cli("artifacts", "lineage", "cmp").stdout)
     assert sorted(line.split()[1] for line in lines) == sorted(
         ["train-teacher", "cache-logits", "baseline", "baseline", "distill", "distill", "compare"])
     assert lines[-1].split()[1] == "compare" and "--baseline baseline" in lines[-1]
-    fresh = make_cli(tmp_path / "fresh")
-    for line in lines:
-        result = fresh(*shlex.split(line)[1:], "-q")
-        assert result.exit_code == 0, (line, result.stderr)
-    rebuilt = Store(tmp_path / "fresh").get(result.stdout.strip().splitlines()[-1], kind="report")
+    report_id = _run_each(lines, make_cli(tmp_path / "fresh"))[-1]
+    rebuilt = Store(tmp_path / "fresh").get(report_id, kind="report")
     original = store.get("cmp", kind="report").manifest
     typed = {k: v for k, v in original["config"].items() if k != "groups"}  # the groups as typed: names
     assert {k: v for k, v in rebuilt.manifest["config"].items() if k != "groups"} == typed
