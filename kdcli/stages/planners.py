@@ -19,7 +19,7 @@ import torch
 
 from kdcli.augment import ViewSet, resolve_augment
 from kdcli.data import DataSet
-from kdcli.engine import predict, prepare_model, rng_devices
+from kdcli.engine import evaluate_test, prepare_model, rng_devices
 from kdcli.errors import UsageError
 from kdcli.losses import LOSSES
 from kdcli.losses.feature_methods import FEATURE_METHODS
@@ -112,7 +112,7 @@ def plan_features(cfg: DistillConfig, ctx: RunContext, data: DataSet) -> Plan:
     method = FEATURE_METHODS.get(cfg.method)
     pairs = parse_feature_pairs(cfg.feature_pairs)
     options = {option: getattr(cfg, option) for option in method.options}
-    test_logits = predict(teacher, data, data.x_test, cfg.eval_batch_size, ctx.device, cfg.precision)
+    test_logits = evaluate_test(teacher, data, cfg.eval_batch_size, ctx.device, cfg.precision)[1]
 
     def make_objective(model, device_data):
         return FeatureObjective(method, pairs, model, teacher, data.input_shape, len(data.x_pool), options,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from kdcli.augment import ViewSet, resolve_augment
-from kdcli.engine import Batch, predict, prepare_model
+from kdcli.engine import Batch, evaluate_test, prepare_model
 from kdcli.errors import UsageError
 from kdcli.stages.common import check_fits, check_logits_fit, load_model
 
@@ -120,7 +120,7 @@ def teacher_sources(cfg, ctx, data):
             check_fits(artifact, data, "teacher")
             teacher = prepare_model(teacher, ctx.device, False)
             makers.append(lambda device, t=teacher: OnlineTeacher(t))
-            tests.append(predict(teacher, data, data.x_test, cfg.eval_batch_size, ctx.device, cfg.precision))
+            tests.append(evaluate_test(teacher, data, cfg.eval_batch_size, ctx.device, cfg.precision)[1])
             parents[f"teacher{suffix}"] = artifact.id
         else:
             raise UsageError(f"teacher {ref!r} is a {role or 'unknown'} artifact; give a model or a logits table")
