@@ -53,6 +53,10 @@ def causal_config(model_type: str, vocab_size: int, context: int, **args):
     except ValueError as exc:
         raise UsageError(f"hf-causal:{model_type}: {first_line(exc)}") from None
     config.vocab_size = int(vocab_size)
+    for special in ("bos_token_id", "eos_token_id", "pad_token_id"):  # the library's defaults name GPT-2's ids
+        value = getattr(config, special, None)
+        if isinstance(value, int) and value >= vocab_size:
+            setattr(config, special, None)
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and context > positions:
         raise UsageError(f"--context {context} is longer than hf-causal:{model_type}'s {positions} positions; "

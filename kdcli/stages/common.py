@@ -81,7 +81,8 @@ def seed_everything(seed: int) -> None:
 def load_data(cfg, ctx: RunContext | None = None) -> DataSet:
     """Load the data set a DataConfig describes; with `ctx`, a loader may keep prepared data in its
     store (an image folder is decoded once, then memory-mapped)."""
-    extra = {k: getattr(cfg, k) for k in ("n_samples", "n_features", "noise", "target", "image_size", "task")
+    extra = {k: getattr(cfg, k) for k in ("n_samples", "n_features", "noise", "target", "image_size", "task",
+                                          "context", "tokenizer")
              if getattr(cfg, k, None) is not None}
     spec = DataSpec(name=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                     split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, extra=extra,
@@ -127,9 +128,37 @@ def load_model(store: Store, ref: str) -> tuple[nn.Module, Artifact]:
     return model.eval(), artifact
 
 
+def text_identity(manifest: dict) -> tuple:
+    """(tokenizer sha256, context) of the text data an artifact was made on; (None, None) for other data."""
+    data = manifest.get("data", {})
+    return data.get("tokenizer", {}).get("sha256"), data.get("context")
+
+
+def check_same_text(artifact: Artifact, data: DataSet, what: str) -> None:
+    """A model or table made with another tokenizer or context than `data`'s is refused with one line."""
+    theirs = text_identity(artifact.manifest)
+    if data.task != "lm" or theirs[0] is None:
+        return
+    ours = (data.tokenizer.get("sha256"), data.context)
+    if theirs == ours:
+        return
+    made = artifact.manifest["data"]
+    raise UsageError(f"{what} {artifact.id[:12]} was made with tokenizer {made['tokenizer'].get('spec')} "
+                     f"({str(theirs[0])[:12]}) at context {theirs[1]}, but this run uses {data.tokenizer.get('spec')} "
+                     f"({str(ours[0])[:12]}) at context {ours[1]}; give the same --tokenizer and --context")
+
+
 def check_fits(artifact: Artifact, data: DataSet, role: str) -> None:
-    """A model trained for other inputs or another class count is refused with one line."""
+    """A model trained for other inputs or another class count (a language model: another vocabulary)
+    is refused with one line."""
     spec = artifact.manifest["model"]
+    if data.task == "lm":
+        if spec["num_outputs"] != data.num_outputs or len(spec["input_shape"]) != 1:
+            raise UsageError(f"{role} {artifact.id[:12]} ({spec['name']}) predicts a vocabulary of "
+                             f"{spec['num_outputs']} tokens over inputs {tuple(spec['input_shape'])}, but this run's "
+                             f"tokenizer {data.tokenizer.get('spec')} has {data.num_outputs}: teacher and student "
+                             "need one tokenizer")
+        return
     if tuple(spec["input_shape"]) != data.input_shape or spec["num_outputs"] != data.num_outputs:
         raise UsageError(
             f"{role} {artifact.id[:12]} ({spec['name']}) takes inputs {tuple(spec['input_shape'])} with "
@@ -139,6 +168,8 @@ def check_fits(artifact: Artifact, data: DataSet, role: str) -> None:
 def check_logits_fit(artifact: Artifact, data: DataSet) -> None:
     """A logits table is tied to the exact data (pool, labels and split) it was computed on."""
     theirs = artifact.manifest.get("data_fingerprint", "")
+    if data.task == "lm":
+        check_same_text(artifact, data, "logits table")
     if theirs != data.fingerprint:
         raise UsageError(
             f"logits table {artifact.id[:12]} was computed on data {theirs[:12]} but this run's data is "

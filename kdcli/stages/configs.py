@@ -20,10 +20,11 @@ ZOO_PREFIXES = ("timm:", "torchvision:")  # import-teacher sources built by kdcl
 
 
 TASKS = ("regression", "classification")
+TEXT_DATASETS = ("text", "python-docs")  # the corpora: their models are language models
 # data options that only some data sets take (by the name before ':'); elsewhere they are refused
 DATA_OPTIONS = {"n_samples": ("synthetic-regression",), "n_features": ("synthetic-regression",),
                 "noise": ("synthetic-regression",), "target": ("csv",), "task": ("csv",),
-                "image_size": ("imagefolder",)}
+                "image_size": ("imagefolder",), "context": TEXT_DATASETS, "tokenizer": TEXT_DATASETS}
 
 
 def check_choice(name: str, value: str, choices) -> None:
@@ -34,7 +35,7 @@ def check_choice(name: str, value: str, choices) -> None:
 @dataclass
 class DataConfig:
     dataset: str = opt("digits", "data set: digits, mnist, fashion-mnist, cifar10, cifar100, imagefolder:PATH, "
-                                 "synthetic-regression, diabetes, csv:PATH")
+                                 "synthetic-regression, diabetes, csv:PATH, python-docs, text:PATH")
     data_dir: str = opt("data", "directory holding downloaded data sets", key=False)
     download: bool = opt(False, "download the data set if missing (needs network)", key=False)
     split_seed: int = opt(0, "seed of the train/validation split of the training pool")
@@ -46,6 +47,10 @@ class DataConfig:
     image_size: int | None = opt(None, "imagefolder:PATH: resize images to this square size (default 32)")
     task: str | None = opt(None, "csv:PATH: regression (default) or classification (an integer target column "
                                  "holds class labels)")
+    context: int | None = opt(None, "text:PATH, python-docs: tokens per training window (default 128)")
+    tokenizer: str | None = opt(None, "text:PATH, python-docs: bytes (default, 256 symbols), bpe:N (a byte-level "
+                                      "BPE of N tokens trained on the training split, stored) or a local "
+                                      "Hugging Face tokenizer directory")
 
     def validate(self) -> None:
         if not 0 <= self.val_fraction < 1:
@@ -57,6 +62,12 @@ class DataConfig:
                                  f"--dataset {self.dataset}")
         if self.task is not None:
             check_choice("task", self.task, TASKS)
+        if self.context is not None and self.context < 1:
+            raise UsageError(f"--context must be >= 1, got {self.context}")
+
+    @property
+    def is_text(self) -> bool:
+        return self.dataset.partition(":")[0] in TEXT_DATASETS
 
 
 @dataclass
@@ -109,6 +120,9 @@ class TrainConfig(DataConfig):
         if self.warmup_epochs > self.epochs:
             raise UsageError(f"--warmup-epochs {self.warmup_epochs} exceeds --epochs {self.epochs}")
         check_choice("precision", self.precision, PRECISIONS)
+        if self.is_text and self.augment not in ("auto", "none"):
+            raise UsageError(f"--augment {self.augment}: views and mixing are for images and tables; a text "
+                             "corpus trains on its windows as they are (drop --augment)")
 
 
 @dataclass
@@ -224,6 +238,8 @@ class CacheLogitsConfig(InferenceConfig):
     views: str = opt("none", "discrete augmented views to cache, e.g. flip,translate:2 (none = clean images)")
     topk: int = opt(0, "keep only the top-k probabilities per view, the rest spread evenly (0 = full logits)")
     dtype: str = opt("float16", "storage dtype: float16 or float32")
+    table: str | None = opt(None, "text: what to keep per position: topk:K (default topk:32, the K largest "
+                                  "log-probs, their ids and the tail mass) or full (small vocabularies)")
 
     def validate(self) -> None:
         super().validate()
@@ -232,6 +248,10 @@ class CacheLogitsConfig(InferenceConfig):
         check_choice("dtype", self.dtype, ("float16", "float32"))
         if self.topk < 0:
             raise UsageError(f"--topk must be >= 0, got {self.topk}")
+        if self.is_text and (self.topk or self.views != "none"):
+            raise UsageError("--topk and --views are for images; a text table takes --table topk:K or full")
+        if self.table is not None and not self.is_text:
+            raise UsageError("--table is for text corpora; an image table takes --topk K and --views")
 
 
 @dataclass

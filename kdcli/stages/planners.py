@@ -52,6 +52,12 @@ def resolve_options(cfg: DistillConfig, task: str) -> DistillConfig:
                          f"not --method {method}")
     if task != "regression" and row.kind == "regression":
         raise UsageError(f"--method {REGRESSION} needs regression data; {cfg.dataset} is a classification set")
+    if task == "lm" and row.kind != "logit":
+        raise UsageError(f"--method {method} distills image features; a language model distills its next-token "
+                         "distribution (--method kd, the default, or another logit method)")
+    if task == "lm" and (cfg.scheme != "standard" or cfg.extra_teachers):
+        raise UsageError("--scheme and --extra-teacher are for image and table students; a language model "
+                         "distills from one teacher (--logits TABLE or --teacher MODEL)")
     reads = ", ".join(flag(o) for o in row.options)
     for option in all_options():
         if getattr(cfg, option) is not None and option not in row.options:

@@ -42,6 +42,9 @@ def baseline(cfg: BaselineConfig, ctx: RunContext) -> StageResult:
     data = load_data(cfg, ctx)
     if data.task == "classification" and LOSSES.get(cfg.loss).needs_teacher:
         raise UsageError(f"--loss {cfg.loss} needs a teacher; use 'kdcli distill'")
+    if data.task == "lm" and cfg.loss != "ce":
+        raise UsageError(f"--loss {cfg.loss} is for image classifiers; a language model trains on next-token "
+                         "cross-entropy (--loss ce)")
     views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
     return train(BASELINE, ctx, data, Plan(cfg, {}, views, lambda model, dd: hard_label_objective(data.task, cfg.loss)))
 
