@@ -56,15 +56,19 @@ class Corpus:
         return len(self.sources) >= BY_FILE_MIN
 
     def check(self) -> None:
-        """Read every source once: refused in one line if one is not UTF-8 text or all are empty."""
+        """Read every document once: refused in one line if a source is not UTF-8 text, if all are empty,
+        or if a split has no document of 2 bytes (too short to predict a token)."""
         if self._checked:
             return
-        empty = True
-        for source in self.sources:
-            for line in source.lines():
-                empty = empty and not line
-        if empty:
+        longest = dict.fromkeys(SPLITS, 0)
+        for index, text in enumerate(self._all_documents()):
+            longest[split_of(index)] = max(longest[split_of(index)], len(text.encode("utf-8")))
+        if not any(longest.values()):
             raise UsageError(f"{self.name}: the corpus is empty")
+        short = [split for split in SPLITS if longest[split] < 2]
+        if short:
+            raise UsageError(f"{self.name}: too small to give every split a window (none for {', '.join(short)}); "
+                             f"add text")
         self._checked = True
 
     def splits(self) -> Iterator[tuple[str, str]]:

@@ -122,7 +122,7 @@ def build_windows(corpus: Corpus, tokenizer: TextTokenizer, context: int, scratc
     """Tokenize `corpus` document by document into window tensors (x_pool, y_pool, x_test, y_test,
     train_idx, val_idx), in memory or through files under `scratch`, and the per-split sizes."""
     rows = {name: _Rows(context, scratch / name if scratch is not None else None) for name in WINDOW_TENSORS}
-    token_bytes = tokenizer.token_bytes().numpy()
+    token_bytes = tokenizer.token_bytes.numpy()
     sizes = {"split_bytes": dict.fromkeys(SPLITS, 0), "split_tokens": dict.fromkeys(SPLITS, 0),
              "split_windows": dict.fromkeys(SPLITS, 0)}
     pool_splits = []  # the split of each pool window, run by run: (split, count)
@@ -141,7 +141,7 @@ def build_windows(corpus: Corpus, tokenizer: TextTokenizer, context: int, scratc
         sizes["split_windows"][split] += len(x)
     empty = [split for split in SPLITS if not sizes["split_windows"][split]]
     if empty:
-        raise UsageError(f"{corpus.name}: too small to give a window to every split at context {context} "
+        raise UsageError(f"{corpus.name}: too small to give every split a window at context {context} "
                          f"(none for {', '.join(empty)}); add text")
     labels = np.repeat([split for split, _ in pool_splits], [count for _, count in pool_splits])
     tensors = {name: part.tensor() for name, part in rows.items()}
@@ -157,7 +157,7 @@ def _dataset(name: str, tokenizer: TextTokenizer, context: int, tensors: dict, s
         val_idx=tensors["val_idx"], x_test=tensors["x_test"], y_test=tensors["y_test"],
         num_outputs=tokenizer.info["vocab_size"], fingerprint=fingerprint_, mapped=mapped, context=context,
         tokenizer=tokenizer.info, split_bytes=sizes["split_bytes"], split_tokens=sizes["split_tokens"],
-        token_bytes=tokenizer.token_bytes(), hf_tokenizer=tokenizer.hf)
+        token_bytes=tokenizer.token_bytes, hf_tokenizer=tokenizer.hf)
 
 
 def in_memory(corpus: Corpus, tokenizer: TextTokenizer, context: int) -> TextDataSet:
@@ -204,6 +204,7 @@ def text_dataset(corpus_of, spec: DataSpec) -> TextDataSet:
     reporter = spec.reporter or Reporter(quiet=True)
 
     def training_texts():
+        corpus.check()  # before a tokenizer is trained on it
         return (text for split, text in corpus.splits() if split == "train")
 
     tokenizer = resolve_tokenizer(tokenizer_spec, corpus.key, training_texts, spec.store, reporter)

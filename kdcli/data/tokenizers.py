@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ BYTE_SYMBOLS = 256
 TOKENIZER_STAGE = "train-tokenizer"
 TOKENIZER_KIND = "data"  # the store's kinds (kdcli.store.KINDS) have none of its own for tokenizers
 DEFAULT_TOKENIZER = "bytes"
+BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # sentencepiece's byte-fallback tokens
+ANCHOR = "a"  # the plain token a token is decoded after, to count the space a word-initial token adds
 
 TrainingTexts = Callable[[], Iterator[str]]
 
@@ -42,15 +45,23 @@ class TextTokenizer:
         """Token ids of `text`, no special tokens added."""
         return self.hf.backend_tokenizer.encode(text, add_special_tokens=False).ids
 
+    @functools.cached_property
     def token_bytes(self) -> torch.Tensor:
-        """(V,) int64: the UTF-8 byte length of each token id (exact for byte-level tokenizers; for others
-        the length of the token decoded alone)."""
-        decode = _byte_level_length if _is_byte_level(self.hf.backend_tokenizer) else self._decoded_length
+        """(V,) int64: the UTF-8 bytes each token id stands for. Exact for byte-level tokenizers (one byte
+        per symbol); for others, what the token adds when decoded after a plain one (a sentencepiece
+        '\u2581the' adds ' the'), a byte-fallback token '<0xNN>' one byte."""
+        backend = self.hf.backend_tokenizer
+        length = _byte_level_length if _is_byte_level(backend) else functools.partial(_decoded_length, backend)
         tokens = self.hf.convert_ids_to_tokens(list(range(self.info["vocab_size"])))
-        return torch.tensor([0 if token is None else decode(token) for token in tokens], dtype=torch.int64)
+        return torch.tensor([0 if token is None else length(token) for token in tokens], dtype=torch.int64)
 
-    def _decoded_length(self, token: str) -> int:
-        return len(self.hf.convert_tokens_to_string([token]).encode("utf-8"))
+
+def _decoded_length(backend, token: str) -> int:
+    if BYTE_FALLBACK.fullmatch(token):
+        return 1
+    if backend.decoder is None:
+        return len(token.encode("utf-8"))
+    return len(backend.decoder.decode([ANCHOR, token]).encode("utf-8")) - len(ANCHOR)
 
 
 @functools.cache

@@ -10,11 +10,11 @@ from torch import nn
 
 from kdcli.augment import ViewSet
 from kdcli.data import DataSet
+from kdcli.data.text import IGNORE
 from kdcli.engine.batches import DeviceData, Objective, Prepare
 from kdcli.engine.devices import autocast
 
 TASK_SUMS = ("correct", "nll_sum", "sq_err", "tokens")
-IGNORE = -100  # the target of a masked text position (padding, after a document's end)
 
 
 def token_sums(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:

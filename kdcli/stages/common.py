@@ -3,6 +3,7 @@ The cached-stage runner is kdcli.stages.runner."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdcli import config as config_mod
 from kdcli.config import parse_kv
 from kdcli.data import DataSet, DataSpec, load_dataset
 from kdcli.errors import KdcliError, UsageError
@@ -19,6 +21,7 @@ from kdcli.models import build_model
 from kdcli.models.registry import architecture_args
 from kdcli.models.zoo import load_weights
 from kdcli.reporting import Reporter
+from kdcli.stages.configs import DataConfig
 from kdcli.store import Artifact, Store, sha256_of_file
 
 
@@ -174,3 +177,13 @@ def check_logits_fit(artifact: Artifact, data: DataSet) -> None:
         raise UsageError(
             f"logits table {artifact.id[:12]} was computed on data {theirs[:12]} but this run's data is "
             f"{data.fingerprint[:12]} ({data.name}); rerun cache-logits with the same --dataset and split options")
+
+
+def data_of(manifest: dict, dataset: str | None = None, store: Store | None = None):
+    """Reload the data set a run's (or logits table's) resolved config names; `dataset` overrides it.
+    With `store`, prepared data (mapped windows, a trained tokenizer) is read from it, not remade."""
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    values = {k: v for k, v in (manifest.get("config") or {}).items() if k in known}
+    if dataset:
+        values["dataset"] = dataset
+    return load_data(config_mod.build(DataConfig, None, values), RunContext(store=store) if store else None)

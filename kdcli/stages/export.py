@@ -36,11 +36,10 @@ from kdcli.data import DataSet
 from kdcli.engine import predict, test_metrics
 from kdcli.errors import KdcliError
 from kdcli.models import parameter_count
-from kdcli.stages.common import RunContext, StageResult, load_model
+from kdcli.stages.common import RunContext, StageResult, data_of, load_model
 from kdcli.stages.configs import EXPORT_FORMATS, ExportConfig
 from kdcli.stages.registry import EXPORT
 from kdcli.stages.runner import run_cached
-from kdcli.stages.visualize import data_of
 
 INPUT, OUTPUT = "input", "logits"
 Runtime = Callable[[torch.Tensor], torch.Tensor]  # prepared inputs (N, ...) float32 -> outputs (N, K)
