@@ -15,7 +15,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine", "onecycle", "step", "multistep")
 MONITORS = ("val_loss", "val_acc", "val_kl")
 PRECISIONS = ("fp32", "bf16", "fp16")
-EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # export format -> file suffix
+EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "hf": ""}  # export format -> file suffix (hf: a directory)
 ZOO_PREFIXES = ("timm:", "torchvision:")  # import-teacher sources built by kdcli.models.zoo
 
 
@@ -282,9 +282,10 @@ class ImportConfig(InferenceConfig):
 class ExportConfig:
     model: str = opt("", "model artifact to export (name, id or id prefix)", key=False)
     teacher: str | None = opt(None, "also export and measure this teacher model artifact", key=False)
-    format: str = opt("onnx", "onnx or torchscript")
+    format: str = opt("onnx", "onnx or torchscript; hf (a Hugging Face directory) for language models")
     out: str = opt("", "directory the exported files are written to", key=False)
-    atol: float = opt(1e-3, "parity: largest allowed max |logit difference| between the export and PyTorch")
+    atol: float = opt(1e-3, "parity: largest allowed max |logit difference| between the export and PyTorch "
+                            "(--format hf: of test bits per byte, through transformers and in the manifest)")
     min_agreement: float = opt(99.9, "parity: smallest allowed argmax agreement with PyTorch, % of test images")
     int8: bool = opt(False, "onnx: also quantize to int8 (onnxruntime dynamic quantization)")
     max_drop: float = opt(1.0, "int8: refuse it if test accuracy falls by more than this many points "
