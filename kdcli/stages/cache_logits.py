@@ -17,7 +17,7 @@ import torch
 from kdcli.augment import ViewSet
 from kdcli.engine import Prepare, autocast, evaluate_test, predict, prepare_model, test_metrics
 from kdcli.errors import KdcliError, UsageError
-from kdcli.stages.common import RunContext, StageResult, check_fits, load_data, load_model
+from kdcli.stages.common import RunContext, StageResult, check_fits, check_text_run, load_data, load_model
 from kdcli.stages.configs import CacheLogitsConfig
 from kdcli.stages.registry import CACHE_LOGITS
 from kdcli.stages.runner import run_cached
@@ -116,6 +116,9 @@ def cache_text_table(cfg: CacheLogitsConfig, ctx: RunContext, data, teacher, art
 
 
 def cache_logits(cfg: CacheLogitsConfig, ctx: RunContext) -> StageResult:
+    if cfg.is_text:  # before any data loads: the teacher's tokenizer and context, K against its vocabulary
+        check_text_run(cfg, ctx.store, [cfg.teacher])
+        TableSpec.parse(cfg.table, ctx.store.get(cfg.teacher, kind="model").manifest["model"]["num_outputs"])
     data = load_data(cfg, ctx)
     teacher, artifact = load_model(ctx.store, cfg.teacher)
     check_fits(artifact, data, "teacher")

@@ -16,8 +16,11 @@ from torch import nn
 from kdcli import config as config_mod
 from kdcli.config import parse_kv
 from kdcli.data import DataSet, DataSpec, load_dataset
+from kdcli.data.text import DEFAULT_CONTEXT
+from kdcli.data.tokenizers import DEFAULT_TOKENIZER
 from kdcli.errors import KdcliError, UsageError
 from kdcli.models import build_model
+from kdcli.models.causal_lm import CausalLM
 from kdcli.models.registry import architecture_args
 from kdcli.models.zoo import load_weights
 from kdcli.reporting import Reporter
@@ -149,6 +152,46 @@ def check_same_text(artifact: Artifact, data: DataSet, what: str) -> None:
     raise UsageError(f"{what} {artifact.id[:12]} was made with tokenizer {made['tokenizer'].get('spec')} "
                      f"({str(theirs[0])[:12]}) at context {theirs[1]}, but this run uses {data.tokenizer.get('spec')} "
                      f"({str(ours[0])[:12]}) at context {ours[1]}; give the same --tokenizer and --context")
+
+
+def text_options(config: dict) -> tuple[str, str, int]:
+    """(data set, tokenizer spec, context) of a text run's config, defaults filled in."""
+    return (config.get("dataset"), config.get("tokenizer") or DEFAULT_TOKENIZER,
+            config.get("context") or DEFAULT_CONTEXT)
+
+
+def check_text_run(cfg, store: Store, refs: list[str]) -> None:
+    """A text run's checks that need no data, made before any data loads (which may write prepared windows
+    to the store): its model holds the context (built on the meta device, nothing allocated), and every
+    teacher or table in `refs` was made on the same corpus with the same tokenizer and context."""
+    if not cfg.is_text:
+        return
+    ours = text_options(dataclasses.asdict(cfg))
+    if getattr(cfg, "model", None):
+        vocab = int(ours[1][4:]) if ours[1].startswith("bpe:") else 256  # the positions do not depend on it
+        try:
+            with torch.device("meta"):
+                model = build_model(cfg.model, (ours[2],), vocab, **parse_kv(cfg.model_args))
+                shape = (1, ours[2], vocab) if isinstance(model, CausalLM) else tuple(
+                    model(torch.zeros(1, ours[2], dtype=torch.long)).shape)
+        except (UsageError, KdcliError):
+            raise
+        except Exception as exc:  # an image or table model fed token windows
+            raise UsageError(f"--model {cfg.model} does not take token windows ({type(exc).__name__}); a text "
+                             "corpus trains a language model: lm-teacher, lm-student or hf-causal:TYPE") from None
+        if shape != (1, ours[2], vocab):
+            raise UsageError(f"--model {cfg.model} is not a language model: it maps a window of {ours[2]} tokens to "
+                             f"outputs {shape}, not next-token logits; use lm-teacher, lm-student or "
+                             "hf-causal:TYPE")
+    for ref in refs:
+        artifact = store.get(ref)
+        if artifact.manifest.get("data", {}).get("task") != "lm":
+            raise UsageError(f"{ref!r} was not made on a text corpus; {cfg.dataset} needs a language-model teacher")
+        theirs = text_options(artifact.manifest.get("config") or {})
+        if theirs[1:] != ours[1:]:
+            raise UsageError(f"{artifact.kind} {artifact.id[:12]} was made with --tokenizer {theirs[1]} --context "
+                             f"{theirs[2]}, but this run uses --tokenizer {ours[1]} --context {ours[2]}: teacher, "
+                             "table and student need one tokenizer and context")
 
 
 def check_fits(artifact: Artifact, data: DataSet, role: str) -> None:
