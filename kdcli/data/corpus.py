@@ -6,7 +6,8 @@ fixed by the corpus alone, never by a seed:
   i % 10 == 9, else to training;
 - fewer: the sources' texts, concatenated in order, are cut at line breaks into BLOCKS blocks of about
   equal size (fewer when single lines are longer than a block), block i split the same way.
-Sources are read line by line (undecoded newlines kept), one document in memory at a time.
+Sources are read line by line (newlines kept as they are) and documents are handed out in pieces of
+lines, so memory does not grow with the corpus or a document.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from kdcli.store import canonical_json
 
 BLOCKS = 100
 BY_FILE_MIN = 10
+PIECE_CHARS = 1 << 16  # what is read, tokenized and held at a time
 SPLITS = ("train", "val", "test")
 LAYOUT = 1  # the split and document rule above; part of every cache key derived from a corpus
 
@@ -61,8 +63,8 @@ class Corpus:
         if self._checked:
             return
         longest = dict.fromkeys(SPLITS, 0)
-        for index, text in enumerate(self._all_documents()):
-            longest[split_of(index)] = max(longest[split_of(index)], len(text.encode("utf-8")))
+        for split, pieces in self._documents():
+            longest[split] = max(longest[split], sum(len(piece.encode("utf-8")) for piece in pieces))
         if not any(longest.values()):
             raise UsageError(f"{self.name}: the corpus is empty")
         short = [split for split in SPLITS if longest[split] < 2]
@@ -71,30 +73,60 @@ class Corpus:
                              f"add text")
         self._checked = True
 
-    def splits(self) -> Iterator[tuple[str, str]]:
-        """(split, text) of every document in order (the corpus checked first)."""
+    def documents(self) -> Iterator[tuple[str, Iterator[str]]]:
+        """(split, pieces) of every document in order, the corpus checked first. A document's pieces are
+        its text in order, cut at line breaks into pieces of about PIECE_CHARS characters; a document
+        left unread is skipped."""
         self.check()
-        for index, text in enumerate(self._all_documents()):
-            yield split_of(index), text
+        return self._documents()
 
-    def _all_documents(self) -> Iterator[str]:
+    def _documents(self) -> Iterator[tuple[str, Iterator[str]]]:
+        for index, lines in enumerate(self._document_lines()):
+            yield split_of(index), _pieces(lines)
+
+    def _document_lines(self) -> Iterator[Iterator[str]]:
         if self.by_file:
             for source in self.sources:
-                yield "".join(source.lines())
+                yield source.lines()
             return
         total = sum(source.size for source in self.sources)
-        block, done, cut = [], 0, 1
-        for source in self.sources:
-            for line in source.lines():
-                block.append(line)
-                done += len(line.encode("utf-8"))
-                if done * BLOCKS >= cut * total:
-                    yield "".join(block)
-                    block = []
-                    while done * BLOCKS >= cut * total:
-                        cut += 1
-        if block:
-            yield "".join(block)
+        lines = (line for source in self.sources for line in source.lines())
+        progress = {"bytes": 0, "cut": 1}  # bytes read, and the next cut: at cut * total / BLOCKS bytes
+
+        def block(line: str) -> Iterator[str]:
+            while True:
+                yield line
+                progress["bytes"] += len(line.encode("utf-8"))
+                if progress["bytes"] * BLOCKS >= progress["cut"] * total:
+                    while progress["bytes"] * BLOCKS >= progress["cut"] * total:
+                        progress["cut"] += 1
+                    return
+                line = next(lines, None)
+                if line is None:
+                    return
+
+        current: Iterator[str] = iter(())
+        while True:
+            for _ in current:  # the rest of a block the reader left unread
+                pass
+            first = next(lines, None)
+            if first is None:
+                return
+            current = block(first)
+            yield current
+
+
+def _pieces(lines: Iterator[str]) -> Iterator[str]:
+    """`lines` joined into pieces of about PIECE_CHARS characters (a longer line is one piece)."""
+    piece, size = [], 0
+    for line in lines:
+        piece.append(line)
+        size += len(line)
+        if size >= PIECE_CHARS:
+            yield "".join(piece)
+            piece, size = [], 0
+    if piece:
+        yield "".join(piece)
 
 
 def _file_lines(path: Path, shown: str) -> Callable[[], Iterator[str]]:

@@ -18,6 +18,7 @@ Options (spec.extra): "context" (int, default 128), "tokenizer" ("bytes", "bpe:N
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,6 @@ IGNORE = -100  # the target of a masked position (torch.nn.functional.cross_entr
 PAD_ID = 0  # the input id of a padded position
 DEFAULT_CONTEXT = 128
 WINDOWS_STAGE = "prepare-text"
-ENCODE_CHARS = 1 << 20  # a document is encoded in pieces of about this many characters, cut at line breaks
 WINDOW_TENSORS = ("x_pool", "y_pool", "x_test", "y_test")
 
 
@@ -82,18 +82,19 @@ def windows(ids: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(count, context), y.reshape(count, context)
 
 
-def token_ids(tokenizer: TextTokenizer, text: str) -> np.ndarray:
-    """(n,) int64 ids of `text`, encoded in pieces of about ENCODE_CHARS cut at line breaks."""
-    pieces, piece, size = [], [], 0
-    for line in text.splitlines(keepends=True):
-        piece.append(line)
-        size += len(line)
-        if size >= ENCODE_CHARS:
-            pieces.append(np.asarray(tokenizer.encode("".join(piece)), dtype=np.int64))
-            piece, size = [], 0
-    if piece:
-        pieces.append(np.asarray(tokenizer.encode("".join(piece)), dtype=np.int64))
-    return np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
+def document_windows(tokenizer: TextTokenizer, pieces: Iterator[str], context: int) -> Iterator[tuple]:
+    """A document given piece by piece -> its windows as `windows` cuts the whole document's ids, in runs
+    of (inputs, targets) made as the pieces are tokenized."""
+    carry = np.empty(0, dtype=np.int64)  # ids from the last window's last target on
+    for piece in pieces:
+        ids = np.concatenate([carry, np.asarray(tokenizer.encode(piece), dtype=np.int64)])
+        complete = (len(ids) - 1) // context
+        if complete:
+            yield windows(ids[:complete * context + 1], context)
+            ids = ids[complete * context:]
+        carry = ids
+    if len(carry) >= 2:
+        yield windows(carry, context)
 
 
 class _Rows:
@@ -126,19 +127,17 @@ def build_windows(corpus: Corpus, tokenizer: TextTokenizer, context: int, scratc
     sizes = {"split_bytes": dict.fromkeys(SPLITS, 0), "split_tokens": dict.fromkeys(SPLITS, 0),
              "split_windows": dict.fromkeys(SPLITS, 0)}
     pool_splits = []  # the split of each pool window, run by run: (split, count)
-    for split, text in corpus.splits():
-        ids = token_ids(tokenizer, text)
-        if len(ids) < 2:
-            continue
-        x, y = windows(ids, context)
+    for split, pieces in corpus.documents():
         part = "test" if split == "test" else "pool"
-        rows[f"x_{part}"].add(x)
-        rows[f"y_{part}"].add(y)
-        if part == "pool":
-            pool_splits.append((split, len(x)))
-        sizes["split_bytes"][split] += int(token_bytes[ids[1:]].sum())
-        sizes["split_tokens"][split] += len(ids) - 1
-        sizes["split_windows"][split] += len(x)
+        for x, y in document_windows(tokenizer, pieces, context):
+            rows[f"x_{part}"].add(x)
+            rows[f"y_{part}"].add(y)
+            if part == "pool":
+                pool_splits.append((split, len(x)))
+            predicted = y[y != IGNORE]
+            sizes["split_bytes"][split] += int(token_bytes[predicted].sum())
+            sizes["split_tokens"][split] += len(predicted)
+            sizes["split_windows"][split] += len(x)
     empty = [split for split in SPLITS if not sizes["split_windows"][split]]
     if empty:
         raise UsageError(f"{corpus.name}: too small to give every split a window at context {context} "
@@ -204,8 +203,8 @@ def text_dataset(corpus_of, spec: DataSpec) -> TextDataSet:
     reporter = spec.reporter or Reporter(quiet=True)
 
     def training_texts():
-        corpus.check()  # before a tokenizer is trained on it
-        return (text for split, text in corpus.splits() if split == "train")
+        documents = corpus.documents()  # checked here, before a tokenizer is trained on it
+        return (piece for split, pieces in documents if split == "train" for piece in pieces)
 
     tokenizer = resolve_tokenizer(tokenizer_spec, corpus.key, training_texts, spec.store, reporter)
     if spec.store is None:

@@ -101,12 +101,12 @@ def _described(hf, spec: str, kind: str, artifact: str | None) -> TextTokenizer:
                               "artifact": artifact})
 
 
-def _byte_level(vocab: dict[str, int] | None = None, merges: list | None = None, split_words: bool = True):
+def _byte_level(vocab: dict[str, int] | None = None, merges: list | None = None):
     """An empty (or given) byte-level BPE `tokenizers.Tokenizer`: GPT-2's pre-tokenizer and decoder."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges) if vocab is not None else models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split_words)
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     return backend
 
@@ -114,7 +114,7 @@ def _byte_level(vocab: dict[str, int] | None = None, merges: list | None = None,
 def byte_tokenizer() -> TextTokenizer:
     """The 256 byte symbols, no merges: ids are the UTF-8 bytes of the text."""
     symbols = _byte_to_unicode()
-    backend = _byte_level({symbols[b]: b for b in range(BYTE_SYMBOLS)}, [], split_words=False)
+    backend = _byte_level({symbols[b]: b for b in range(BYTE_SYMBOLS)}, [])
     return _wrap(backend, DEFAULT_TOKENIZER, "bytes")
 
 

@@ -10,6 +10,7 @@ import torch
 
 from kdcli.augment import ViewSet
 from kdcli.data import DataSpec, load_dataset
+from kdcli.data import corpus as corpus_mod
 from kdcli.data import tokenizers as tokenizers_mod
 from kdcli.data.corpus import python_docs
 from kdcli.data.text import IGNORE, PAD_ID, TextDataSet, windows
@@ -51,6 +52,16 @@ def test_windows_by_hand():
     x, y = windows(np.arange(5), 4)  # exactly one window: nothing padded
     assert x.tolist() == [[0, 1, 2, 3]] and y.tolist() == [[1, 2, 3, 4]]
     assert windows(np.arange(1), 4)[0].shape == (0, 4)
+
+
+def test_documents_read_in_pieces_give_the_windows_of_the_whole(tmp_path, monkeypatch):
+    lines = "".join(f"{i}: {words(i, i % 23)}\n" for i in range(400))
+    (tmp_path / "one.txt").write_text(lines)
+    whole = load(tmp_path / "one.txt", context=5)
+    monkeypatch.setattr(corpus_mod, "PIECE_CHARS", 7)  # pieces of a line or two
+    pieces = load(tmp_path / "one.txt", context=5)
+    assert all(torch.equal(getattr(whole, n), getattr(pieces, n)) for n in TENSORS)
+    assert whole.split_bytes == pieces.split_bytes and sum(whole.split_bytes.values()) == len(lines) - 100
 
 
 def test_bytes_windows_of_files_are_their_bytes_with_the_tail_masked(tmp_path):
