@@ -173,7 +173,6 @@ def stored(corpus: Corpus, tokenizer: TextTokenizer, context: int, store, report
     key = {"corpus": corpus.key, "tokenizer": tokenizer.info["sha256"], "context": context}
 
     def make(scratch: Path) -> tuple[dict, dict]:
-        corpus.check()
         reporter.info(f"{WINDOWS_STAGE}: tokenizing {corpus.name} once into the store")
         tensors, sizes = build_windows(corpus, tokenizer, context, scratch)
         artifact = tokenizer.info["artifact"]

@@ -29,6 +29,7 @@ TOKENIZER_STAGE = "train-tokenizer"
 TOKENIZER_KIND = "data"  # the store's kinds (kdcli.store.KINDS) have none of its own for tokenizers
 DEFAULT_TOKENIZER = "bytes"
 BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # sentencepiece's byte-fallback tokens
+PROBE = "Hello, world."  # a loaded tokenizer must encode this to at least one token
 ANCHOR = "a"  # the plain token a token is decoded after, to count the space a word-initial token adds
 
 TrainingTexts = Callable[[], Iterator[str]]
@@ -171,12 +172,15 @@ def local_tokenizer(path: str) -> TextTokenizer:
 
     try:
         hf = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except Exception as exc:  # whatever a broken folder raises (transformers, tokenizers' Rust, json)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"--tokenizer {path}: not a loadable Hugging Face tokenizer ({reason})") from exc
     if not hasattr(hf, "backend_tokenizer"):
         raise UsageError(f"--tokenizer {path}: {type(hf).__name__} is not a fast (tokenizers) tokenizer")
-    return _described(hf, path, "hf", None)
+    tokenizer = _described(hf, path, "hf", None)
+    if not tokenizer.encode(PROBE):
+        raise UsageError(f"--tokenizer {path}: it encodes no text ({len(hf)} tokens in its vocabulary)")
+    return tokenizer
 
 
 def check_spec(spec: str) -> None:

@@ -147,6 +147,8 @@ def test_split_bytes_are_the_utf8_bytes_of_the_unmasked_targets(tmp_path, tokeni
 
 
 def test_bpe_is_trained_once_on_the_training_split_and_shared_through_the_store(tmp_path, store, monkeypatch):
+    from transformers import AutoTokenizer
+
     trained = []
     real = tokenizers_mod.train_bpe
     monkeypatch.setattr(tokenizers_mod, "train_bpe", lambda size, texts: trained.append(size) or real(size, texts))
@@ -159,6 +161,9 @@ def test_bpe_is_trained_once_on_the_training_split_and_shared_through_the_store(
     assert teacher.tokenizer["artifact"] in store.ids() and teacher.num_outputs == 320
     merged = [t for t in teacher.text_tokenizer().get_vocab() if len(t) > 1]
     assert merged and not any(c in t for t in merged for c in "qz")  # trained on the training split only
+    teacher.text_tokenizer().save_pretrained(tmp_path / "saved")
+    again, sample = AutoTokenizer.from_pretrained(str(tmp_path / "saved"), local_files_only=True), texts[0][:200]
+    assert again.encode(sample) == teacher.text_tokenizer().encode(sample) and again.decode(again.encode(sample)) == sample
 
     memory = load(root, None, tokenizer="bpe:320", context=16)  # without a store: trained in memory, the same
     assert trained == [320, 320] and memory.tokenizer["sha256"] == teacher.tokenizer["sha256"]
@@ -249,6 +254,10 @@ def bad(tmp_path):
     (tmp_path / "tiny.txt").write_text("ab\n")
     (tmp_path / "good.txt").write_text(words(0, 3000))
     (tmp_path / "notok").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "tokenizer.json").write_text('{"model": {"type": "nope"}}')
+    (tmp_path / "novocab").mkdir()
+    (tmp_path / "novocab" / "tokenizer_config.json").write_text('{"tokenizer_class": "GPT2Tokenizer"}')
     return {
         "missing": (f"text:{tmp_path / 'nope'}", {}, "no such file or folder"),
         "no path": ("text:", {}, "text:PATH"),
@@ -261,13 +270,16 @@ def bad(tmp_path):
         "bpe small": (f"text:{tmp_path / 'good.txt'}", {"tokenizer": "bpe:256"}, "N >= 257"),
         "no tokenizer": (f"text:{tmp_path / 'good.txt'}", {"tokenizer": str(tmp_path / "none")}, "not bytes, bpe:N"),
         "bad folder": (f"text:{tmp_path / 'good.txt'}", {"tokenizer": str(tmp_path / "notok")}, "not a loadable"),
+        "broken folder": (f"text:{tmp_path / 'good.txt'}", {"tokenizer": str(tmp_path / "broken")}, "not a loadable"),
+        "no vocabulary": (f"text:{tmp_path / 'good.txt'}", {"tokenizer": str(tmp_path / "novocab")}, "encodes no text"),
         "context 0": (f"text:{tmp_path / 'good.txt'}", {"context": 0}, ">= 1"),
         "context text": ("python-docs", {"context": "long"}, ">= 1"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing", "no path", "glob", "empty", "binary", "not utf-8", "tiny", "bpe word",
-                                  "bpe small", "no tokenizer", "bad folder", "context 0", "context text"])
+                                  "bpe small", "no tokenizer", "bad folder", "broken folder", "no vocabulary",
+                                  "context 0", "context text"])
 def test_bad_inputs_are_refused_in_one_line_before_any_work(tmp_path, store, case, monkeypatch):
     monkeypatch.setattr(tokenizers_mod, "train_bpe", lambda *a: pytest.fail("trained a tokenizer on bad input"))
     name, extra, message = bad(tmp_path)[case]
