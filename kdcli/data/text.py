@@ -13,6 +13,7 @@ the engine read it block by block and release touched pages, and its fingerprint
 Without a store they are built in memory.
 
 Options (spec.extra): "context" (int, default 128), "tokenizer" ("bytes", "bpe:N" or a tokenizer folder).
+spec.split_seed and spec.val_fraction do not apply: the split is the corpus's own.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kdcli.data.derived import derived_once
+from kdcli.data.prepared import MappedImages
 from kdcli.errors import UsageError
 
 BYTE_SYMBOLS = 256
@@ -146,8 +148,6 @@ def stored_bpe(store, spec: str, corpus: dict, texts: TrainingTexts, reporter) -
     """bpe:N trained on `texts()` once per (corpus, N) and kept in `store`; later calls read it back."""
     from tokenizers import Tokenizer
 
-    from kdcli.data.derived import derived_once
-
     size = bpe_size(spec)
 
     def train(scratch) -> tuple[dict, dict]:
@@ -159,10 +159,7 @@ def stored_bpe(store, spec: str, corpus: dict, texts: TrainingTexts, reporter) -
                  "sha256": trained.info["sha256"], "parents": {}})
 
     artifact = derived_once(store, TOKENIZER_STAGE, TOKENIZER_KIND, {"corpus": corpus, "tokenizer": spec}, train)
-    from safetensors import safe_open
-
-    with safe_open(str(artifact.path), framework="pt") as handle:
-        as_json = bytes(handle.get_tensor("tokenizer_json").numpy())
+    as_json = bytes(MappedImages(artifact.path).tensor("tokenizer_json").numpy())
     return _wrap(Tokenizer.from_str(as_json.decode()), spec, "bpe", artifact.id)
 
 
@@ -191,8 +188,9 @@ def check_spec(spec: str) -> None:
         raise UsageError(f"--tokenizer {spec}: not bytes, bpe:N or a tokenizer folder")
 
 
-def resolve_tokenizer(spec: str, corpus: dict, texts: TrainingTexts, store=None, reporter=None) -> TextTokenizer:
-    """The tokenizer `spec` names; bpe:N is trained on `texts()` (the training split), in `store` when given."""
+def resolve_tokenizer(spec: str, corpus: dict, texts: TrainingTexts, store, reporter) -> TextTokenizer:
+    """The tokenizer `spec` names; bpe:N is trained on `texts()` (the training split), kept in `store` unless
+    it is None; `corpus` is the corpus's cache key."""
     check_spec(spec)
     if spec == DEFAULT_TOKENIZER:
         return byte_tokenizer()
