@@ -4,6 +4,8 @@ in-memory ones, python-docs, and every bad input refused in one line before any 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -85,7 +87,7 @@ def test_bytes_windows_of_files_are_their_bytes_with_the_tail_masked(tmp_path):
     assert (last[1][real:] == IGNORE).all() and (last[1][:real] != IGNORE).all()
     assert (last[0][real + 1:] == PAD_ID).all()
     assert torch.equal(data.prepare(data.x_pool[:2].to(torch.int32)), data.x_pool[:2])
-    described = data.describe()
+    described = json.loads(json.dumps(data.describe()))  # JSON-safe, for every manifest
     assert described["tokenizer"]["kind"] == "bytes" and described["split_tokens"]["test"] == len(texts[9].encode()) - 1
 
 
