@@ -14,9 +14,9 @@ from PIL import Image
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def walkthrough_commands() -> list[list[str]]:
-    """The kdcli command lines of the sh block after the README's walkthrough marker."""
-    text = README.read_text().split("<!-- walkthrough -->", 1)[1]
+def walkthrough_commands(marker: str = "walkthrough") -> list[list[str]]:
+    """The kdcli command lines of the sh block after the README's `<!-- MARKER -->` line."""
+    text = README.read_text().split(f"<!-- {marker} -->", 1)[1]
     block = text.split("```sh\n", 1)[1].split("```", 1)[0]
     commands = shlex.split(block.replace("\\\n", " "), comments=True)
     lines, current = [], []
