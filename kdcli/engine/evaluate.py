@@ -17,6 +17,17 @@ from kdcli.engine.devices import autocast
 TASK_SUMS = ("correct", "nll_sum", "sq_err", "tokens")
 
 
+LOGIT_BUDGET = 1 << 23  # logits (8M floats, 32 MiB) one evaluation batch of a language model may hold
+
+
+def eval_batch(data: DataSet, requested: int) -> int:
+    """The evaluation batch size: `requested`, or for a language model as many windows as keep a batch's
+    (B, L, V) logits within LOGIT_BUDGET (its vocabulary, not the user, decides what fits in memory)."""
+    if data.task != "lm":
+        return requested
+    return max(1, min(requested, LOGIT_BUDGET // (data.context * data.num_outputs)))
+
+
 def token_sums(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
     """A language model's summable sums over the unmasked positions of logits (B, L, V) and targets
     (B, L): correct top-1 predictions, nats of the targets, and the number of predicted tokens."""
@@ -65,6 +76,7 @@ def run_epoch_eval(model: nn.Module, dd: DeviceData, idx: torch.Tensor, objectiv
     """Mean objective terms and task metrics over pool indices `idx` on clean images."""
     model.eval()
     sums = TermSums()
+    batch_size = eval_batch(dd.data, batch_size)
     clean = torch.full((batch_size,), views.identity, dtype=torch.long) if views.count > 1 else None
     with torch.no_grad():
         for start in range(0, len(idx), batch_size):
@@ -127,6 +139,7 @@ def evaluate_test(model: nn.Module, data: DataSet, batch_size: int, device: torc
     model.eval()
     prepare = Prepare(data, device)
     sums, top1 = TermSums(), []
+    batch_size = eval_batch(data, batch_size)
     for start in range(0, len(data.x_test), batch_size):
         x = prepare(data.x_test[start:start + batch_size].to(device))
         with autocast(device, precision):

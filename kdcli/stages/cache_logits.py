@@ -15,7 +15,7 @@ import dataclasses
 import torch
 
 from kdcli.augment import ViewSet
-from kdcli.engine import Prepare, autocast, evaluate_test, predict, prepare_model, test_metrics
+from kdcli.engine import Prepare, autocast, eval_batch, evaluate_test, predict, prepare_model, test_metrics
 from kdcli.errors import KdcliError, UsageError
 from kdcli.stages.common import RunContext, StageResult, check_fits, check_text_run, load_data, load_model
 from kdcli.stages.configs import CacheLogitsConfig
@@ -73,6 +73,7 @@ def window_table(teacher, data, spec: TableSpec, batch_size: int, device, precis
     n = len(data.x_pool)
     prepare = Prepare(data, device)
     tensors: dict[str, torch.Tensor] = {}
+    batch_size = eval_batch(data, batch_size)
     for start in range(0, n, batch_size):
         x = prepare(data.x_pool[start:start + batch_size].to(device))
         with autocast(device, precision):
