@@ -182,6 +182,7 @@ BAD = [
     (["cache-logits", "kept-image", "--table", "topk:4", "--dataset", "digits", *CPU], "--table is for text corpora"),
     (["generate", "kept-image", "--prompt", "x"], "is not a language model"),
     (["baseline", "--context", "16", *CPU], "--context applies to text and python-docs only"),
+    (["baseline", "--model", "lm-student", "--split-seed", "3", *TEXT], "--split-seed and --val-fraction do not apply"),
 ]
 
 
