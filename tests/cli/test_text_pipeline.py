@@ -106,6 +106,15 @@ def test_compare_tests_bits_per_byte_lower_is_better(lm):
     assert report["metric"] == "test_bpb" and report["higher_is_better"] is False
 
 
+def test_a_sweep_chooses_on_validation_bits_per_byte(lm):
+    result = lm["cli"]("sweep", "distill", "--logits", "table", "--model", "hf-causal:gpt2", *TINY, "--epochs", "1",
+                       "--alpha", "0.5", "--grid", "temperature=1,2", "--seeds", "0-1", *lm["data"], "--json")
+    assert result.exit_code == 0, result.stderr
+    sweep = json.loads(result.stdout)
+    assert sweep["select"] == "val_bpb" and sweep["select_higher_is_better"] is False
+    assert sweep["metric"] == "test_bpb" and sweep["best"] in ("temperature=1", "temperature=2")
+
+
 def test_an_online_teacher_distills_the_same_student(lm):
     store, cli, data = lm["store"], lm["cli"], lm["data"]
     result = cli("distill", "--teacher", "teacher", "--model", "hf-causal:gpt2", *TINY, "--epochs", "1",
