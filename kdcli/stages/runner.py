@@ -37,6 +37,7 @@ from kdcli.stages.common import (
     RunContext,
     StageResult,
     build_from_config,
+    code_hashes,
     seed_everything,
     weights_input,
 )
@@ -61,10 +62,11 @@ def probe_cache_key(stage: Stage, cfg, store: Store) -> str:
 
 
 def cache_key(stage: Stage, config, inputs: dict) -> tuple[str, str]:
-    """(the key of this run, the key of the same run under any code: its manifest's config_key)."""
+    """(the key of this run, the key of the same run under any code: its manifest's config_key). The
+    code is kdcli's (the stage's fingerprint) and the user's py: code the config names (its sha256)."""
+    code = stage.code_fingerprint() + "".join(f" {name}:{sha}" for name, sha in code_hashes(config).items())
     config = key_dict(config)
-    return (Store.cache_key(stage.name, config, inputs, code=stage.code_fingerprint()),
-            Store.cache_key(stage.name, config, inputs))
+    return Store.cache_key(stage.name, config, inputs, code=code), Store.cache_key(stage.name, config, inputs)
 
 
 def run_cached(ctx: RunContext, stage: Stage, config, inputs: dict[str, str], produce: Produce,
