@@ -82,7 +82,8 @@ def seed_everything(seed: int) -> None:
 def load_data(cfg, ctx: RunContext | None = None) -> DataSet:
     """Load the data set a DataConfig describes; with `ctx`, a loader may keep prepared data in its
     store (an image folder is decoded once, then memory-mapped)."""
-    extra = {k: getattr(cfg, k) for k in ("n_samples", "n_features", "noise", "target", "image_size", "task")
+    extra = {k: getattr(cfg, k) for k in ("n_samples", "n_features", "noise", "target", "image_size", "task",
+                                                    "normalize")
              if getattr(cfg, k, None) is not None}
     spec = DataSpec(name=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                     split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, extra=extra,

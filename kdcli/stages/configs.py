@@ -22,8 +22,9 @@ ZOO_PREFIXES = ("timm:", "torchvision:")  # import-teacher sources built by kdcl
 TASKS = ("regression", "classification")
 # data options that only some data sets take (by the name before ':'); elsewhere they are refused
 DATA_OPTIONS = {"n_samples": ("synthetic-regression",), "n_features": ("synthetic-regression",),
-                "noise": ("synthetic-regression",), "target": ("csv",), "task": ("csv",),
-                "image_size": ("imagefolder",)}
+                "noise": ("synthetic-regression",), "target": ("csv",), "task": ("csv", "npz"),
+                "image_size": ("imagefolder",), "normalize": ("npz",)}
+NORMALIZE = ("per-feature", "none")
 
 
 def check_choice(name: str, value: str, choices) -> None:
@@ -34,7 +35,7 @@ def check_choice(name: str, value: str, choices) -> None:
 @dataclass
 class DataConfig:
     dataset: str = opt("digits", "data set: digits, mnist, fashion-mnist, cifar10, cifar100, imagefolder:PATH, "
-                                 "synthetic-regression, diabetes, csv:PATH")
+                                 "synthetic-regression, diabetes, csv:PATH, npz:PATH (see 'kdcli datasets')")
     data_dir: str = opt("data", "directory holding downloaded data sets", key=False)
     download: bool = opt(False, "download the data set if missing (needs network)", key=False)
     split_seed: int = opt(0, "seed of the train/validation split of the training pool")
@@ -45,7 +46,9 @@ class DataConfig:
     target: str | None = opt(None, "csv:PATH: name of the target column")
     image_size: int | None = opt(None, "imagefolder:PATH: resize images to this square size (default 32)")
     task: str | None = opt(None, "csv:PATH: regression (default) or classification (an integer target column "
-                                 "holds class labels)")
+                                 "holds class labels); npz:PATH: the default follows y (integers classify)")
+    normalize: str | None = opt(None, "npz:PATH: per-feature (default: mean and std of each feature, dim 1, "
+                                      "from the training split) or none")
 
     def validate(self) -> None:
         if not 0 <= self.val_fraction < 1:
@@ -57,6 +60,8 @@ class DataConfig:
                                  f"--dataset {self.dataset}")
         if self.task is not None:
             check_choice("task", self.task, TASKS)
+        if self.normalize is not None:
+            check_choice("normalize", self.normalize, NORMALIZE)
 
 
 @dataclass
