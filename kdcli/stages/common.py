@@ -101,11 +101,16 @@ def model_spec(name: str, args: dict, data: DataSet) -> dict:
     return spec
 
 
+def code_bundles(cfg) -> dict[str, dict]:
+    """{"model": bundle, "method": bundle} of the py: code a config names (kdcli.usercode)."""
+    return {name: usercode.capture(usercode.split_ref(getattr(cfg, name))[0])
+            for name in usercode.CONFIG_FIELDS if usercode.is_code_ref(getattr(cfg, name, None))}
+
+
 def code_hashes(cfg) -> dict[str, str]:
     """{"model_code": sha256, ...} of the py: code a config names: part of its run's cache key, so that
     edited code trains again (and is said to be changed code)."""
-    return {f"{name}_code": usercode.capture(usercode.split_ref(getattr(cfg, name))[0])["sha256"]
-            for name in usercode.CONFIG_FIELDS if usercode.is_code_ref(getattr(cfg, name, None))}
+    return {f"{name}_code": bundle["sha256"] for name, bundle in code_bundles(cfg).items()}
 
 
 def build_from_config(cfg, data: DataSet) -> tuple[nn.Module, dict]:

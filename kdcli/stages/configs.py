@@ -133,8 +133,11 @@ class DistillConfig(TrainConfig):
 
     teacher: str | None = opt(None, "teacher model artifact, run online (needed by feature methods)", key=False)
     logits: str | None = opt(None, "cached teacher-logits artifact (from cache-logits)", key=False)
-    method: str | None = opt(None, "distillation method (see 'kdcli methods'); default kd, or regression on "
+    method: str | None = opt(None, "distillation method (see 'kdcli methods'), or your loss class "
+                                   "py:FILE.py:NAME / py:package.module:NAME; default kd, or regression on "
                                    "regression data")
+    method_args: list[str] = opt([], "py: method: a parameter of your loss, KEY=VALUE (repeatable)",
+                                 flag="--method-arg")
     # the methods' weights (kdcli.losses.methods): defaults are the papers' settings, per method
     alpha: float | None = opt(None, "kd, kd-ls, deit: weight of the hard-label CE, the KD weight is 1 - alpha "
                                     "(default 0.5); 0 = labels unused (seed 002)")
@@ -176,6 +179,10 @@ class DistillConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.method_args and not (self.method or "").startswith("py:"):
+            raise UsageError("--method-arg sets a parameter of your own loss (--method py:FILE.py:NAME); the "
+                             "built-in methods take their weights as flags (see 'kdcli methods')")
+        parse_kv(self.method_args, "--method-arg")
         if self.temperature is not None and self.temperature <= 0:
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
         if self.alpha is not None and not 0 <= self.alpha <= 1:

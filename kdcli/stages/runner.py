@@ -37,6 +37,7 @@ from kdcli.stages.common import (
     RunContext,
     StageResult,
     build_from_config,
+    code_bundles,
     code_hashes,
     seed_everything,
     weights_input,
@@ -224,6 +225,7 @@ def train(stage: Stage, ctx: RunContext, data: DataSet, plan: Plan) -> StageResu
                     "data": data.describe(), "device": str(ctx.device), "augment": plan.views.spec(),
                     # on a CPU the thread count moves the last bits of the weights (not part of the key)
                     "cpu_threads": torch.get_num_threads() if ctx.device.type == "cpu" else None,
+                    **{f"{name}_code": bundle for name, bundle in code_bundles(cfg).items() if name != "model"},
                     **plan.extra_manifest}
         summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("test_"))
         ctx.reporter.info(f"{stage.name}: best epoch {result.best_epoch}; {summary}")
