@@ -122,6 +122,8 @@ def run_sweep(options: dict, stage_flags: dict | None = None) -> None:
         result = sweep(cfg, ctx)
         console = Reporter().console  # the tables are the result, printed even with -q
         console.print(summary_table(result))
+        for note in result["notes"]:
+            ctx.reporter.info(f"note: {note}")
         if result["baseline_test"]:
             console.print(comparisons_table(result["baseline_test"]))
         ctx.reporter.info(f"{result['runs']} runs, {result['ran']} trained, {result['runs'] - result['ran']} cached"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdcli.config import opt, parse_kv
+from kdcli.config import check_seed, opt, parse_kv
 from kdcli.errors import UsageError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -53,6 +53,7 @@ class DataConfig:
     def validate(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        check_seed("--split-seed", self.split_seed)
         base = self.dataset.partition(":")[0]
         for name, datasets in DATA_OPTIONS.items():
             if getattr(self, name) is not None and base not in datasets:
@@ -96,6 +97,7 @@ class TrainConfig(DataConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_seed("--seed", self.seed)
         for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1),
                                  ("patience", self.patience, 0), ("eval_batch_size", self.eval_batch_size, 1)):
             if value < low:
