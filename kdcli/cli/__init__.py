@@ -75,6 +75,9 @@ def models() -> None:
         typer.echo(f"{naming:<22} {summary}")
     typer.echo("zoo models take --model-arg KEY=VALUE (passed to the library), --model-arg pretrained=true "
                "(the library's hub, online) or --weights PATH")
+    typer.echo(f"{'py:FILE.py:NAME':<22} your own nn.Module class or factory (also py:package.module:NAME), called "
+               "with the --model-arg values and input_shape / num_outputs if it takes them; its source is stored "
+               "with the model (rebuilding it from a store needs --trust-code)")
 
 
 def datasets() -> None:
