@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from kdcli import config as config_mod
-from kdcli import executors, plots, stats
+from kdcli import executors, plots, stats, usercode
 from kdcli.config import opt, parse_seeds
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
@@ -160,6 +160,8 @@ def run_point(payload: dict, device: str, threads: int) -> dict:
     the device and the torch threads come explicitly from the payload and the executor. A failure
     comes back as {"error": one line}, the same from every executor."""
     torch.set_num_threads(threads)
+    if payload.get("trust_code"):  # --trust-code of the sweep, in the process that runs the point
+        usercode.TRUST.allow_all = True
     ctx = RunContext(store=Store(payload["store"]), device=torch.device(device), reporter=Reporter(quiet=True),
                      force=payload["force"], tags=[payload["tag"]])
     try:
@@ -186,7 +188,8 @@ def make_executor(cfg: SweepConfig, ctx: RunContext):
 def run_points(cfg: SweepConfig, tasks: list, ctx: RunContext, tag: str):
     """Yield the executor's Started / Finished events over every task (point x seed)."""
     payloads = [{"stage": cfg.stage, "config": config_mod.to_dict(config), "store": str(ctx.store.root.resolve()),
-                 "force": ctx.force, "tag": tag, "push": cfg.push} for _, _, _, config in tasks]
+                 "force": ctx.force, "tag": tag, "push": cfg.push, "trust_code": usercode.TRUST.allow_all}
+                for _, _, _, config in tasks]
     yield from make_executor(cfg, ctx).run(run_point, payloads)
 
 
