@@ -12,7 +12,8 @@ read as (N, 1).
   the data description; spec.extra["normalize"] = "none" keeps the raw values.
 - Memory: .npy files and the uncompressed members of a .npz (np.savez) are memory-mapped
   (copy-on-write, never written); batches are read out of the map and the touched pages released
-  (kdcli.data.prepared.MappedSamples), so memory stays flat in the set's size. A compressed .npz
+  (kdcli.data.prepared.MappedSamples), so anonymous memory stays flat in the set's size (the clean
+  file pages a batch maps show as file-backed RSS until released). A compressed .npz
   (np.savez_compressed) is read into memory. With x_val the pool is x and x_val joined, in memory.
 - Fingerprint: the files' bytes (streamed), the split and the normalization.
 """
@@ -34,7 +35,7 @@ from kdcli.store import sha256_of_file
 
 REQUIRED = ("x", "y", "x_test", "y_test")
 OPTIONAL = ("x_val", "y_val")
-STATS_CHUNK_BYTES = 32 << 20  # how much of the training split the statistics read at a time
+STATS_CHUNK_BYTES = 8 << 20  # how much of the training split the statistics read at a time
 _ZIP_LOCAL_HEADER = 30  # bytes of a zip local file header before its name and extra field
 
 
@@ -132,9 +133,10 @@ def _labels(path: str, task: str, ys: list[np.ndarray]) -> tuple[list[torch.Tens
     return out, len(values), [str(v) for v in values]
 
 
-def feature_stats(x: torch.Tensor, rows: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def feature_stats(x: torch.Tensor, rows: torch.Tensor, release=None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std per feature (dim 1) of x[rows], in float64, read in chunks of sorted rows (a
-    memory map is read once, never copied whole); a constant feature gets std 1 (only shifted)."""
+    memory map is read once, never copied whole; `release()` after each chunk drops its pages); a
+    constant feature gets std 1 (only shifted)."""
     features = x.shape[1]
     per_row = max(x[0].numel() * x.element_size(), 1)
     chunk = max(1, STATS_CHUNK_BYTES // per_row)
@@ -145,6 +147,8 @@ def feature_stats(x: torch.Tensor, rows: torch.Tensor) -> tuple[tuple[float, ...
         values = x[rows[start:start + chunk]].double().transpose(0, 1).reshape(features, -1)
         total += values.sum(dim=1)
         squares += (values * values).sum(dim=1)
+        if release is not None:
+            release()
     count = max(len(rows) * (x[0].numel() // features), 1)
     mean = total / count
     std = (squares / count - mean * mean).clamp_min(0).sqrt()
@@ -174,10 +178,11 @@ def load_npz(spec: DataSpec) -> DataSet:
         train_idx, val_idx = torch.arange(n_train), torch.arange(n_train, len(x_pool))
     else:
         train_idx, val_idx = split_pool(len(y_pool), spec.val_fraction, spec.split_seed)
-    mean, std = feature_stats(x_pool, train_idx) if normalize == "per-feature" else ((), ())
-    maps = [getattr(a, "_mmap", None) for a in (arrays["x"], arrays["x_test"]) if not has_val or a is arrays["x_test"]]
+    maps = [getattr(a, "_mmap", None) for a in (arrays["x"], arrays["x_test"])]
     maps = [m for m in maps if m is not None]
     mapped = MappedSamples(maps, x_pool[0].numel() * x_pool.element_size()) if maps and not has_val else None
+    release = mapped.release if mapped is not None else None
+    mean, std = feature_stats(x_pool, train_idx, release) if normalize == "per-feature" else ((), ())
     digest = hashlib.sha256()
     for file in files:
         digest.update(f"{file.name}:{sha256_of_file(file)}\n".encode())
