@@ -30,6 +30,13 @@ def _imagefolder(root: Path) -> DataSpec:
     return DataSpec(name=f"imagefolder:{root / 'imgs'}", val_fraction=0.25, extra={"image_size": 8})
 
 
+def _npz(root: Path) -> DataSpec:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 2, 6)).astype(np.float32), rng.integers(0, 3, 30)
+    np.savez(root / "arrays.npz", x=x, y=y, x_test=x[:8], y_test=y[:8])
+    return DataSpec(name=f"npz:{root / 'arrays.npz'}")
+
+
 def _vision(name: str, writer, torchvision_name: str | None = None):
     def make(root: Path, md5) -> DataSpec:
         writer(root) if torchvision_name is None else writer(root, torchvision_name)
@@ -51,6 +58,7 @@ INSTANCES = {
     "synthetic-regression": lambda root, md5: DataSpec(name="synthetic-regression", extra={"n_samples": 60}),
     "diabetes": lambda root, md5: DataSpec(name="diabetes"),
     "csv": lambda root, md5: _csv(root),
+    "npz": lambda root, md5: _npz(root),
 }
 
 
