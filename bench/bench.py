@@ -17,7 +17,9 @@ Prints one table of ratios (and writes it to --out, default reports/bench.md):
   6. online-teacher distill (mixup) vs baseline (mixup), time per epoch (bench/online_teacher.py);
   7. push / pull to a local-path remote, MiB/s, and a second push of an unchanged store (bench/remote_bench.py);
   8. scale (bench/scale.py): the same 8-run sweep on local workers and on Ray; peak RSS of distill on a
-     memory-mapped image folder of N and 4N images; mapped vs in-memory images per second.
+     memory-mapped image folder of N and 4N images; mapped vs in-memory images per second;
+  L. language models (bench/lm_bench.py): tokens per second of cached distill / baseline and of an online
+     teacher, bytes per token of the top-k table against the full one, peak memory on a 10x corpus.
 
 Data are synthetic CIFAR-shaped uint8 images (speed does not depend on pixel values); the stages are
 called in-process (the same functions the CLI calls), with --force so nothing is skipped. Rows 1-3
@@ -675,7 +677,7 @@ def main() -> None:
                         help="row 1 teachers; the first (seed 000's resnet56) carries the target")
     parser.add_argument("--device", default="auto", help="auto (CPU, plus CUDA when present), cpu or cuda")
     parser.add_argument("--no-memory", action="store_true", help="skip row 4")
-    parser.add_argument("--skip", default="", help="comma-separated row groups to skip: online, remote, scale")
+    parser.add_argument("--skip", default="", help="comma-separated row groups to skip: online, remote, scale, lm")
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench.md"), help="also write the table here")
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=("teacher", "cache", "distill"), help=argparse.SUPPRESS)
@@ -727,6 +729,10 @@ def main() -> None:
             rows += remote_bench.push_pull_rows(root / "remote")
         if "scale" not in skip:
             rows += scale.rows(root / "scale")
+        if "lm" not in skip:
+            import lm_bench
+
+            rows += lm_bench.rows(root / "lm", 3, "cpu" if torch.get_num_threads() == 1 else "wall")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     load_after = os.getloadavg()

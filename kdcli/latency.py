@@ -51,7 +51,11 @@ def measure_latency(store: Store, ref: str, device: torch.device, batch: int = 6
             return cached["result"]
     model, _ = load_model(store, artifact.id)
     model = prepare_model(model, device, compile_model=False)
-    x = torch.randn(batch, *artifact.manifest["model"]["input_shape"], device=device)
+    spec = artifact.manifest["model"]
+    if artifact.manifest.get("data", {}).get("task") == "lm":  # a language model reads token ids
+        x = torch.randint(0, spec["num_outputs"], (batch, *spec["input_shape"]), device=device)
+    else:
+        x = torch.randn(batch, *spec["input_shape"], device=device)
     if device.type == "cuda" and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     timings = []

@@ -189,6 +189,24 @@ def temperature_bars(logits, temperatures: Sequence[float], true_class: int | No
     return Path(out)
 
 
+def token_bars(probabilities: Sequence[Sequence[float]], tokens: Sequence[str], temperatures: Sequence[float],
+               out, title: str) -> Path:
+    """One panel per T: the probabilities softmax(z / T) (over the whole vocabulary) of the same few
+    tokens, the most likely at T = 1 first."""
+    _same_length(temperatures=temperatures, probabilities=probabilities)
+    x = np.arange(len(tokens))
+    width = max(4.0, min(0.5 * len(tokens), 10.0))
+    with _figure(out, ncols=len(temperatures), sharey=True, figsize=(width * len(temperatures), 4.5)) as (fig, axes):
+        for ax, t, p in zip(axes, temperatures, probabilities, strict=True):
+            ax.bar(x, p, color="skyblue")
+            ax.set_xticks(x, list(tokens), rotation=90, fontsize=9)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"T={t:g}")
+        axes[0].set_ylabel("probability")
+        fig.suptitle(f"Next-token distribution {title}")
+    return Path(out)
+
+
 def _series(history: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
     rows = [(row.get("epoch", i + 1), row[key]) for i, row in enumerate(history) if row.get(key) is not None]
     return [r[0] for r in rows], [r[1] for r in rows]

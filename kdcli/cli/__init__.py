@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from kdcli.cli import artifacts, card, compare, export, plot, sweep, visualize
+from kdcli.cli import artifacts, card, compare, export, generate, plot, sweep, visualize
 from kdcli.cli.common import DebugOpt, KdcliGroup, execute, stage_command
 from kdcli.stages.registry import STAGES
 
@@ -113,6 +113,7 @@ def build_app() -> typer.Typer:
     application.command("compare")(compare.command)
     application.command("card")(card.card_command)
     application.command("visualize-temperature")(visualize.command)
+    application.command("generate")(generate.command)
     application.add_typer(plot.app, name="plot")
     application.add_typer(artifacts.app, name="artifacts")
     application.command("methods")(methods)

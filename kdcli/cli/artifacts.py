@@ -25,7 +25,7 @@ from kdcli.store.maintenance import sidecar_difference
 
 app = typer.Typer(help="Inspect and maintain the artifact store.", no_args_is_help=True)
 
-KEY_METRICS = ("test_acc", "test_mse", "teacher_test_acc", "best_mean")
+KEY_METRICS = ("test_bpb", "test_acc", "test_mse", "teacher_test_bpb", "teacher_test_acc", "best_mean")
 
 
 def _age(created: str) -> str:

@@ -1,4 +1,4 @@
-"""`kdcli export MODEL --format onnx|torchscript --out DIR`: the export table (kdcli.stages.export)."""
+"""`kdcli export MODEL --format onnx|torchscript|hf --out DIR`: the export table (kdcli.stages.export)."""
 
 from __future__ import annotations
 
@@ -28,10 +28,21 @@ def _metric(m: dict, prefix: str) -> str:
     return f"mse {m[f'{prefix}test_mse']:.4g}"
 
 
+def hf_rows(result) -> list[list[str]]:
+    """A Hugging Face directory: transformers' test bits per byte against the manifest's."""
+    manifest = result.artifact.manifest
+    m, ms = manifest["metrics"], manifest["latency"]
+    return [[manifest["role"], "transformers", f"{m['params']:,}", _size(m["file_bytes"]), f"{ms['pytorch_b1']:.3f}",
+             f"{ms['pytorch_b64']:.3f}", f"bpb {m['test_bpb']:.4f} (manifest {m['manifest_test_bpb']:.4f})",
+             f"{m['parity_bpb_diff']:.2g}", "tokenizer same"]]
+
+
 def export_rows(result) -> list[list[str]]:
     """PyTorch, the exported runtime and (with --int8) the quantized model, for one export artifact."""
     manifest = result.artifact.manifest
     m, ms, role, fmt = manifest["metrics"], manifest["latency"], manifest["role"], manifest["format"]
+    if fmt == "hf":
+        return hf_rows(result)
     agree = m.get("parity_agreement")
     runtime = "onnxruntime" if fmt == "onnx" else "torchscript"
     rows = [[role, "pytorch", f"{m['params']:,}", "", f"{ms['pytorch_b1']:.3f}", f"{ms['pytorch_b64']:.3f}",

@@ -77,10 +77,10 @@ SWEEP_OPTIONS = [
     _option("push", str | None, "--push", help="push each finished run, then the sweep, to this remote (a path, "
                                                "file://, s3://...)"),
     _option("metric", str | None, "--metric", help="test metric reported per point and in the paired test (default: "
-                                                   "test_acc, or test_mse for regression); never used to choose"),
+                                                   "test_bpb for language models, test_acc, or test_mse for regression); never used to choose"),
     _option("select", str | None, "--select", help="validation metric at each run's kept epoch that chooses the best "
-                                                   "point: val_acc, val_nll or val_mse (default: val_acc, or val_mse "
-                                                   "for regression)"),
+                                                   "point: val_acc, val_nll, val_mse or val_bpb (default: val_acc, "
+                                                   "val_mse for regression, val_bpb for language models)"),
     _option("baseline_ref", str | None, "--baseline-ref", help="group (glob, tag:TAG, refs) the best point is paired "
                                                                "with and tested against"),
     _option("reference", str | None, "--reference", help="teacher artifact drawn as a line (default: the base "

@@ -31,8 +31,12 @@ def bars_table(sample: dict, names: list[str], temperatures: list[float], width:
     """One row per class, one column per T: a bar of '█' proportional to the probability; entropy last."""
     bar = max(4, min(20, (width - 20) // len(temperatures) - 10))
     true, predicted = sample["true_class"], sample["predicted"]
-    table = Table(title=f"test sample {sample['index']}: true {names[true]}, predicted {names[predicted]}")
-    table.add_column("class")
+    if "prompt" in sample:  # a language model: the most likely next tokens after the prompt
+        table = Table(title=f"next token after {sample['prompt']!r} (the {len(names)} most likely)")
+        table.add_column("token")
+    else:
+        table = Table(title=f"test sample {sample['index']}: true {names[true]}, predicted {names[predicted]}")
+        table.add_column("class")
     for t in temperatures:
         table.add_column(f"T={t:g}")
     for k, name in enumerate(names):
@@ -61,6 +65,7 @@ def command(
     count: Annotated[int, typer.Option("--count", help="number of consecutive samples from --index")] = 1,
     dataset: Annotated[str | None, typer.Option("--dataset", help="model sources: data set to draw from (default: the model's)")] = None,
     out: Annotated[Path, typer.Option("--out", help="directory of the PNGs")] = Path("figures"),
+    prompt: Annotated[str | None, typer.Option("--prompt", help="language models: the text whose next-token distribution is shown")] = None,
     name: NameOpt = None, store: StoreOpt = None, device: DeviceOpt = "auto", json_out: JsonOpt = False,
     quiet: QuietOpt = False, debug: DebugOpt = False, trust_code: TrustOpt = False,
 ):
@@ -77,7 +82,7 @@ def command(
         check_names(name)
         check_out_dir(out, "--out")
         cfg = TemperatureViewConfig(source=source, temperatures=parse_floats(temperatures, "--temperatures"),
-                                    index=index, count=count, dataset=dataset, out=str(out))
+                                    index=index, count=count, dataset=dataset, out=str(out), prompt=prompt)
         st = open_store(store, write=True)
         apply_default_threads()
         result = temperature_view(cfg, st, resolve_device(device))

@@ -5,6 +5,7 @@ from kdcli.data import (
     digits,  # noqa: F401  (registers loaders)
     imagefolder,  # noqa: F401  (registers loaders)
     regression,  # noqa: F401  (registers loaders)
+    text,  # noqa: F401  (registers loaders)
     vision,  # noqa: F401  (registers loaders)
 )
 from kdcli.data.base import DATASETS, DataSet, DataSpec, fingerprint, split_pool
@@ -22,6 +23,10 @@ DATASET_HELP = {
     "synthetic-regression": ("synthetic-regression", "seed 001's nonlinear function of 10 features, regression "
                                                      "(--n-samples, --n-features, --noise)"),
     "diabetes": ("diabetes", "scikit-learn's diabetes progression, 10 features, regression; bundled"),
+    "text": ("text:PATH", "your UTF-8 text: a file, a folder or a glob, for language models "
+                          "(--context, --tokenizer bytes | bpe:N | DIR)"),
+    "python-docs": ("python-docs", "CPython's reference manual text (pydoc_data), about 465 KB of English, "
+                                   "for language models; bundled"),
     "csv": ("csv:PATH", "your table: --target COLUMN; regression, or --task classification for integer labels"),
     "npz": ("npz:PATH", "your arrays of any shape: a .npz (or folder of .npy) with x, y, x_test, y_test (x_val, "
                         "y_val optional); integer y classifies, float y regresses (--task); normalized per "

@@ -16,7 +16,15 @@ validation, `predict`), `loop` (`fit`). The names below are the engine's interfa
 from kdcli.engine.batches import Batch, DeviceData, Objective, Prepare
 from kdcli.engine.checkpoints import Checkpoint
 from kdcli.engine.devices import apply_default_threads, autocast, prepare_model, rng_devices, unwrap
-from kdcli.engine.evaluate import predict, test_metrics
+from kdcli.engine.evaluate import (
+    IGNORE,
+    agreement,
+    eval_batch,
+    evaluate_test,
+    predict,
+    test_metrics,
+    token_metrics,
+)
 from kdcli.engine.loop import FitResult, fit
 from kdcli.engine.optim import (
     make_optimizer,
@@ -27,7 +35,8 @@ from kdcli.engine.optim import (
 )
 
 __all__ = [
-    "Batch", "Checkpoint", "DeviceData", "FitResult", "Objective", "Prepare", "apply_default_threads", "autocast",
-    "fit", "make_optimizer", "make_scheduler", "objective_parameters", "predict", "prepare_model", "rng_devices",
-    "steps_per_batch", "test_metrics", "unwrap", "warmup_cosine",
+    "IGNORE", "Batch", "Checkpoint", "DeviceData", "FitResult", "Objective", "Prepare", "agreement",
+    "apply_default_threads", "autocast", "eval_batch", "evaluate_test", "fit", "make_optimizer", "make_scheduler",
+    "objective_parameters", "predict", "prepare_model", "rng_devices", "steps_per_batch", "test_metrics",
+    "token_metrics", "unwrap", "warmup_cosine",
 ]

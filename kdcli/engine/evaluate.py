@@ -3,20 +3,47 @@ validation pass of an epoch, inference on raw inputs (`predict`) and the held-ou
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from kdcli.augment import ViewSet
 from kdcli.data import DataSet
+from kdcli.data.text import IGNORE
 from kdcli.engine.batches import DeviceData, Objective, Prepare
 from kdcli.engine.devices import autocast
 
-TASK_SUMS = ("correct", "nll_sum", "sq_err")
+TASK_SUMS = ("correct", "nll_sum", "sq_err", "tokens")
+
+
+LOGIT_BUDGET = 1 << 23  # logits (8M floats, 32 MiB) one evaluation batch of a language model may hold
+
+
+def eval_batch(data: DataSet, requested: int) -> int:
+    """The evaluation batch size: `requested`, or for a language model as many windows as keep a batch's
+    (B, L, V) logits within LOGIT_BUDGET (its vocabulary, not the user, decides what fits in memory)."""
+    if data.task != "lm":
+        return requested
+    return max(1, min(requested, LOGIT_BUDGET // (data.context * data.num_outputs)))
+
+
+def token_sums(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A language model's summable sums over the unmasked positions of logits (B, L, V) and targets
+    (B, L): correct top-1 predictions, nats of the targets, and the number of predicted tokens."""
+    valid = targets != IGNORE
+    logits, labels = outputs[valid].float(), targets[valid]
+    return {"correct": (logits.argmax(-1) == labels).sum().float(),
+            "nll_sum": nn.functional.cross_entropy(logits, labels, reduction="sum"),
+            "tokens": valid.sum().float()}
 
 
 def task_metrics(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Summable per-batch sums: correct predictions and the labels' cross-entropy (classification),
-    or squared error (regression). They measure the model alone, whatever the objective."""
+    """Summable per-batch sums: correct predictions and the labels' cross-entropy (classification; per
+    token for a language model, with the token count), or squared error (regression). They measure
+    the model alone, whatever the objective."""
+    if task == "lm":
+        return token_sums(outputs, targets)
     if task == "classification":
         return {"correct": (outputs.argmax(1) == targets).sum().float(),
                 "nll_sum": nn.functional.cross_entropy(outputs.float(), targets, reduction="sum")}
@@ -49,6 +76,7 @@ def run_epoch_eval(model: nn.Module, dd: DeviceData, idx: torch.Tensor, objectiv
     """Mean objective terms and task metrics over pool indices `idx` on clean images."""
     model.eval()
     sums = TermSums()
+    batch_size = eval_batch(dd.data, batch_size)
     clean = torch.full((batch_size,), views.identity, dtype=torch.long) if views.count > 1 else None
     with torch.no_grad():
         for start in range(0, len(idx), batch_size):
@@ -88,3 +116,46 @@ def test_metrics(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> dic
     mse = float(((predictions - targets) ** 2).mean())
     variance = float(((targets - targets.mean()) ** 2).mean())
     return {"test_mse": mse, "test_r2": 1.0 - mse / variance if variance > 0 else float("nan")}
+
+
+def token_metrics(nats: float, correct: float, tokens: float, n_bytes: int, prefix: str) -> dict[str, float]:
+    """A language model's figures from its sums over a split: loss (nats per token), perplexity,
+    top-1 accuracy (%) and bits per byte, total nats / (ln 2 x the split's UTF-8 bytes), which does not
+    depend on the tokenizer."""
+    tokens = max(tokens, 1.0)
+    return {f"{prefix}loss": nats / tokens, f"{prefix}ppl": math.exp(min(nats / tokens, 700.0)),
+            f"{prefix}acc": 100.0 * correct / tokens, f"{prefix}bpb": nats / (math.log(2) * max(n_bytes, 1))}
+
+
+@torch.no_grad()
+def evaluate_test(model: nn.Module, data: DataSet, batch_size: int, device: torch.device,
+                  precision: str = "fp32") -> tuple[dict[str, float], torch.Tensor]:
+    """The held-out test metrics of `model` and its test outputs for agreement with a teacher: logits
+    (N, K) (classification, regression), or top-1 token ids (N, L) for a language model, whose logits
+    (N, L, V) are streamed batch by batch and never held whole."""
+    if data.task != "lm":
+        outputs = predict(model, data, data.x_test, batch_size, device, precision)
+        return test_metrics(data.task, outputs, data.y_test), outputs
+    model.eval()
+    prepare = Prepare(data, device)
+    sums, top1 = TermSums(), []
+    batch_size = eval_batch(data, batch_size)
+    for start in range(0, len(data.x_test), batch_size):
+        x = prepare(data.x_test[start:start + batch_size].to(device))
+        with autocast(device, precision):
+            logits = model(x)
+        sums.add(token_sums(logits, data.y_test[start:start + batch_size].to(device)), 1)
+        top1.append(logits.argmax(-1).cpu())
+    totals = {k: float(v) for k, v in sums.totals().items()}
+    metrics = token_metrics(totals.get("nll_sum", 0.0), totals.get("correct", 0.0), totals.get("tokens", 0.0),
+                            data.split_bytes["test"], "test_")
+    return metrics, torch.cat(top1) if top1 else torch.empty(0, dtype=torch.long)
+
+
+def agreement(data: DataSet, outputs: torch.Tensor, teacher_outputs: torch.Tensor) -> float:
+    """% of test predictions (top-1 classes, or next tokens at unmasked positions) the student shares with
+    the teacher; outputs as `evaluate_test` returns them."""
+    if data.task == "lm":
+        valid = data.y_test != IGNORE
+        return 100.0 * float((outputs[valid] == teacher_outputs[valid]).float().mean())
+    return 100.0 * float((outputs.argmax(1) == teacher_outputs.argmax(1)).float().mean())

@@ -52,6 +52,7 @@ def import_transformers():
         import transformers
     except ImportError as exc:
         raise KdcliError(f"Hugging Face models need transformers: {first_line(exc)}") from None
+    transformers.utils.logging.disable_progress_bar()  # kdcli reports its own progress
     return transformers
 
 

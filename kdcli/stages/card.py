@@ -94,7 +94,7 @@ def render_card(store: Store, ref: str) -> str:
         lines += ["None: trained on the labels alone.", ""]
     else:
         t_metrics = teacher.manifest.get("metrics") or {}
-        t_score = next((f"{k} {t_metrics[k]:.4g}" for k in ("test_acc", "test_mse") if k in t_metrics), "")
+        t_score = next((f"{k} {t_metrics[k]:.4g}" for k in ("test_bpb", "test_acc", "test_mse") if k in t_metrics), "")
         lines += [f"`{(teacher.manifest.get('model') or {}).get('name', '?')}` (`{teacher.id[:12]}`, "
                   f"{teacher.manifest.get('stage', '?')}; {t_score}, {t_metrics.get('params', '?')} parameters)", ""]
     lines += ["## Data", "", f"- data set: `{data.get('name', '?')}`, {data.get('num_outputs', '?')} outputs, "

@@ -3,6 +3,7 @@ The cached-stage runner is kdcli.stages.runner."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,14 +13,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdcli import config as config_mod
 from kdcli import usercode
 from kdcli.config import parse_kv
 from kdcli.data import DataSet, DataSpec, load_dataset
+from kdcli.data.text import DEFAULT_CONTEXT
+from kdcli.data.tokenizers import DEFAULT_TOKENIZER
 from kdcli.errors import KdcliError, UsageError
 from kdcli.models import build_model
+from kdcli.models.causal_lm import CausalLM
 from kdcli.models.registry import architecture_args
 from kdcli.models.zoo import load_weights
 from kdcli.reporting import Reporter
+from kdcli.stages.configs import DataConfig
 from kdcli.store import Artifact, Store, sha256_of_file
 
 
@@ -83,7 +89,7 @@ def load_data(cfg, ctx: RunContext | None = None) -> DataSet:
     """Load the data set a DataConfig describes; with `ctx`, a loader may keep prepared data in its
     store (an image folder is decoded once, then memory-mapped)."""
     extra = {k: getattr(cfg, k) for k in ("n_samples", "n_features", "noise", "target", "image_size", "task",
-                                                    "normalize")
+                                          "context", "tokenizer", "normalize")
              if getattr(cfg, k, None) is not None}
     spec = DataSpec(name=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                     split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, extra=extra,
@@ -147,9 +153,77 @@ def load_model(store: Store, ref: str) -> tuple[nn.Module, Artifact]:
     return model.eval(), artifact
 
 
+def text_identity(manifest: dict) -> tuple:
+    """(tokenizer sha256, context) of the text data an artifact was made on; (None, None) for other data."""
+    data = manifest.get("data", {})
+    return data.get("tokenizer", {}).get("sha256"), data.get("context")
+
+
+def check_same_text(artifact: Artifact, data: DataSet, what: str) -> None:
+    """A model or table made with another tokenizer or context than `data`'s is refused with one line."""
+    theirs = text_identity(artifact.manifest)
+    if data.task != "lm" or theirs[0] is None:
+        return
+    ours = (data.tokenizer.get("sha256"), data.context)
+    if theirs == ours:
+        return
+    made = artifact.manifest["data"]
+    raise UsageError(f"{what} {artifact.id[:12]} was made with tokenizer {made['tokenizer'].get('spec')} "
+                     f"({str(theirs[0])[:12]}) at context {theirs[1]}, but this run uses {data.tokenizer.get('spec')} "
+                     f"({str(ours[0])[:12]}) at context {ours[1]}; give the same --tokenizer and --context")
+
+
+def text_options(config: dict) -> tuple[str, str, int]:
+    """(data set, tokenizer spec, context) of a text run's config, defaults filled in."""
+    return (config.get("dataset"), config.get("tokenizer") or DEFAULT_TOKENIZER,
+            config.get("context") or DEFAULT_CONTEXT)
+
+
+def check_text_run(cfg, store: Store, refs: list[str]) -> None:
+    """A text run's checks that need no data, made before any data loads (which may write prepared windows
+    to the store): its model holds the context (built on the meta device, nothing allocated), and every
+    teacher or table in `refs` was made on the same corpus with the same tokenizer and context."""
+    if not cfg.is_text:
+        return
+    ours = text_options(dataclasses.asdict(cfg))
+    if getattr(cfg, "model", None):
+        vocab = int(ours[1][4:]) if ours[1].startswith("bpe:") else 256  # the positions do not depend on it
+        try:
+            with torch.device("meta"):
+                model = build_model(cfg.model, (ours[2],), vocab, **parse_kv(cfg.model_args))
+                shape = (1, ours[2], vocab) if isinstance(model, CausalLM) else tuple(
+                    model(torch.zeros(1, ours[2], dtype=torch.long)).shape)
+        except (UsageError, KdcliError):
+            raise
+        except Exception as exc:  # an image or table model fed token windows
+            raise UsageError(f"--model {cfg.model} does not take token windows ({type(exc).__name__}); a text "
+                             "corpus trains a language model: lm-teacher, lm-student or hf-causal:TYPE") from None
+        if shape != (1, ours[2], vocab):
+            raise UsageError(f"--model {cfg.model} is not a language model: it maps a window of {ours[2]} tokens to "
+                             f"outputs {shape}, not next-token logits; use lm-teacher, lm-student or "
+                             "hf-causal:TYPE")
+    for ref in refs:
+        artifact = store.get(ref)
+        if artifact.manifest.get("data", {}).get("task") != "lm":
+            raise UsageError(f"{ref!r} was not made on a text corpus; {cfg.dataset} needs a language-model teacher")
+        theirs = text_options(artifact.manifest.get("config") or {})
+        if theirs[1:] != ours[1:]:
+            raise UsageError(f"{artifact.kind} {artifact.id[:12]} was made with --tokenizer {theirs[1]} --context "
+                             f"{theirs[2]}, but this run uses --tokenizer {ours[1]} --context {ours[2]}: teacher, "
+                             "table and student need one tokenizer and context")
+
+
 def check_fits(artifact: Artifact, data: DataSet, role: str) -> None:
-    """A model trained for other inputs or another class count is refused with one line."""
+    """A model trained for other inputs or another class count (a language model: another vocabulary)
+    is refused with one line."""
     spec = artifact.manifest["model"]
+    if data.task == "lm":
+        if spec["num_outputs"] != data.num_outputs or len(spec["input_shape"]) != 1:
+            raise UsageError(f"{role} {artifact.id[:12]} ({spec['name']}) predicts a vocabulary of "
+                             f"{spec['num_outputs']} tokens over inputs {tuple(spec['input_shape'])}, but this run's "
+                             f"tokenizer {data.tokenizer.get('spec')} has {data.num_outputs}: teacher and student "
+                             "need one tokenizer")
+        return
     if tuple(spec["input_shape"]) != data.input_shape or spec["num_outputs"] != data.num_outputs:
         raise UsageError(
             f"{role} {artifact.id[:12]} ({spec['name']}) takes inputs {tuple(spec['input_shape'])} with "
@@ -159,7 +233,19 @@ def check_fits(artifact: Artifact, data: DataSet, role: str) -> None:
 def check_logits_fit(artifact: Artifact, data: DataSet) -> None:
     """A logits table is tied to the exact data (pool, labels and split) it was computed on."""
     theirs = artifact.manifest.get("data_fingerprint", "")
+    if data.task == "lm":
+        check_same_text(artifact, data, "logits table")
     if theirs != data.fingerprint:
         raise UsageError(
             f"logits table {artifact.id[:12]} was computed on data {theirs[:12]} but this run's data is "
             f"{data.fingerprint[:12]} ({data.name}); rerun cache-logits with the same --dataset and split options")
+
+
+def data_of(manifest: dict, dataset: str | None = None, store: Store | None = None):
+    """Reload the data set a run's (or logits table's) resolved config names; `dataset` overrides it.
+    With `store`, prepared data (mapped windows, a trained tokenizer) is read from it, not remade."""
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    values = {k: v for k, v in (manifest.get("config") or {}).items() if k in known}
+    if dataset:
+        values["dataset"] = dataset
+    return load_data(config_mod.build(DataConfig, None, values), RunContext(store=store) if store else None)

@@ -32,7 +32,7 @@ from kdcli.stages.configs import TrainConfig, check_choice
 from kdcli.stages.visualize import record_report
 from kdcli.store import Artifact, CorruptArtifact, Store, canonical_json
 
-LOWER_IS_BETTER = ("mse", "mae", "nll", "loss", "error", "latency", "size_bytes", "params")
+LOWER_IS_BETTER = ("mse", "mae", "nll", "loss", "error", "latency", "size_bytes", "params", "bpb", "ppl", "ece")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -92,22 +92,26 @@ def resolve_group(store: Store, spec: str) -> list[Artifact]:
     return [store.get(artifact_id, kind="model") for artifact_id in dict.fromkeys(ids)]
 
 
-SELECTABLE = ("val_acc", "val_nll", "val_mse")
+SELECTABLE = ("val_acc", "val_nll", "val_mse", "val_bpb")
 
 
 def default_metric(runs: list[Artifact]) -> str:
-    """The reported metric: test_acc when every run has it (classification), else test_mse (regression).
-    It is never a choice criterion: choices use `default_selection` (validation)."""
-    for metric in ("test_acc", "test_mse"):
+    """The reported metric: test_bpb when every run has it (language models), test_acc (classification),
+    else test_mse (regression). It is never a choice criterion: choices use `default_selection` (validation)."""
+    for metric in ("test_bpb", "test_acc", "test_mse"):
         if all(metric in (run.manifest.get("metrics") or {}) for run in runs):
             return metric
-    raise UsageError("the runs share neither test_acc nor test_mse (classification mixed with regression?); "
+    raise UsageError("the runs share none of test_bpb, test_acc, test_mse (classification mixed with regression?); "
                      "pass --metric")
 
 
 def default_selection(runs: list[Artifact]) -> str:
-    """The validation metric a choice between runs is made on: val_acc (classification) or val_mse."""
-    return "val_mse" if all("test_mse" in (run.manifest.get("metrics") or {}) for run in runs) else "val_acc"
+    """The validation metric a choice between runs is made on: val_bpb (language models), val_mse
+    (regression) or val_acc (classification)."""
+    for test, selection in (("test_bpb", "val_bpb"), ("test_mse", "val_mse")):
+        if all(test in (run.manifest.get("metrics") or {}) for run in runs):
+            return selection
+    return "val_acc"
 
 
 def check_selection(metric: str) -> None:

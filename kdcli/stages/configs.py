@@ -15,15 +15,17 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "cosine", "onecycle", "step", "multistep")
 MONITORS = ("val_loss", "val_acc", "val_kl")
 PRECISIONS = ("fp32", "bf16", "fp16")
-EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}  # export format -> file suffix
+EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "hf": ""}  # export format -> file suffix (hf: a directory)
 ZOO_PREFIXES = ("timm:", "torchvision:")  # import-teacher sources built by kdcli.models.zoo
 
 
 TASKS = ("regression", "classification")
+TEXT_DATASETS = ("text", "python-docs")  # the corpora: their models are language models
 # data options that only some data sets take (by the name before ':'); elsewhere they are refused
 DATA_OPTIONS = {"n_samples": ("synthetic-regression",), "n_features": ("synthetic-regression",),
                 "noise": ("synthetic-regression",), "target": ("csv",), "task": ("csv", "npz"),
-                "image_size": ("imagefolder",), "normalize": ("npz",)}
+                "image_size": ("imagefolder",), "context": TEXT_DATASETS, "tokenizer": TEXT_DATASETS,
+                "normalize": ("npz",)}
 NORMALIZE = ("per-feature", "none")
 
 
@@ -35,7 +37,8 @@ def check_choice(name: str, value: str, choices) -> None:
 @dataclass
 class DataConfig:
     dataset: str = opt("digits", "data set: digits, mnist, fashion-mnist, cifar10, cifar100, imagefolder:PATH, "
-                                 "synthetic-regression, diabetes, csv:PATH, npz:PATH (see 'kdcli datasets')")
+                                 "synthetic-regression, diabetes, csv:PATH, npz:PATH, python-docs, text:PATH "
+                                 "(see 'kdcli datasets')")
     data_dir: str = opt("data", "directory holding downloaded data sets", key=False)
     download: bool = opt(False, "download the data set if missing (needs network)", key=False)
     split_seed: int = opt(0, "seed of the train/validation split of the training pool")
@@ -49,6 +52,10 @@ class DataConfig:
                                  "holds class labels); npz:PATH: the default follows y (integers classify)")
     normalize: str | None = opt(None, "npz:PATH: per-feature (default: mean and std of each feature, dim 1, "
                                       "from the training split) or none")
+    context: int | None = opt(None, "text:PATH, python-docs: tokens per training window (default 128)")
+    tokenizer: str | None = opt(None, "text:PATH, python-docs: bytes (default, 256 symbols), bpe:N (a byte-level "
+                                      "BPE of N tokens trained on the training split, stored) or a local "
+                                      "Hugging Face tokenizer directory")
 
     def validate(self) -> None:
         if not 0 <= self.val_fraction < 1:
@@ -63,6 +70,12 @@ class DataConfig:
             check_choice("task", self.task, TASKS)
         if self.normalize is not None:
             check_choice("normalize", self.normalize, NORMALIZE)
+        if self.context is not None and self.context < 1:
+            raise UsageError(f"--context must be >= 1, got {self.context}")
+
+    @property
+    def is_text(self) -> bool:
+        return self.dataset.partition(":")[0] in TEXT_DATASETS
 
 
 @dataclass
@@ -116,6 +129,9 @@ class TrainConfig(DataConfig):
         if self.warmup_epochs > self.epochs:
             raise UsageError(f"--warmup-epochs {self.warmup_epochs} exceeds --epochs {self.epochs}")
         check_choice("precision", self.precision, PRECISIONS)
+        if self.is_text and self.augment not in ("auto", "none"):
+            raise UsageError(f"--augment {self.augment}: views and mixing are for images and tables; a text "
+                             "corpus trains on its windows as they are (drop --augment)")
 
 
 @dataclass
@@ -238,6 +254,8 @@ class CacheLogitsConfig(InferenceConfig):
     views: str = opt("none", "discrete augmented views to cache, e.g. flip,translate:2 (none = clean images)")
     topk: int = opt(0, "keep only the top-k probabilities per view, the rest spread evenly (0 = full logits)")
     dtype: str = opt("float16", "storage dtype: float16 or float32")
+    table: str | None = opt(None, "text: what to keep per position: topk:K (default topk:32, the K largest "
+                                  "log-probs, their ids and the tail mass) or full (small vocabularies)")
 
     def validate(self) -> None:
         super().validate()
@@ -246,6 +264,10 @@ class CacheLogitsConfig(InferenceConfig):
         check_choice("dtype", self.dtype, ("float16", "float32"))
         if self.topk < 0:
             raise UsageError(f"--topk must be >= 0, got {self.topk}")
+        if self.is_text and (self.topk or self.views != "none"):
+            raise UsageError("--topk and --views are for images; a text table takes --table topk:K or full")
+        if self.table is not None and not self.is_text:
+            raise UsageError("--table is for text corpora; an image table takes --topk K and --views")
 
 
 @dataclass
@@ -276,9 +298,10 @@ class ImportConfig(InferenceConfig):
 class ExportConfig:
     model: str = opt("", "model artifact to export (name, id or id prefix)", key=False)
     teacher: str | None = opt(None, "also export and measure this teacher model artifact", key=False)
-    format: str = opt("onnx", "onnx or torchscript")
+    format: str = opt("onnx", "onnx or torchscript; hf (a Hugging Face directory) for language models")
     out: str = opt("", "directory the exported files are written to", key=False)
-    atol: float = opt(1e-3, "parity: largest allowed max |logit difference| between the export and PyTorch")
+    atol: float = opt(1e-3, "parity: largest allowed max |logit difference| between the export and PyTorch "
+                            "(--format hf: of test bits per byte, through transformers and in the manifest)")
     min_agreement: float = opt(99.9, "parity: smallest allowed argmax agreement with PyTorch, % of test images")
     int8: bool = opt(False, "onnx: also quantize to int8 (onnxruntime dynamic quantization)")
     max_drop: float = opt(1.0, "int8: refuse it if test accuracy falls by more than this many points "

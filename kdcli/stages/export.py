@@ -20,6 +20,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import statistics
 import tempfile
@@ -33,14 +34,13 @@ import torch
 from torch import nn
 
 from kdcli.data import DataSet
-from kdcli.engine import predict, test_metrics
-from kdcli.errors import KdcliError
+from kdcli.engine import IGNORE, predict, test_metrics
+from kdcli.errors import KdcliError, UsageError
 from kdcli.models import parameter_count
-from kdcli.stages.common import RunContext, StageResult, load_model
+from kdcli.stages.common import RunContext, StageResult, data_of, load_model
 from kdcli.stages.configs import EXPORT_FORMATS, ExportConfig
 from kdcli.stages.registry import EXPORT
 from kdcli.stages.runner import run_cached
-from kdcli.stages.visualize import data_of
 
 INPUT, OUTPUT = "input", "logits"
 Runtime = Callable[[torch.Tensor], torch.Tensor]  # prepared inputs (N, ...) float32 -> outputs (N, K)
@@ -154,10 +154,75 @@ def _measure(runtime: Runtime, data: DataSet, x: torch.Tensor, cfg: ExportConfig
     return outputs, test_metrics(data.task, outputs, data.y_test), _latencies(runtime, x, cfg, prefix)
 
 
+def transformers_bits_per_byte(directory: str, data: DataSet, batch_size: int) -> dict:
+    """Test bits per byte of the model saved in `directory`, recomputed through transformers alone
+    (AutoModelForCausalLM on the test windows), and whether its saved tokenizer (AutoTokenizer) encodes
+    the test text as the data's own tokenizer does."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lm = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True).float().eval()
+    saved = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    nats = 0.0
+    with torch.no_grad():
+        for start in range(0, len(data.x_test), batch_size):
+            logits = lm(input_ids=data.x_test[start:start + batch_size].long()).logits
+            targets = data.y_test[start:start + batch_size]
+            valid = targets != IGNORE
+            nats += float(torch.nn.functional.cross_entropy(logits[valid].float(), targets[valid], reduction="sum"))
+    sample = data.text_tokenizer().decode(data.x_test[0].tolist())
+    same_ids = saved(sample, add_special_tokens=False)["input_ids"] == data.text_tokenizer()(
+        sample, add_special_tokens=False)["input_ids"]
+    return {"test_bpb": nats / (math.log(2) * data.split_bytes["test"]), "tokenizer_matches": bool(same_ids), "lm": lm}
+
+
+def export_hf_one(cfg: ExportConfig, ctx: RunContext, model, artifact, data: DataSet, role: str) -> StageResult:
+    """A language model as a Hugging Face directory (save_pretrained of the model and its tokenizer), held
+    to the manifest's test bits per byte, recomputed through transformers alone, within --atol."""
+
+    def produce(key: str):
+        with tempfile.TemporaryDirectory() as tmp:
+            model.lm.save_pretrained(tmp, safe_serialization=True)
+            data.text_tokenizer().save_pretrained(tmp)
+            check = transformers_bits_per_byte(tmp, data, cfg.eval_batch_size)
+            files = {f"hf/{path.relative_to(tmp)}": path.read_bytes() for path in sorted(Path(tmp).rglob("*"))
+                     if path.is_file()}
+        expected = artifact.manifest["metrics"]["test_bpb"]
+        diff = abs(check["test_bpb"] - expected)
+        where = f"{role} {artifact.id[:12]}: the hf export"
+        if diff > cfg.atol:
+            raise KdcliError(f"{where} fails parity: test bits per byte through transformers {check['test_bpb']:.6f}, "
+                             f"the manifest's {expected:.6f} (|diff| {diff:.3g} > --atol {cfg.atol:g}); nothing was written")
+        if not check["tokenizer_matches"]:
+            raise KdcliError(f"{where} fails parity: the saved tokenizer encodes the test text differently; "
+                             "nothing was written")
+        windows = _latency_batches(data.x_test.long())
+        with torch.no_grad():
+            latency = {f"pytorch_b{n}": cpu_latency_ms(lambda x=x: check["lm"](input_ids=x), cfg.latency_repeats)
+                       for n, x in windows.items()}
+        latency["threads"] = torch.get_num_threads()
+        metrics = {"params": parameter_count(model), "file_bytes": sum(len(b) for b in files.values()),
+                   "test_bpb": check["test_bpb"], "manifest_test_bpb": expected, "parity_bpb_diff": diff,
+                   "tokenizer_matches": True}
+        ctx.reporter.info(f"export: {role} {artifact.id[:12]} to a Hugging Face directory: test bits per byte "
+                          f"{check['test_bpb']:.4f} through transformers (manifest {expected:.4f})")
+        tensors = {name: torch.frombuffer(bytearray(blob), dtype=torch.uint8) for name, blob in files.items()}
+        return "export", tensors, {"format": "hf", "role": role, "metrics": metrics, "latency": latency,
+                                   "data_fingerprint": data.fingerprint, "data": data.describe(),
+                                   "model": artifact.manifest["model"]}
+
+    config = dataclasses.replace(cfg, model=artifact.id, teacher=None)
+    return run_cached(ctx, EXPORT, config, {"model": artifact.id, "data": data.fingerprint}, produce)
+
+
 def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> StageResult:
     """Export, check and measure one model artifact; the export artifact is cached by model and options."""
     model, artifact = load_model(ctx.store, ref)
-    data = data_of(artifact.manifest)
+    data = data_of(artifact.manifest, store=ctx.store)
+    if (data.task == "lm") != (cfg.format == "hf"):
+        raise UsageError(f"--format {cfg.format}: language models export as --format hf (a Hugging Face "
+                         "directory); image and table models as onnx or torchscript")
+    if cfg.format == "hf":
+        return export_hf_one(cfg, ctx, model, artifact, data, role)
     cpu = torch.device("cpu")
 
     def produce(key: str):
@@ -209,8 +274,12 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
 
 
 def file_names(result: StageResult) -> dict[str, str]:
-    """Tensor name -> file name in --out: ROLE.onnx / ROLE.int8.onnx / ROLE.pt."""
+    """Tensor name -> file name in --out: ROLE.onnx / ROLE.int8.onnx / ROLE.pt; a Hugging Face directory's
+    files go to --out itself (the student) or --out/teacher."""
     manifest = result.artifact.manifest
+    if manifest["format"] == "hf":
+        folder = "" if manifest["role"] == "student" else f"{manifest['role']}/"
+        return {name: folder + name.removeprefix("hf/") for name in result.artifact.tensor_names()}
     suffix = EXPORT_FORMATS[manifest["format"]]
     names = {"export": f"{manifest['role']}{suffix}"}
     if "export_int8" in result.artifact.tensor_names():
@@ -241,6 +310,7 @@ def write_exports(out: Path, results: list[StageResult]) -> list[Path]:
         for result in results:
             names = file_names(result)
             for tensor, name in names.items():
+                (out / name).parent.mkdir(parents=True, exist_ok=True)
                 _write_atomic(out / name, result.artifact.tensor(tensor).numpy().tobytes())
                 written.append(out / name)
             summary.append({"id": result.id, "role": result.artifact.manifest["role"],

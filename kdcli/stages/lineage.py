@@ -121,7 +121,7 @@ def _summary(manifest: dict) -> str:
     metrics = manifest.get("metrics") or {}
     name = (manifest.get("model") or {}).get("name", "")
     parts = [name] if name and manifest.get("kind") == "model" else []
-    parts += [f"{k} {metrics[k]:.4g}" for k in ("test_acc", "test_mse") if isinstance(metrics.get(k), (int, float))]
+    parts += [f"{k} {metrics[k]:.4g}" for k in ("test_bpb", "test_acc", "test_mse") if isinstance(metrics.get(k), (int, float))]
     return ", ".join(parts)
 
 

@@ -21,7 +21,7 @@ from kdcli import usercode
 from kdcli.augment import ViewSet, resolve_augment
 from kdcli.config import parse_kv
 from kdcli.data import DataSet
-from kdcli.engine import predict, prepare_model, rng_devices
+from kdcli.engine import evaluate_test, prepare_model, rng_devices
 from kdcli.errors import UsageError
 from kdcli.losses import LOSSES
 from kdcli.losses.feature_methods import FEATURE_METHODS
@@ -55,6 +55,12 @@ def resolve_options(cfg: DistillConfig, task: str) -> DistillConfig:
                          f"not --method {method}")
     if task != "regression" and row.kind == "regression":
         raise UsageError(f"--method {REGRESSION} needs regression data; {cfg.dataset} is a classification set")
+    if task == "lm" and row.kind != "logit":
+        raise UsageError(f"--method {method} distills image features; a language model distills its next-token "
+                         "distribution (--method kd, the default, or another logit method)")
+    if task == "lm" and (cfg.scheme != "standard" or cfg.extra_teachers):
+        raise UsageError("--scheme and --extra-teacher are for image and table students; a language model "
+                         "distills from one teacher (--logits TABLE or --teacher MODEL)")
     reads = ", ".join(flag(o) for o in row.options) or "no weight flags; give its parameters as --method-arg"
     for option in all_options():
         if getattr(cfg, option) is not None and option not in row.options:
@@ -117,7 +123,7 @@ def plan_features(cfg: DistillConfig, ctx: RunContext, data: DataSet) -> Plan:
     method = FEATURE_METHODS.get(cfg.method)
     pairs = parse_feature_pairs(cfg.feature_pairs)
     options = {option: getattr(cfg, option) for option in method.options}
-    test_logits = predict(teacher, data, data.x_test, cfg.eval_batch_size, ctx.device, cfg.precision)
+    test_logits = evaluate_test(teacher, data, cfg.eval_batch_size, ctx.device, cfg.precision)[1]
 
     def make_objective(model, device_data):
         return FeatureObjective(method, pairs, model, teacher, data.input_shape, len(data.x_pool), options,

@@ -28,7 +28,7 @@ from kdcli import distributed
 from kdcli.augment import ViewSet
 from kdcli.config import key_dict, to_dict
 from kdcli.data import DataSet
-from kdcli.engine import Checkpoint, DeviceData, Objective, fit, predict, prepare_model, test_metrics
+from kdcli.engine import Checkpoint, DeviceData, Objective, agreement, evaluate_test, fit, prepare_model
 from kdcli.models import parameter_count, state_hash
 from kdcli.models.registry import model_factory
 from kdcli.reporting import Reporter
@@ -172,7 +172,7 @@ def _finish(ctx: RunContext, result: StageResult) -> StageResult:
 # ---- training a plan --------------------------------------------------------------------------------
 
 # validation figures of the kept epoch that go into the metrics: what a sweep may select on
-KEPT_VALIDATION = ("val_loss", "val_acc", "val_nll", "val_mse")
+KEPT_VALIDATION = ("val_loss", "val_acc", "val_nll", "val_mse", "val_bpb")
 
 # builds the objective once the student exists and the data sits on the device
 ObjectiveFactory = Callable[[nn.Module, DeviceData], Objective]
@@ -181,7 +181,8 @@ ObjectiveFactory = Callable[[nn.Module, DeviceData], Objective]
 @dataclass
 class Plan:
     """What a training run trains on: its parent artifacts {role: id}, the student's views, the
-    objective factory, the teacher's test logits (N_test, K) for the agreement metric, and manifest
+    objective factory, the teacher's test outputs for the agreement metric (logits (N_test, K), or a
+    language model's top-1 ids (N_test, L): kdcli.engine.evaluate_test), and manifest
     entries of its own. `config` is the run's resolved config (weights filled in per method), which
     the cache key and the manifest record."""
 
@@ -209,17 +210,15 @@ def train(stage: Stage, ctx: RunContext, data: DataSet, plan: Plan) -> StageResu
         ctx.reporter.info(f"{stage.name}: {cfg.model} ({parameter_count(student):,} params) on {data.name} "
                           f"[{len(data.train_idx)} train / {len(data.val_idx)} val], {ctx.device}")
         result = fit(model, device_data, objective, cfg, plan.views, ctx.reporter, checkpoint)
-        outputs = predict(model, data, device_data.x_test, cfg.eval_batch_size, ctx.device, cfg.precision)
-        metrics = test_metrics(data.task, outputs, data.y_test)
+        metrics, outputs = evaluate_test(model, data, cfg.eval_batch_size, ctx.device, cfg.precision)
         state = {k: v.detach().cpu() for k, v in student.state_dict().items()}
         metrics.update({
             "best_epoch": result.best_epoch, "epochs_run": len(result.history),
             **{k: v for k, v in result.kept().items() if k in KEPT_VALIDATION}, "params": parameter_count(student),
             "size_bytes": sum(t.numel() * t.element_size() for t in state.values()),
         })
-        if plan.teacher_test_logits is not None and data.task == "classification":
-            agree = (outputs.argmax(1) == plan.teacher_test_logits.argmax(1)).float().mean()
-            metrics["teacher_agreement"] = 100.0 * float(agree)
+        if plan.teacher_test_logits is not None and data.task != "regression":
+            metrics["teacher_agreement"] = agreement(data, outputs, plan.teacher_test_logits)
         manifest = {"model": spec, "metrics": metrics, "history": result.history,
                     "initial_weights_sha256": initial_hash, "data_fingerprint": data.fingerprint,
                     "data": data.describe(), "device": str(ctx.device), "augment": plan.views.spec(),

@@ -55,11 +55,11 @@ class SweepConfig:
     grid: dict = opt({}, "option -> list of values; the points are their cartesian product")
     seeds: list[int] = opt([0], "seeds run at every point")
     base: dict = opt({}, "fixed options of every run")
-    metric: str | None = opt(None, "test metric reported per point and in the paired test (default test_acc, "
-                                   "or test_mse for regression); never used to choose")
+    metric: str | None = opt(None, "test metric reported per point and in the paired test (default test_bpb for "
+                                   "language models, test_acc, or test_mse for regression); never used to choose")
     select: str | None = opt(None, "validation metric at each run's kept epoch that chooses the best point: "
-                                   "val_acc or val_nll (classification), val_mse (regression); default val_acc / "
-                                   "val_mse")
+                                   "val_acc or val_nll (classification), val_mse (regression), val_bpb (language "
+                                   "models); default val_acc / val_mse / val_bpb")
     baseline_ref: str | None = opt(None, "group (glob, tag:TAG, refs) the best point is tested against")
     reference: str | None = opt(None, "teacher artifact drawn as a reference line (default: base teacher/logits)")
     jobs: int = opt(1, "parallel worker processes of --executor local", key=False)

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from kdcli.augment import ViewSet, resolve_augment
-from kdcli.engine import Batch, predict, prepare_model
+from kdcli.engine import Batch, evaluate_test, prepare_model
 from kdcli.errors import UsageError
-from kdcli.stages.common import check_fits, check_logits_fit, load_model
+from kdcli.stages.common import check_fits, check_logits_fit, check_same_text, load_model
+from kdcli.stages.token_tables import TokenTable
 
 MIXED_TABLE = ("mixup/cutmix make new images that a cached logits table has no logits for; "
                "give --teacher MODEL_REF to run the teacher online on the mixed batch")
@@ -105,6 +106,14 @@ def teacher_sources(cfg, ctx, data):
             if requested.mixing:
                 raise UsageError(MIXED_TABLE)
             check_logits_fit(artifact, data)
+            if data.task == "lm":
+                if len(refs) > 1:
+                    raise UsageError("--extra-teacher averages image teachers; a language model distills from one")
+                tensors = {name: artifact.tensor(name) for name in artifact.tensor_names() if name != "test_top1"}
+                makers.append(lambda device, t=tensors: TokenTable(t, data.num_outputs, device))
+                tests.append(artifact.tensor("test_top1").long())
+                parents["logits"] = artifact.id
+                continue
             own = ViewSet.parse(artifact.manifest["views"])
             if own.count > 1:
                 if table_views is not None and table_views.spec() != own.spec():
@@ -118,9 +127,10 @@ def teacher_sources(cfg, ctx, data):
         elif role == "model":
             teacher, _ = load_model(ctx.store, ref)
             check_fits(artifact, data, "teacher")
+            check_same_text(artifact, data, "teacher")
             teacher = prepare_model(teacher, ctx.device, False)
             makers.append(lambda device, t=teacher: OnlineTeacher(t))
-            tests.append(predict(teacher, data, data.x_test, cfg.eval_batch_size, ctx.device, cfg.precision))
+            tests.append(evaluate_test(teacher, data, cfg.eval_batch_size, ctx.device, cfg.precision)[1])
             parents[f"teacher{suffix}"] = artifact.id
         else:
             raise UsageError(f"teacher {ref!r} is a {role or 'unknown'} artifact; give a model or a logits table")
@@ -134,4 +144,4 @@ def teacher_sources(cfg, ctx, data):
         signals = [make(device) for make in makers]
         return signals[0] if len(signals) == 1 else EnsembleSignal(signals)
 
-    return parents, views, make_signal, torch.stack(tests).mean(0)
+    return parents, views, make_signal, tests[0] if len(tests) == 1 else torch.stack(tests).mean(0)

@@ -13,7 +13,7 @@ import dataclasses
 from kdcli.augment import resolve_augment
 from kdcli.errors import UsageError
 from kdcli.losses import LOSSES
-from kdcli.stages.common import RunContext, StageResult, load_data
+from kdcli.stages.common import RunContext, StageResult, check_text_run, load_data
 from kdcli.stages.configs import BaselineConfig, DistillConfig, TeacherConfig
 from kdcli.stages.objectives.labels import hard_label_objective
 from kdcli.stages.planners import plan_distill, resolve_options
@@ -32,6 +32,7 @@ SCHEMES = [
 
 def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> StageResult:
     """Cross-entropy (or MSE for regression) training of a teacher."""
+    check_text_run(cfg, ctx.store, [])
     data = load_data(cfg, ctx)
     views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
     return train(TRAIN_TEACHER, ctx, data, Plan(cfg, {}, views, lambda model, dd: hard_label_objective(data.task)))
@@ -39,9 +40,13 @@ def train_teacher(cfg: TeacherConfig, ctx: RunContext) -> StageResult:
 
 def baseline(cfg: BaselineConfig, ctx: RunContext) -> StageResult:
     """The student from scratch on the labels alone (cross-entropy, or seed 003's MSE on one-hot)."""
+    check_text_run(cfg, ctx.store, [])
     data = load_data(cfg, ctx)
     if data.task == "classification" and LOSSES.get(cfg.loss).needs_teacher:
         raise UsageError(f"--loss {cfg.loss} needs a teacher; use 'kdcli distill'")
+    if data.task == "lm" and cfg.loss != "ce":
+        raise UsageError(f"--loss {cfg.loss} is for image classifiers; a language model trains on next-token "
+                         "cross-entropy (--loss ce)")
     views = resolve_augment(cfg.augment, data.default_augment, data.is_image)
     return train(BASELINE, ctx, data, Plan(cfg, {}, views, lambda model, dd: hard_label_objective(data.task, cfg.loss)))
 
@@ -49,6 +54,9 @@ def baseline(cfg: BaselineConfig, ctx: RunContext) -> StageResult:
 def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
     """A student trained on the teacher's outputs: online (--teacher) or from a cached table (--logits),
     for --generations born-again generations."""
+    if cfg.is_text:
+        resolve_options(cfg, "lm")  # a method or scheme a language model cannot use fails before any data loads
+    check_text_run(cfg, ctx.store, [ref for ref in (cfg.teacher, cfg.logits, *cfg.extra_teachers) if ref])
     data = load_data(cfg, ctx)
     cfg = resolve_options(cfg, data.task)
     if cfg.generations == 1:

@@ -6,19 +6,19 @@ the manifest, each PNG as a uint8 tensor named after its file.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from kdcli import config as config_mod
 from kdcli import plots, stats
 from kdcli.engine import predict
 from kdcli.errors import UsageError
-from kdcli.stages.common import check_fits, check_logits_fit, load_data, load_model
-from kdcli.stages.configs import DataConfig
+from kdcli.stages.common import check_fits, check_logits_fit, data_of, load_model
+from kdcli.stages.generate import language_model, prompt_ids
 from kdcli.store import Artifact, Store
+
+TOP_TOKENS = 12  # tokens shown of a language model's next-token distribution
 
 
 def record_report(store: Store, report: str, result: dict, figures: list[Path], parents: dict,
@@ -33,15 +33,6 @@ def record_report(store: Store, report: str, result: dict, figures: list[Path], 
     return store.put("report", tensors, manifest)
 
 
-def data_of(manifest: dict, dataset: str | None = None):
-    """Reload the data set a run's (or logits table's) resolved config names; `dataset` overrides it."""
-    known = {f.name for f in dataclasses.fields(DataConfig)}
-    values = {k: v for k, v in (manifest.get("config") or {}).items() if k in known}
-    if dataset:
-        values["dataset"] = dataset
-    return load_data(config_mod.build(DataConfig, None, values))
-
-
 @dataclass
 class TemperatureViewConfig:
     source: str  # a model artifact (run on the test set) or a logits artifact (its clean "test" logits)
@@ -50,6 +41,7 @@ class TemperatureViewConfig:
     count: int = 1  # number of consecutive samples from `index`
     dataset: str | None = None  # model sources: data set to draw from (default: the model's own)
     out: str = "figures"  # directory of the PNGs
+    prompt: str | None = None  # language models: the text whose next token is shown
 
     def validate(self) -> None:
         if not self.temperatures:
@@ -80,9 +72,40 @@ def _test_logits(cfg: TemperatureViewConfig, store: Store, device: torch.device)
     return artifact, data, lambda lo, hi: predict(model, data, data.x_test[lo:hi], 512, device)
 
 
+def next_token_view(cfg: TemperatureViewConfig, store: Store, device: torch.device) -> dict:
+    """A language model's next-token distribution after `cfg.prompt`, softmax(z/T) over its whole
+    vocabulary at every T: the TOP_TOKENS most likely tokens (at T = 1) as bars, and the entropy."""
+    if cfg.dataset:
+        raise UsageError("--dataset applies to image models; a language model reads its own corpus's tokenizer")
+    model, artifact, data = language_model(store, cfg.source, device)
+    ids = prompt_ids(data, cfg.prompt)[-data.context:]
+    with torch.no_grad():
+        z = model(torch.tensor([ids], device=device))[0, -1].float().cpu()
+    tokenizer = data.text_tokenizer()
+    top = z.topk(min(TOP_TOKENS, len(z))).indices.tolist()
+    names = [repr(tokenizer.decode([token])) for token in top]
+    probabilities = [stats.softmax(z, t)[top].tolist() for t in cfg.temperatures]
+    out = Path(cfg.out) / f"next_token_{artifact.id[:8]}.png"
+    plots.token_bars(probabilities, names, cfg.temperatures, out, title=f"after {cfg.prompt!r}")
+    sample = {"index": 0, "prompt": cfg.prompt, "true_class": None, "predicted": 0, "tokens": top,
+              "probabilities": probabilities, "entropy": stats.softmax_entropy(z, cfg.temperatures),
+              "figure": str(out)}
+    result = {"source": artifact.id, "source_kind": "model", "dataset": data.name, "class_names": names,
+              "temperatures": list(cfg.temperatures), "samples": [sample]}
+    report = record_report(store, "visualize-temperature", result, [out], {"source": artifact.id})
+    return {"id": report.id, **result}
+
+
 def temperature_view(cfg: TemperatureViewConfig, store: Store, device: torch.device = torch.device("cpu")) -> dict:
-    """softmax(z/T) of test samples `index..index+count-1`: one PNG per sample, and the numbers."""
+    """softmax(z/T) of test samples `index..index+count-1`: one PNG per sample, and the numbers; for a
+    language model, its next-token distribution after --prompt (next_token_view)."""
     cfg.validate()
+    if store.get(cfg.source).manifest.get("data", {}).get("task") == "lm":
+        if store.get(cfg.source).kind != "model":
+            raise UsageError("a text logits table holds training windows only; give the teacher model and --prompt")
+        return next_token_view(cfg, store, device)
+    if cfg.prompt is not None:
+        raise UsageError("--prompt applies to language models; an image source shows test samples (--index)")
     artifact, data, logits_of = _test_logits(cfg, store, device)
     if data.task != "classification":
         raise UsageError(f"visualize-temperature needs a classifier; {data.name} is a {data.task} data set")

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdcli.stages.common import load_model
+from kdcli.stages.common import data_of, load_model
 from kdcli.stages.export import cpu_latency_ms, parity
-from kdcli.stages.visualize import data_of
 from kdcli.store import Store
 
 

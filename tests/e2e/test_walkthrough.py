@@ -16,13 +16,13 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_block(marker: str, language: str) -> str:
-    """The text of the first ```language block after `marker` in the README."""
-    text = README.read_text().split(marker, 1)[1]
+    """The text of the first ```language block after the README's `<!-- MARKER -->` line."""
+    text = README.read_text().split(f"<!-- {marker} -->", 1)[1]
     return text.split(f"```{language}\n", 1)[1].split("```", 1)[0]
 
 
-def walkthrough_commands(marker: str = "<!-- walkthrough -->") -> list[list[str]]:
-    """The kdcli command lines of the sh block after the README's `marker`."""
+def walkthrough_commands(marker: str = "walkthrough") -> list[list[str]]:
+    """The kdcli command lines of the sh block after the README's `<!-- MARKER -->` line."""
     block = readme_block(marker, "sh")
     commands = shlex.split(block.replace("\\\n", " "), comments=True)
     lines, current = [], []
@@ -94,9 +94,9 @@ def write_sequences(path: Path, n: int = 160, n_test: int = 60) -> None:
 @pytest.mark.slow
 def test_readme_own_model_walkthrough_runs_end_to_end(cli, store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "mymodels.py").write_text(readme_block("<!-- own-code models -->", "python"))
+    (tmp_path / "mymodels.py").write_text(readme_block("own-code models", "python"))
     write_sequences(tmp_path / "sequences.npz")
-    commands = walkthrough_commands("<!-- own-code walkthrough -->")
+    commands = walkthrough_commands("own-code walkthrough")
     assert [c[0] for c in commands] == ["train-teacher", "cache-logits", "baseline", "baseline", "distill", "distill",
                                         "compare", "export"]
     for args in commands:

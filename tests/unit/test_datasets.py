@@ -37,6 +37,14 @@ def _npz(root: Path) -> DataSpec:
     return DataSpec(name=f"npz:{root / 'arrays.npz'}")
 
 
+def _text(root: Path) -> DataSpec:
+    rng = np.random.default_rng(0)
+    (root / "corpus").mkdir(exist_ok=True)
+    for i in range(10):
+        (root / "corpus" / f"doc{i}.txt").write_text("".join(rng.choice(list("abcdefgh "), 300)))
+    return DataSpec(name=f"text:{root / 'corpus'}", extra={"context": 8})
+
+
 def _vision(name: str, writer, torchvision_name: str | None = None):
     def make(root: Path, md5) -> DataSpec:
         writer(root) if torchvision_name is None else writer(root, torchvision_name)
@@ -59,6 +67,8 @@ INSTANCES = {
     "diabetes": lambda root, md5: DataSpec(name="diabetes"),
     "csv": lambda root, md5: _csv(root),
     "npz": lambda root, md5: _npz(root),
+    "text": lambda root, md5: _text(root),
+    "python-docs": lambda root, md5: DataSpec(name="python-docs", extra={"context": 128}),
 }
 
 
@@ -74,7 +84,7 @@ def test_registered_data_set_loads_consistently(name, tmp_path, cifar_md5):  # n
     assert len(data.x_pool) == len(data.y_pool) and len(data.x_test) == len(data.y_test) > 0
     train, val = set(data.train_idx.tolist()), set(data.val_idx.tolist())
     assert train and not train & val and train | val <= set(range(len(data.x_pool)))
-    if data.task == "classification":
+    if data.task in ("classification", "lm"):  # a language model's targets: next-token ids
         assert data.y_pool.dtype == torch.int64 and int(data.y_pool.max()) < data.num_outputs
     else:
         assert data.task == "regression" and data.y_pool.is_floating_point() and data.num_outputs == 1

@@ -16,9 +16,10 @@ SMALL_INPUTS = {
     "mnist-student": (1, 28, 28),
 }
 EXTERNAL = {"hf"}  # rebuilt from a spec; covered by test_external_models.py
+LANGUAGE = {"lm-teacher", "lm-student"}  # token ids in, (B, L, V) out: tests/unit/test_causal_lm.py
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS.names() if n not in EXTERNAL])
+@pytest.mark.parametrize("name", [n for n in MODELS.names() if n not in EXTERNAL | LANGUAGE])
 def test_forward_backward(name):
     torch.manual_seed(0)
     shape = SMALL_INPUTS.get(name, (3, 32, 32))

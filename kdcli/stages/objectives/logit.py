@@ -22,6 +22,7 @@ from kdcli.engine import Batch
 from kdcli.errors import UsageError
 from kdcli.losses.registry import LogitLoss
 from kdcli.stages.objectives.taps import unwrap
+from kdcli.stages.objectives.tokens import predicted_positions
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -96,6 +97,8 @@ class LogitObjective:
     def __call__(self, model, batch: Batch, train: bool):
         outputs = model(batch.x)
         teacher, loss = self.signal(batch), self.current(train)
+        if outputs.dim() == 3:  # a language model: the loss over its predicted positions
+            return outputs, loss(*predicted_positions(outputs, teacher, batch.y))
         return outputs, batch.label_mixed(lambda labels: loss(outputs, teacher, labels))
 
 
