@@ -48,10 +48,14 @@ class MappedSamples:
     """Samples read through memory maps (`maps`, each with madvise), `sample_bytes` each: counts what a
     reader touched and drops the touched pages from the resident set as it goes (DeviceData)."""
 
-    def __init__(self, maps: list, sample_bytes: int):
+    def __init__(self, maps: list, sample_bytes: int = 1):
         self._maps = maps
-        self.sample_bytes = max(int(sample_bytes), 1)
+        self._sample_bytes = sample_bytes
         self._touched = 0
+
+    @property
+    def sample_bytes(self) -> int:
+        return max(int(self._sample_bytes), 1)
 
     def touched(self, samples: int) -> None:
         """Count samples read through the mapping; past RELEASE_BYTES, release the resident pages. A
@@ -83,7 +87,12 @@ class MappedImages(MappedSamples):
             self.header = json.loads(handle.read(size))
             self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
         self._offset = 8 + size
-        super().__init__([self._map], int(np.prod(self.header["x_pool"]["shape"][1:])))
+        super().__init__([self._map])
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one uint8 image of x_pool (read when asked: an artifact without x_pool maps too)."""
+        return max(int(np.prod(self.header["x_pool"]["shape"][1:])), 1)
 
     def tensor(self, name: str) -> torch.Tensor:
         info = self.header[name]
