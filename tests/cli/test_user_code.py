@@ -129,6 +129,9 @@ def test_a_moved_file_rebuilds_from_the_stored_source(project, store, tmp_path, 
     monkeypatch.setenv("KDCLI_TRUST_CODE", "1")
     student = ok(project("distill", *DATA, "--model", "py:elsewhere.py:mlp", "--teacher", teacher))
     assert store.get(logits).manifest["parents"]["teacher"] == teacher
+    rebuild = project("artifacts", "lineage", logits).stdout.split("rebuild, in order:")[1].splitlines()
+    assert [line.strip().split()[1] for line in rebuild if line.strip()] == ["train-teacher", "cache-logits"]
+    assert rebuild[-1].endswith("--trust-code") and not rebuild[1].endswith("--trust-code")
     assert store.get(student).manifest["model"]["code"]["files"] == {"elsewhere.py": NETS}
 
 
