@@ -203,6 +203,8 @@ def test_feature_methods_tap_layers_by_name_and_sweeps_take_py_models(project, s
     student = ok(project("distill", *DATA, "--model", "py:nets.py:mlp", "--teacher", teacher, "--method", "rkd",
                          "--feature-pair", "teacher.head:student.2"))
     assert store.get(student).manifest["config"]["feature_pairs"] == ["teacher.head:student.2"]
+    mixed = ok(project("baseline", *DATA, "--model", "py:nets.py:mlp", "--augment", "mixup:0.4"))
+    assert store.get(mixed).manifest["augment"].startswith("mixup")  # mixing works on any shape
     swept = project("sweep", "baseline", *DATA, "--model", "py:nets.py:mlp", "--grid", "lr=0.01,0.003")
     assert swept.exit_code == 0 and "2 runs, 2 trained" in swept.stderr, swept.stderr
 
