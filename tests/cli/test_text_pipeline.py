@@ -106,6 +106,15 @@ def test_compare_tests_bits_per_byte_lower_is_better(lm):
     assert report["metric"] == "test_bpb" and report["higher_is_better"] is False
 
 
+def test_a_sweep_chooses_on_validation_bits_per_byte(lm):
+    result = lm["cli"]("sweep", "distill", "--logits", "table", "--model", "hf-causal:gpt2", *TINY, "--epochs", "1",
+                       "--alpha", "0.5", "--grid", "temperature=1,2", "--seeds", "0-1", *lm["data"], "--json")
+    assert result.exit_code == 0, result.stderr
+    sweep = json.loads(result.stdout)
+    assert sweep["select"] == "val_bpb" and sweep["select_higher_is_better"] is False
+    assert sweep["metric"] == "test_bpb" and sweep["best"] in ("temperature=1", "temperature=2")
+
+
 def test_an_online_teacher_distills_the_same_student(lm):
     store, cli, data = lm["store"], lm["cli"], lm["data"]
     result = cli("distill", "--teacher", "teacher", "--model", "hf-causal:gpt2", *TINY, "--epochs", "1",
@@ -182,6 +191,7 @@ BAD = [
     (["cache-logits", "kept-image", "--table", "topk:4", "--dataset", "digits", *CPU], "--table is for text corpora"),
     (["generate", "kept-image", "--prompt", "x"], "is not a language model"),
     (["baseline", "--context", "16", *CPU], "--context applies to text and python-docs only"),
+    (["baseline", "--model", "lm-student", "--split-seed", "3", *TEXT], "--split-seed and --val-fraction do not apply"),
 ]
 
 

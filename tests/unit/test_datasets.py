@@ -38,11 +38,11 @@ def _npz(root: Path) -> DataSpec:
 
 
 def _text(root: Path) -> DataSpec:
-    rng = np.random.default_rng(0)
-    (root / "corpus").mkdir(exist_ok=True)
+    """Ten small files: a folder corpus split by file (the tenth is the test split, the ninth validation)."""
+    (root / "text").mkdir(exist_ok=True)
     for i in range(10):
-        (root / "corpus" / f"doc{i}.txt").write_text("".join(rng.choice(list("abcdefgh "), 300)))
-    return DataSpec(name=f"text:{root / 'corpus'}", extra={"context": 8})
+        (root / "text" / f"{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps. " * (3 + i))
+    return DataSpec(name=f"text:{root / 'text'}", extra={"context": 16})
 
 
 def _vision(name: str, writer, torchvision_name: str | None = None):
@@ -68,7 +68,7 @@ INSTANCES = {
     "csv": lambda root, md5: _csv(root),
     "npz": lambda root, md5: _npz(root),
     "text": lambda root, md5: _text(root),
-    "python-docs": lambda root, md5: DataSpec(name="python-docs", extra={"context": 128}),
+    "python-docs": lambda root, md5: DataSpec(name="python-docs", extra={"context": 512}),
 }
 
 
@@ -84,7 +84,10 @@ def test_registered_data_set_loads_consistently(name, tmp_path, cifar_md5):  # n
     assert len(data.x_pool) == len(data.y_pool) and len(data.x_test) == len(data.y_test) > 0
     train, val = set(data.train_idx.tolist()), set(data.val_idx.tolist())
     assert train and not train & val and train | val <= set(range(len(data.x_pool)))
-    if data.task in ("classification", "lm"):  # a language model's targets: next-token ids
+    if data.task == "lm":  # next-token targets, masked (-100) past a document's end
+        targets = data.y_pool[data.y_pool != -100]
+        assert data.y_pool.dtype == torch.int64 and 0 <= int(targets.min()) and int(targets.max()) < data.num_outputs
+    elif data.task == "classification":
         assert data.y_pool.dtype == torch.int64 and int(data.y_pool.max()) < data.num_outputs
     else:
         assert data.task == "regression" and data.y_pool.is_floating_point() and data.num_outputs == 1
