@@ -1,6 +1,7 @@
 """Data sets: importing this package registers every loader."""
 
 from kdcli.data import (
+    arrays,  # noqa: F401  (registers loaders)
     digits,  # noqa: F401  (registers loaders)
     imagefolder,  # noqa: F401  (registers loaders)
     regression,  # noqa: F401  (registers loaders)
@@ -27,11 +28,14 @@ DATASET_HELP = {
     "python-docs": ("python-docs", "CPython's reference manual text (pydoc_data), about 465 KB of English, "
                                    "for language models; bundled"),
     "csv": ("csv:PATH", "your table: --target COLUMN; regression, or --task classification for integer labels"),
+    "npz": ("npz:PATH", "your arrays of any shape: a .npz (or folder of .npy) with x, y, x_test, y_test (x_val, "
+                        "y_val optional); integer y classifies, float y regresses (--task); normalized per "
+                        "feature from the training split (--normalize none); memory-mapped"),
 }
 
 
 def load_dataset(spec: DataSpec) -> DataSet:
-    """Load `spec.name`; a name may carry an argument after a colon (imagefolder:PATH, csv:PATH)."""
+    """Load `spec.name`; a name may carry an argument after a colon (imagefolder:PATH, csv:PATH, npz:PATH)."""
     base, _, arg = spec.name.partition(":")
     spec.arg = arg
     return DATASETS.get(base)(spec)
