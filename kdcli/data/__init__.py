@@ -4,6 +4,7 @@ from kdcli.data import (
     digits,  # noqa: F401  (registers loaders)
     imagefolder,  # noqa: F401  (registers loaders)
     regression,  # noqa: F401  (registers loaders)
+    synthetic,  # noqa: F401  (registers loaders)
     vision,  # noqa: F401  (registers loaders)
 )
 from kdcli.data.base import DATASETS, DataSet, DataSpec, fingerprint, split_pool
@@ -22,6 +23,8 @@ DATASET_HELP = {
                                                      "(--n-samples, --n-features, --noise)"),
     "diabetes": ("diabetes", "scikit-learn's diabetes progression, 10 features, regression; bundled"),
     "csv": ("csv:PATH", "your table: --target COLUMN; regression, or --task classification for integer labels"),
+    "synthetic": ("synthetic:REF", "inputs synthesized from a teacher (kdcli synthesize); tested on the teacher's "
+                                   "real test split when it loads, else on held-out synthetic inputs"),
 }
 
 

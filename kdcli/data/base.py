@@ -45,6 +45,7 @@ class DataSet:
     fingerprint: str = ""
     sources: tuple[str, ...] = ()
     mapped: object = None  # the MappedImages x_pool / x_test view when memory-mapped (kdcli.data.prepared)
+    evaluation: dict = field(default_factory=dict)  # what validates and tests, when not this set's own split
 
     def __post_init__(self):
         if not self.fingerprint:
@@ -76,7 +77,8 @@ class DataSet:
     def describe(self) -> dict:
         return {"name": self.name, "task": self.task, "input_shape": list(self.input_shape),
                 "num_outputs": self.num_outputs, "train": len(self.train_idx), "val": len(self.val_idx),
-                "test": len(self.y_test), "fingerprint": self.fingerprint}
+                "test": len(self.y_test), "fingerprint": self.fingerprint,
+                **({"evaluation": self.evaluation} if self.evaluation else {})}
 
 
 def split_pool(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:

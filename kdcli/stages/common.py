@@ -16,6 +16,7 @@ from kdcli.config import parse_kv
 from kdcli.data import DataSet, DataSpec, load_dataset
 from kdcli.errors import KdcliError, UsageError
 from kdcli.models import build_model
+from kdcli.models.quantize import is_quantized, prepare_qat
 from kdcli.models.registry import architecture_args
 from kdcli.models.zoo import load_weights
 from kdcli.reporting import Reporter
@@ -96,12 +97,15 @@ def model_spec(name: str, args: dict, data: DataSet) -> dict:
 
 def build_from_config(cfg, data: DataSet) -> tuple[nn.Module, dict]:
     """A fresh registry model for `data` (seed it first), initialized from --weights when given, and
-    its rebuildable spec."""
+    its rebuildable spec; with --quantize int8, fake-quantized for quantization-aware training."""
     args = parse_kv(cfg.model_args)
     spec = model_spec(cfg.model, args, data)
     model = build_model(cfg.model, data.input_shape, data.num_outputs, **args)
     if getattr(cfg, "weights", None):
         load_weights(model, cfg.weights, adapt=True)
+    if getattr(cfg, "quantize", "none") != "none":
+        spec["quantize"] = cfg.quantize
+        model = prepare_qat(model, data.input_shape)
     return model, spec
 
 
@@ -120,6 +124,8 @@ def load_model(store: Store, ref: str) -> tuple[nn.Module, Artifact]:
     artifact = store.get(ref, kind="model")
     spec = artifact.manifest["model"]
     model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_outputs"], **spec.get("args", {}))
+    if is_quantized(spec):
+        model = prepare_qat(model, tuple(spec["input_shape"]))
     try:
         model.load_state_dict(artifact.tensors())
     except RuntimeError as exc:

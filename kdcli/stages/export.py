@@ -34,8 +34,9 @@ from torch import nn
 
 from kdcli.data import DataSet
 from kdcli.engine import predict, test_metrics
-from kdcli.errors import KdcliError
+from kdcli.errors import KdcliError, UsageError
 from kdcli.models import parameter_count
+from kdcli.models.quantize import fold_int8_weights, frozen, is_quantized, output_step
 from kdcli.stages.common import RunContext, StageResult, load_model
 from kdcli.stages.configs import EXPORT_FORMATS, ExportConfig
 from kdcli.stages.registry import EXPORT
@@ -155,10 +156,22 @@ def _measure(runtime: Runtime, data: DataSet, x: torch.Tensor, cfg: ExportConfig
 
 
 def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> StageResult:
-    """Export, check and measure one model artifact; the export artifact is cached by model and options."""
+    """Export, check and measure one model artifact; the export artifact is cached by model and options.
+
+    A model trained with fake quantization (--quantize int8) exports as its int8 graph: the fake
+    quantization at its learned scales as QuantizeLinear / DequantizeLinear, the weights stored as int8;
+    its parity is against the fake-quantized PyTorch model, within --atol plus one step of the output
+    quantizer (a rounding tie that the runtime breaks the other way moves an output by one step)."""
     model, artifact = load_model(ctx.store, ref)
+    qat = is_quantized(artifact.manifest["model"])
+    if qat:
+        if cfg.format != "onnx" or not cfg.int8:
+            raise UsageError(f"{role} {artifact.id[:12]} was trained with fake quantization (--quantize int8): its "
+                             "export is an int8 ONNX graph; use --format onnx --int8")
+        model = frozen(model)
     data = data_of(artifact.manifest)
     cpu = torch.device("cpu")
+    atol = cfg.atol + (output_step(model) if qat else 0.0)
 
     def produce(key: str):
         classification = data.task == "classification"
@@ -167,14 +180,17 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
         with torch.no_grad():
             latency = _latencies(model, x, cfg, "pytorch")
         blob = onnx_bytes(model, x[:1], cfg.opset) if cfg.format == "onnx" else torchscript_bytes(model, x[:1])
+        if qat:
+            blob = fold_int8_weights(blob)
         runtime = onnx_runtime(blob) if cfg.format == "onnx" else torchscript_runtime(blob)
         outputs, measured, runtime_latency = _measure(runtime, data, x, cfg, "runtime")
         latency.update(runtime_latency, threads=torch.get_num_threads())
         check = parity(reference, outputs, classification)
         where = f"{role} {artifact.id[:12]}: the {cfg.format} export"
-        if check["max_abs_diff"] > cfg.atol:
+        if check["max_abs_diff"] > atol:
             raise KdcliError(f"{where} fails parity on {check['n']} test inputs: max |output difference| "
-                             f"{check['max_abs_diff']:.3g} > --atol {cfg.atol:g}; nothing was written")
+                             f"{check['max_abs_diff']:.3g} > {atol:.3g} (--atol {cfg.atol:g}"
+                             f"{' + one output step' if qat else ''}); nothing was written")
         if classification and check["agreement"] < cfg.min_agreement:
             raise KdcliError(f"{where} fails parity: argmax agreement {check['agreement']:.2f}% < "
                              f"--min-agreement {cfg.min_agreement:g}%; nothing was written")
@@ -182,7 +198,7 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
                    **{f"pytorch_{k}": v for k, v in test_metrics(data.task, reference, data.y_test).items()},
                    **measured, **{f"parity_{k}": v for k, v in check.items()}}
         tensors = {"export": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
-        if cfg.int8:
+        if cfg.int8 and not qat:
             quantized = int8_bytes(blob)
             _, measured8, latency8 = _measure(onnx_runtime(quantized), data, x, cfg, "int8")
             latency.update(latency8)
@@ -201,6 +217,7 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
                                                             else ""))
         # latency: wall-clock figures, kept beside the content (the store's volatile fields)
         return "export", tensors, {"format": cfg.format, "role": role, "metrics": metrics, "latency": latency,
+                                   "quantize": "int8" if qat else "none", "parity_atol": atol,
                                    "data_fingerprint": data.fingerprint, "data": data.describe(),
                                    "model": artifact.manifest["model"]}
 
@@ -212,7 +229,7 @@ def file_names(result: StageResult) -> dict[str, str]:
     """Tensor name -> file name in --out: ROLE.onnx / ROLE.int8.onnx / ROLE.pt."""
     manifest = result.artifact.manifest
     suffix = EXPORT_FORMATS[manifest["format"]]
-    names = {"export": f"{manifest['role']}{suffix}"}
+    names = {"export": f"{manifest['role']}{'.int8' if manifest.get('quantize') == 'int8' else ''}{suffix}"}
     if "export_int8" in result.artifact.tensor_names():
         names["export_int8"] = f"{manifest['role']}.int8{suffix}"
     return names
