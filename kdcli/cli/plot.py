@@ -51,3 +51,26 @@ def curves(
         emit(result, json_out, st, name)
 
     execute(run, debug)
+
+
+@app.command("synthetic")
+def synthetic(
+    ref: Annotated[str, typer.Argument(help="a synthesize artifact (name, id or id prefix)", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="PNG to write")] = Path("synthetic.png"),
+    per_class: Annotated[int, typer.Option("--per-class", help="images per class (row)")] = 8,
+    name: NameOpt = None, store: StoreOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+):
+    """A grid of synthesized inputs, one row per class the teacher gives them. Prints the report artifact id."""
+
+    def run():
+        from kdcli.stages.visualize import synthetic_grid  # imported late: keeps `kdcli --help` fast
+
+        check_names(name)
+        check_out_file(out, "--out")
+        st = open_store(store, write=True)
+        result = synthetic_grid(st, ref, out, per_class)
+        Reporter(quiet=quiet).info(f"wrote {out}")
+        emit(result, json_out, st, name)
+
+    execute(run, debug)

@@ -108,6 +108,14 @@ CASES = [
     (["baseline", "--n-samples", "100"], "--n-samples applies to synthetic-regression only"),
     (["baseline", "--image-size", "16"], "--image-size applies to imagefolder only"),
     (["baseline", "--task", "classification"], "--task applies to csv only"),
+    # synthesize and quantization-aware training (issue 25)
+    (["synthesize", "kept", "--n", "0"], "--n must be >= 1, got 0"),
+    (["synthesize", "kept", "--method", "dreaming"], "--method must be one of deepinversion, adi, entropy-tv, noise"),
+    (["synthesize", "kept", "--method", "entropy-tv", "--bn-weight", "1"], "--bn-weight is not a weight of --method"),
+    (["synthesize", "kept", "--method", "adi"], "--method adi needs --student MODEL_REF"),
+    (["synthesize"], "synthesize needs a TEACHER model artifact"),
+    (["baseline", "--quantize", "int4"], "--quantize must be one of none, int8"),
+    (["baseline", "--dataset", "synthetic:"], "--dataset synthetic:REF names a synthesize artifact"),
     # import-teacher
     (["import-teacher", "{tmp}/text.pt", "--model", "digits-teacher", *CPU], "is not a PyTorch checkpoint"),
     (["import-teacher", "{tmp}/pickle.pt", "--model", "digits-teacher", *CPU], "holds Python objects besides tensors"),
