@@ -45,7 +45,7 @@ def check_choice(name: str, value: str, choices) -> None:
 @dataclass
 class DataConfig:
     dataset: str = opt("digits", "data set: digits, mnist, fashion-mnist, cifar10, cifar100, imagefolder:PATH, "
-                                 "synthetic-regression, diabetes, csv:PATH")
+                                 "synthetic-regression, diabetes, csv:PATH, synthetic:REF (kdcli synthesize)")
     data_dir: str = opt("data", "directory holding downloaded data sets", key=False)
     download: bool = opt(False, "download the data set if missing (needs network)", key=False)
     split_seed: int = opt(0, "seed of the train/validation split of the training pool")

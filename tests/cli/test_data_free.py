@@ -109,3 +109,18 @@ def test_an_interrupted_synthesis_resumes_at_the_next_batch_with_the_same_inputs
     fresh = stage(cfg, RunContext(store=store, reporter=Reporter(quiet=True), force=True))
     assert len(resumed_calls) == 3 and not fresh.skipped
     assert torch.equal(resumed.artifact.tensor("x_pool"), fresh.artifact.tensor("x_pool"))
+
+
+def test_without_the_teachers_data_the_test_is_a_held_out_synthetic_part(tmp_path):
+    from kdcli.data import DataSpec, load_dataset
+
+    store = Store(tmp_path / "store")
+    tensors = {"x_pool": torch.rand(50, 1, 28, 28), "y_pool": torch.arange(50) % 10, "y_target": torch.arange(50) % 10,
+               "teacher_logits": torch.zeros(50, 10)}
+    manifest = {"stage": "synthesize", "num_outputs": 10, "class_names": [str(k) for k in range(10)],
+                "normalization": {"scale": 1 / 255, "mean": [0.1307], "std": [0.3081]},
+                "teacher_data": {"dataset": "mnist", "data_dir": str(tmp_path / "no-mnist-here")}, "parents": {}}
+    store.set_ref("made", store.put("data", tensors, manifest).id)
+    data = load_dataset(DataSpec(name="synthetic:made", store=store, val_fraction=0.25))
+    assert data.evaluation["test"] == "held-out synthetic inputs (no real data)"
+    assert (len(data.y_test), len(data.train_idx), len(data.val_idx)) == (10, 30, 10)
