@@ -303,7 +303,7 @@ data-free: install
 	$(BIN)/python bench/paired_table.py --title "digits test accuracy (%), $(DEMO_STUDENT), seeds $(SEEDS)" \
 	  --group "real-data baseline|$$base|test_acc" --group "real-data KD|$$kd|test_acc" \
 	  --group "noise KD|$$noise|test_acc" --group "data-free KD|$$di|test_acc" \
-	  --test "data-free KD>noise KD" --test "data-free KD-real-data KD" --test "real-data KD>real-data baseline" \
+	  --test "data-free KD > noise KD" --test "data-free KD vs real-data KD" --test "real-data KD > real-data baseline" \
 	  --out $(REPORTS)/data-free.md
 
 # Quantization-aware distillation (seed 004 section 9.3, issue 25) on digits with the demo's teacher
@@ -341,5 +341,5 @@ qat: install
 	  --group "float KD + PTQ int8|$$kd|int8_test_acc|int8_file_bytes|int8_b64" \
 	  --group "QAT-KD int8|$$qkd|test_acc|file_bytes|runtime_b64" \
 	  --group "QAT baseline int8|$$qbase|test_acc|file_bytes|runtime_b64" \
-	  --test "QAT-KD int8>float KD + PTQ int8" --test "QAT-KD int8>QAT baseline int8" --test "QAT-KD int8-float KD" \
+	  --test "QAT-KD int8 > float KD + PTQ int8" --test "QAT-KD int8 > QAT baseline int8" --test "QAT-KD int8 vs float KD" \
 	  --out $(REPORTS)/qat.md

@@ -3,7 +3,7 @@ side per seed, and paired tests between them.
 
 Each --group is LABEL|REFS|ACC[|SIZE|LATENCY]: REFS comma-separated in seed order; ACC, SIZE and
 LATENCY name a figure of each artifact (its metrics, else its latency record), e.g. test_acc,
-int8_file_bytes, runtime_b64. Each --test is A>B (one-sided: A better than B) or A-B (two-sided),
+int8_file_bytes, runtime_b64. Each --test is "A > B" (one-sided: A better than B) or "A vs B" (two-sided),
 paired by seed (kdcli.stats: paired t-test, Wilcoxon signed-rank, the difference's 95% CI). The
 groups' training data may differ (synthetic inputs): `kdcli compare` refuses that, so pairing here
 is by seed, each group tested on the same test split (the script checks the test set sizes agree).
@@ -61,8 +61,8 @@ def render(groups: list[dict], tests: list[str], title: str) -> str:
     by_label = {g["label"]: g for g in groups}
     lines += ["", "| test | mean difference [95% CI] | paired t p | Wilcoxon p | wins |", "|---|---|---|---|---|"]
     for test in tests:
-        one_sided = ">" in test
-        a, b = test.split(">" if one_sided else "-", 1)
+        one_sided = " > " in test
+        a, b = test.split(" > " if one_sided else " vs ", 1)
         x, y = by_label[a]["acc"], by_label[b]["acc"]
         c = stats.paired_comparison(x, y, "greater" if one_sided else "two-sided")
         wins = sum(p > q for p, q in zip(x, y, strict=True))
@@ -75,7 +75,7 @@ def render(groups: list[dict], tests: list[str], title: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group", action="append", required=True, help="LABEL|REFS|ACC[|SIZE|LATENCY]")
-    parser.add_argument("--test", action="append", default=[], help="A>B (one-sided) or A-B (two-sided)")
+    parser.add_argument("--test", action="append", default=[], help='"A > B" (one-sided) or "A vs B" (two-sided)')
     parser.add_argument("--title", default="test accuracy per seed (%)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here (markdown)")
     parser.add_argument("--store", type=Path, default=None, help="artifact store (default: KDCLI_STORE or ./artifacts)")
