@@ -124,3 +124,14 @@ def test_without_the_teachers_data_the_test_is_a_held_out_synthetic_part(tmp_pat
     data = load_dataset(DataSpec(name="synthetic:made", store=store, val_fraction=0.25))
     assert data.evaluation["test"] == "held-out synthetic inputs (no real data)"
     assert (len(data.y_test), len(data.train_idx), len(data.val_idx)) == (10, 30, 10)
+
+
+def test_adi_runs_with_a_student_and_records_it(teachers):
+    cli, store, _ = teachers
+    result = cli("synthesize", "t", *TINY, "--method", "adi", "--student", "plain", "--adi-weight", "0.5", "--json", "-q")
+    assert result.exit_code == 0, result.stderr
+    manifest = store.get(json.loads(result.stdout)["id"]).manifest
+    assert manifest["parents"] == {"teacher": store.resolve("t"), "student": store.resolve("plain")}
+    assert manifest["weights"]["adi_weight"] == 0.5 and "final_competition" in manifest["metrics"]
+    wrong = cli("synthesize", "t", *TINY, "--method", "adi", "--student", "rgb")
+    assert wrong.exit_code == 2 and "student" in wrong.stderr and "(3, 8, 8)" in wrong.stderr
