@@ -313,9 +313,10 @@ data-free: install
 # its int8 graph; and the QAT baseline without a teacher. Accuracy on the test split in onnxruntime,
 # file size and CPU latency at batch 64 (median of 20, one thread); paired tests over SEEDS.
 QAT_OUT = $(REPORTS)/qat
+QAT_LOG = $(REPORTS)/.qat-export.log
 .PHONY: qat
 qat: install
-	@set -e; \
+	@set -e; mkdir -p $(QAT_OUT); \
 	echo "== teacher and its logit table"; $(DEMO_TEACHER); \
 	kd=; qkd=; qbase=; \
 	for s in $(SEEDS); do \
@@ -329,9 +330,11 @@ qat: install
 	done; \
 	echo "== exports (one at a time, nothing else running: their latencies are measured)"; \
 	for s in $(SEEDS); do \
-	  KDCLI_THREADS=1 $(KD) export demo/kd-s$$s --int8 --max-drop 100 --out $(QAT_OUT)/kd-s$$s --name qat/kd-export-s$$s -q >/dev/null; \
+	  KDCLI_THREADS=1 $(KD) export demo/kd-s$$s --int8 --max-drop 100 --out $(QAT_OUT)/kd-s$$s --name qat/kd-export-s$$s \
+	    -q >/dev/null 2>$(QAT_LOG) || { cat $(QAT_LOG) >&2; exit 1; }; \
 	  for run in qat-kd qat-baseline; do \
-	    KDCLI_THREADS=1 $(KD) export qat/$$run-s$$s --int8 --out $(QAT_OUT)/$$run-s$$s --name qat/$$run-export-s$$s -q >/dev/null; \
+	    KDCLI_THREADS=1 $(KD) export qat/$$run-s$$s --int8 --out $(QAT_OUT)/$$run-s$$s --name qat/$$run-export-s$$s \
+	      -q >/dev/null 2>$(QAT_LOG) || { cat $(QAT_LOG) >&2; exit 1; }; \
 	  done; \
 	  kd=$${kd:+$$kd,}qat/kd-export-s$$s; qkd=$${qkd:+$$qkd,}qat/qat-kd-export-s$$s; \
 	  qbase=$${qbase:+$$qbase,}qat/qat-baseline-export-s$$s; \

@@ -46,6 +46,7 @@ class DataSet:
     sources: tuple[str, ...] = ()
     mapped: object = None  # the MappedImages x_pool / x_test view when memory-mapped (kdcli.data.prepared)
     evaluation: dict = field(default_factory=dict)  # what validates and tests, when not this set's own split
+    parents: dict = field(default_factory=dict)  # artifacts the data is made of {role: id}: a run's parents too
 
     def __post_init__(self):
         if not self.fingerprint:

@@ -55,4 +55,5 @@ def load_synthetic(spec: DataSpec) -> DataSet:
     return DataSet(name=f"synthetic:{artifact.id[:12]}", task="classification", x_pool=x, y_pool=y,
                    train_idx=train_idx, val_idx=val_idx, x_test=x_test, y_test=y_test,
                    num_outputs=manifest["num_outputs"], scale=norm["scale"], mean=tuple(norm["mean"]),
-                   std=tuple(norm["std"]), class_names=list(manifest["class_names"]), evaluation=evaluation)
+                   std=tuple(norm["std"]), class_names=list(manifest["class_names"]), evaluation=evaluation,
+                   parents={"synthetic": artifact.id})

@@ -57,6 +57,7 @@ def test_distill_on_synthetic_inputs_tests_on_the_real_test_split(teachers, tmp_
     result = cli("distill", "--dataset", "synthetic:syn", "--teacher", "t", "--epochs", "1", "--json", "-q")
     assert result.exit_code == 0, result.stderr
     run = store.get(json.loads(result.stdout)["id"])
+    assert run.manifest["parents"]["synthetic"] == store.resolve("syn")  # lineage and gc see the inputs
     data = run.manifest["data"]
     assert data["evaluation"] == {"validation": "held-out synthetic inputs", "test": "real test split of digits"}
     assert data["test"] == 360 and data["train"] + data["val"] == 24
