@@ -30,6 +30,20 @@ def _imagefolder(root: Path) -> DataSpec:
     return DataSpec(name=f"imagefolder:{root / 'imgs'}", val_fraction=0.25, extra={"image_size": 8})
 
 
+def _synthetic(root: Path) -> DataSpec:
+    """A synthesize artifact (kdcli.stages.synthesize's tensors and manifest) of a digits teacher."""
+    from kdcli.store import Store
+
+    store = Store(root / "store")
+    tensors = {"x_pool": torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 16, "y_pool": torch.arange(30) % 10,
+               "y_target": torch.arange(30) % 10, "teacher_logits": torch.zeros(30, 10)}
+    manifest = {"stage": "synthesize", "num_outputs": 10, "class_names": [str(k) for k in range(10)],
+                "normalization": {"scale": 1 / 16, "mean": [0.3], "std": [0.38]},
+                "teacher_data": {"dataset": "digits"}, "parents": {}}
+    artifact = store.put("data", tensors, manifest)
+    return DataSpec(name=f"synthetic:{artifact.id}", store=store)
+
+
 def _vision(name: str, writer, torchvision_name: str | None = None):
     def make(root: Path, md5) -> DataSpec:
         writer(root) if torchvision_name is None else writer(root, torchvision_name)
@@ -51,6 +65,7 @@ INSTANCES = {
     "synthetic-regression": lambda root, md5: DataSpec(name="synthetic-regression", extra={"n_samples": 60}),
     "diabetes": lambda root, md5: DataSpec(name="diabetes"),
     "csv": lambda root, md5: _csv(root),
+    "synthetic": lambda root, md5: _synthetic(root),
 }
 
 
