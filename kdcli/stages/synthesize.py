@@ -106,19 +106,22 @@ class Inversion:
         return x.detach(), {k: float(v.detach()) for k, v in terms.items()}
 
 
-def pixel_range(data, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The normalized values of pixels 0 and 1 (after the loader's scaling), per channel (1, C, 1, 1)."""
+def _mean_std(data) -> tuple[torch.Tensor, torch.Tensor]:
+    """The data set's per-channel normalization (1, C, 1, 1) each (0 and 1 when it has none)."""
     channels = data.input_shape[0]
     mean = torch.tensor(data.mean or (0.0,) * channels).view(1, -1, 1, 1)
-    std = torch.tensor(data.std or (1.0,) * channels).view(1, -1, 1, 1)
+    return mean, torch.tensor(data.std or (1.0,) * channels).view(1, -1, 1, 1)
+
+
+def pixel_range(data, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalized values of pixels 0 and 1 (after the loader's scaling), per channel (1, C, 1, 1)."""
+    mean, std = _mean_std(data)
     return ((0 - mean) / std).to(device), ((1 - mean) / std).to(device)
 
 
 def to_raw(x: torch.Tensor, data) -> torch.Tensor:
     """Normalized inputs -> the raw value range of `data` (the inverse of DataSet.prepare)."""
-    channels = data.input_shape[0]
-    mean = torch.tensor(data.mean or (0.0,) * channels).view(1, -1, 1, 1)
-    std = torch.tensor(data.std or (1.0,) * channels).view(1, -1, 1, 1)
+    mean, std = _mean_std(data)
     return ((x.cpu() * std + mean) / data.scale).float()
 
 
@@ -171,7 +174,7 @@ def synthesize(cfg: SynthesizeConfig, ctx: RunContext) -> StageResult:
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + number)
             x, terms = inversion.batch(targets[start:start + cfg.batch_size], tuple(spec["input_shape"]), resolved,
                                        generator, device)
-            done, batches = torch.cat([done, x.cpu()]), [*batches, torch.tensor([terms.get(k, 0.0) for k in TERMS])]
+            done, batches = torch.cat([done, x.cpu()]), [*batches, terms]
             checkpoint.save({"x": done, "terms": batches})
             elapsed = time.monotonic() - started
             eta = elapsed / (number + 1 - resumed) * (len(starts) - number - 1)
@@ -184,11 +187,10 @@ def synthesize(cfg: SynthesizeConfig, ctx: RunContext) -> StageResult:
             logits = torch.cat([model(done[i:i + cfg.eval_batch_size].to(device)).float().cpu()
                                 for i in range(0, cfg.n, cfg.eval_batch_size)])
         labels = logits.argmax(1)
-        final_terms = torch.stack(batches).mean(0) if batches else torch.zeros(len(TERMS))
         metrics = {"target_agreement": 100.0 * float((labels == targets).float().mean()),
                    "teacher_confidence": float(logits.softmax(1).max(1).values.mean()),
                    "classes_hit": int(labels.unique().numel()),
-                   **{f"final_{k}": float(v) for k, v in zip(TERMS, final_terms) if k in _terms_of(cfg.method)}}
+                   **{f"final_{k}": sum(b[k] for b in batches) / len(batches) for k in (batches or [{}])[0]}}
         ctx.reporter.info(f"synthesize: the teacher gives the target class to {metrics['target_agreement']:.1f}% of "
                           f"the inputs (mean confidence {metrics['teacher_confidence']:.3f}, "
                           f"{metrics['classes_hit']} classes)")
@@ -204,10 +206,3 @@ def synthesize(cfg: SynthesizeConfig, ctx: RunContext) -> StageResult:
 
     return run_cached(ctx, SYNTHESIZE, resolved, inputs, produce, seed=cfg.seed)
 
-
-TERMS = ("ce", "bn", "tv", "l2", "competition", "entropy")  # the order of a batch's recorded terms
-
-
-def _terms_of(method: str) -> tuple[str, ...]:
-    return {"deepinversion": ("ce", "bn", "tv", "l2"), "adi": ("ce", "bn", "tv", "l2", "competition"),
-            "entropy-tv": ("entropy", "tv"), "noise": ()}[method]
