@@ -241,3 +241,30 @@ def training_curves(histories: dict[str, Sequence[dict]], out) -> Path:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.suptitle(f"Training curves ({len(histories)} run{'s' if len(histories) != 1 else ''})")
     return Path(out)
+
+
+def image_grid(images: np.ndarray, labels: Sequence[int], class_names: Sequence[str], per_class: int, out,
+               title: str) -> Path:
+    """A grid of images (N, C, H, W) with values in [0, 1]: one row per class (its first `per_class`
+    images by `labels`), grey for one channel, RGB for three."""
+    if not len(images):
+        raise UsageError("nothing to plot: no images")
+    labels = np.asarray(labels)
+    rows = len(class_names)
+    with _figure(out, nrows=rows, ncols=per_class, figsize=(1.1 * per_class + 1, 1.1 * rows + 0.6)) as (fig, axes):
+        for row, name in enumerate(class_names):
+            chosen = np.flatnonzero(labels == row)[:per_class]
+            for column in range(per_class):
+                ax = axes[row * per_class + column]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if column < len(chosen):
+                    image = images[chosen[column]]
+                    shown = image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0))
+                    ax.imshow(shown, cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1)
+                else:
+                    ax.axis("off")
+                if column == 0:
+                    ax.set_ylabel(f"{name} ({len(np.flatnonzero(labels == row))})", fontsize=8)
+        fig.suptitle(title, fontsize=10)
+    return Path(out)

@@ -45,9 +45,10 @@ def export_rows(result) -> list[list[str]]:
         return hf_rows(result)
     agree = m.get("parity_agreement")
     runtime = "onnxruntime" if fmt == "onnx" else "torchscript"
-    rows = [[role, "pytorch", f"{m['params']:,}", "", f"{ms['pytorch_b1']:.3f}", f"{ms['pytorch_b64']:.3f}",
+    quantized = manifest.get("quantize") == "int8"  # a QAT model: fake-quantized in PyTorch, int8 in the runtime
+    rows = [[role, "pytorch fake-quant" if quantized else "pytorch", f"{m['params']:,}", "", f"{ms['pytorch_b1']:.3f}", f"{ms['pytorch_b64']:.3f}",
              _metric(m, "pytorch_"), "", ""],
-            [role, runtime, f"{m['params']:,}", _size(m["file_bytes"]), f"{ms['runtime_b1']:.3f}",
+            [role, f"{runtime} int8" if quantized else runtime, f"{m['params']:,}", _size(m["file_bytes"]), f"{ms['runtime_b1']:.3f}",
              f"{ms['runtime_b64']:.3f}", _metric(m, ""), f"{m['parity_max_abs_diff']:.2g}",
              "" if agree is None else f"{agree:.2f}%"]]
     if "int8_file_bytes" in m:

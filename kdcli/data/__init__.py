@@ -5,6 +5,7 @@ from kdcli.data import (
     digits,  # noqa: F401  (registers loaders)
     imagefolder,  # noqa: F401  (registers loaders)
     regression,  # noqa: F401  (registers loaders)
+    synthetic,  # noqa: F401  (registers loaders)
     text,  # noqa: F401  (registers loaders)
     vision,  # noqa: F401  (registers loaders)
 )
@@ -31,6 +32,8 @@ DATASET_HELP = {
     "npz": ("npz:PATH", "your arrays of any shape: a .npz (or folder of .npy) with x, y, x_test, y_test (x_val, "
                         "y_val optional); integer y classifies, float y regresses (--task); normalized per "
                         "feature from the training split (--normalize none); memory-mapped"),
+    "synthetic": ("synthetic:REF", "inputs synthesized from a teacher (kdcli synthesize); tested on the teacher's "
+                                   "real test split when it loads, else on held-out synthetic inputs"),
 }
 
 

@@ -46,6 +46,8 @@ class DataSet:
     sources: tuple[str, ...] = ()
     mapped: object = None  # the MappedImages x_pool / x_test view when memory-mapped (kdcli.data.prepared)
     normalization: dict = field(default_factory=dict)  # how a loader normalized, for the record (npz)
+    evaluation: dict = field(default_factory=dict)  # what validates and tests, when not this set's own split
+    parents: dict = field(default_factory=dict)  # artifacts the data is made of {role: id}: a run's parents too
 
     def __post_init__(self):
         if not self.fingerprint:
@@ -78,7 +80,8 @@ class DataSet:
         return {"name": self.name, "task": self.task, "input_shape": list(self.input_shape),
                 "num_outputs": self.num_outputs, "train": len(self.train_idx), "val": len(self.val_idx),
                 "test": len(self.y_test), "fingerprint": self.fingerprint,
-                **({"normalization": self.normalization} if self.normalization else {})}
+                **({"normalization": self.normalization} if self.normalization else {}),
+                **({"evaluation": self.evaluation} if self.evaluation else {})}
 
 
 def split_pool(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:

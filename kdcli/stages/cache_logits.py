@@ -156,5 +156,6 @@ def cache_logits(cfg: CacheLogitsConfig, ctx: RunContext) -> StageResult:
                           f"teacher test acc {teacher_metrics['teacher_test_acc']:.2f}%")
         return "logits", tensors, manifest
 
-    return run_cached(ctx, CACHE_LOGITS, cfg, {"data": data.fingerprint, "teacher": artifact.id}, produce)
+    return run_cached(ctx, CACHE_LOGITS, cfg, {"data": data.fingerprint, **data.parents, "teacher": artifact.id},
+                      produce)
 

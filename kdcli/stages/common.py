@@ -22,6 +22,7 @@ from kdcli.data.tokenizers import DEFAULT_TOKENIZER
 from kdcli.errors import KdcliError, UsageError
 from kdcli.models import build_model
 from kdcli.models.causal_lm import CausalLM
+from kdcli.models.quantize import is_quantized, prepare_qat
 from kdcli.models.registry import architecture_args
 from kdcli.models.zoo import load_weights
 from kdcli.reporting import Reporter
@@ -121,12 +122,15 @@ def code_hashes(cfg) -> dict[str, str]:
 
 def build_from_config(cfg, data: DataSet) -> tuple[nn.Module, dict]:
     """A fresh registry model for `data` (seed it first), initialized from --weights when given, and
-    its rebuildable spec."""
+    its rebuildable spec; with --quantize int8, fake-quantized for quantization-aware training."""
     args = parse_kv(cfg.model_args)
     spec = model_spec(cfg.model, args, data)
     model = build_model(cfg.model, data.input_shape, data.num_outputs, **args)
     if getattr(cfg, "weights", None):
         load_weights(model, cfg.weights, adapt=True)
+    if getattr(cfg, "quantize", "none") != "none":
+        spec["quantize"] = cfg.quantize
+        model = prepare_qat(model, data.input_shape)
     return model, spec
 
 
@@ -146,6 +150,8 @@ def load_model(store: Store, ref: str) -> tuple[nn.Module, Artifact]:
     spec = artifact.manifest["model"]
     model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_outputs"], code=spec.get("code"),
                         where=f"model artifact {artifact.id[:12]}", **spec.get("args", {}))
+    if is_quantized(spec):
+        model = prepare_qat(model, tuple(spec["input_shape"]))
     try:
         model.load_state_dict(artifact.tensors())
     except RuntimeError as exc:

@@ -17,6 +17,17 @@ MONITORS = ("val_loss", "val_acc", "val_kl")
 PRECISIONS = ("fp32", "bf16", "fp16")
 EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "hf": ""}  # export format -> file suffix (hf: a directory)
 ZOO_PREFIXES = ("timm:", "torchvision:")  # import-teacher sources built by kdcli.models.zoo
+QUANTIZE = ("none", "int8")  # --quantize: float training, or int8 fake quantization (kdcli.models.quantize)
+# synthesize --method -> the weights it reads, with their defaults: DeepInversion's are Yin et al. 2020's
+# CIFAR-10 settings as NVlabs/DeepInversion runs them (BN 10, TV 2.5e-5, L2 3e-8, CE 1), ADI's
+# competition weight 0.2; entropy-tv's are seed 004's (entropy 1, TV 1e-4); noise optimizes nothing
+SYNTHESIS_METHODS = {
+    "deepinversion": {"ce_weight": 1.0, "bn_weight": 10.0, "tv_weight": 2.5e-5, "l2_weight": 3e-8},
+    "adi": {"ce_weight": 1.0, "bn_weight": 10.0, "tv_weight": 2.5e-5, "l2_weight": 3e-8, "adi_weight": 0.2},
+    "entropy-tv": {"entropy_weight": 1.0, "tv_weight": 1e-4},
+    "noise": {},
+}
+SYNTHESIS_WEIGHTS = ("ce_weight", "bn_weight", "tv_weight", "l2_weight", "adi_weight", "entropy_weight")
 
 
 TASKS = ("regression", "classification")
@@ -37,8 +48,8 @@ def check_choice(name: str, value: str, choices) -> None:
 @dataclass
 class DataConfig:
     dataset: str = opt("digits", "data set: digits, mnist, fashion-mnist, cifar10, cifar100, imagefolder:PATH, "
-                                 "synthetic-regression, diabetes, csv:PATH, npz:PATH, python-docs, text:PATH "
-                                 "(see 'kdcli datasets')")
+                                 "synthetic-regression, diabetes, csv:PATH, npz:PATH, python-docs, text:PATH, "
+                                 "synthetic:REF (kdcli synthesize; see 'kdcli datasets')")
     data_dir: str = opt("data", "directory holding downloaded data sets", key=False)
     download: bool = opt(False, "download the data set if missing (needs network)", key=False)
     split_seed: int = opt(0, "seed of the train/validation split of the training pool")
@@ -106,6 +117,8 @@ class TrainConfig(DataConfig):
     augment: str = opt("auto", "augmentation: auto (the data set's default), none, or e.g. crop:4,flip")
     seed: int = opt(0, "seed of weights initialization, batch order and augmentation draws")
     precision: str = opt("fp32", "fp32, or bf16/fp16 autocast on CUDA")
+    quantize: str = opt("none", "none, or int8: quantization-aware training, the model fake-quantized (int8 "
+                                "weights and activations) in every forward pass and its loss on those outputs")
     compile: bool = opt(False, "torch.compile the model (CUDA)", key=False)
     checkpoint_every: float = opt(30.0, "seconds between resumable checkpoints (also written after the first "
                                         "and the last epoch and on Ctrl-C / SIGTERM; 0 = every epoch)", key=False)
@@ -135,6 +148,9 @@ class TrainConfig(DataConfig):
         if self.is_text and self.augment not in ("auto", "none"):
             raise UsageError(f"--augment {self.augment}: views and mixing are for images and tables; a text "
                              "corpus trains on its windows as they are (drop --augment)")
+        check_choice("quantize", self.quantize, QUANTIZE)
+        if self.quantize != "none" and self.compile:
+            raise UsageError("--quantize int8 trains an FX graph that --compile does not take; drop --compile")
 
 
 @dataclass
@@ -295,6 +311,62 @@ class ImportConfig(InferenceConfig):
                                  "(or --model-arg pretrained=true to fetch the library's own, online)")
         elif not self.source.startswith("hf:") and not self.model:
             raise UsageError("--model names the registry model that receives torch.hub or checkpoint weights")
+
+
+@dataclass
+class SynthesizeConfig:
+    """The synthesize stage: synthetic inputs inverted from a teacher (data-free distillation). Weights
+    default to None: the method's defaults (SYNTHESIS_METHODS) fill the ones it reads."""
+
+    teacher: str = opt("", "teacher model artifact to invert", key=False)
+    method: str = opt("deepinversion", "deepinversion (BN statistics, CE to sampled classes, TV and L2 priors; "
+                                       "Yin et al. 2020), adi (adds the competition with --student), entropy-tv "
+                                       "(seed 004's entropy + TV objective) or noise (Gaussian inputs, no optimization)")
+    student: str | None = opt(None, "adi: the student model artifact whose disagreement with the teacher is sought",
+                              key=False)
+    n: int = opt(1536, "number of synthetic inputs")
+    batch_size: int = opt(256, "inputs optimized together (the BN statistics are a batch's)")
+    iterations: int = opt(2000, "optimizer steps per batch")
+    lr: float = opt(0.05, "Adam learning rate on the inputs")
+    seed: int = opt(0, "seed of the initial noise, the target classes, jitter and flips")
+    balance: str = opt("balanced", "target classes: balanced (equal counts, shuffled) or random (uniform draws)")
+    jitter: int = opt(2, "random shift of up to this many pixels per step (rolled), as DeepInversion does; 0 = none")
+    flip: bool = opt(True, "random horizontal flip per step (turn off for digits and text)")
+    ce_weight: float | None = opt(None, "deepinversion, adi: weight of the CE to the target classes (default 1)")
+    bn_weight: float | None = opt(None, "deepinversion, adi: weight of the BN-statistics term (default 10)")
+    tv_weight: float | None = opt(None, "weight of the total-variation prior (deepinversion, adi: L2, default "
+                                        "2.5e-5; entropy-tv: L1, default 1e-4)")
+    l2_weight: float | None = opt(None, "deepinversion, adi: weight of the L2 prior (default 3e-8)")
+    adi_weight: float | None = opt(None, "adi: weight of the competition term 1 - JS (default 0.2)")
+    entropy_weight: float | None = opt(None, "entropy-tv: weight of the teacher's entropy (default 1)")
+    eval_batch_size: int = opt(512, "batch size of the teacher's final pass over the inputs", key=False)
+
+    def validate(self) -> None:
+        if not self.teacher:
+            raise UsageError("synthesize needs a TEACHER model artifact")
+        check_choice("method", self.method, SYNTHESIS_METHODS)
+        check_choice("balance", self.balance, ("balanced", "random"))
+        for name, low in (("n", 1), ("batch_size", 1), ("iterations", 1), ("jitter", 0), ("eval_batch_size", 1)):
+            if getattr(self, name) < low:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        reads = SYNTHESIS_METHODS[self.method]
+        for name in SYNTHESIS_WEIGHTS:
+            value = getattr(self, name)
+            if value is not None and name not in reads:
+                raise UsageError(f"--{name.replace('_', '-')} is not a weight of --method {self.method} (it reads "
+                                 f"{', '.join('--' + w.replace('_', '-') for w in reads) or 'none'}); drop it")
+            if value is not None and not value >= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if (self.method == "adi") != bool(self.student):
+            raise UsageError("--method adi needs --student MODEL_REF" if self.method == "adi"
+                             else f"--student is read by --method adi only, not {self.method}")
+
+    def weights(self) -> dict[str, float]:
+        """The weights the method reads: the given values, else the method's defaults."""
+        return {name: default if getattr(self, name) is None else getattr(self, name)
+                for name, default in SYNTHESIS_METHODS[self.method].items()}
 
 
 @dataclass

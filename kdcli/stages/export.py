@@ -37,6 +37,7 @@ from kdcli.data import DataSet
 from kdcli.engine import IGNORE, predict, test_metrics
 from kdcli.errors import KdcliError, UsageError
 from kdcli.models import parameter_count
+from kdcli.models.quantize import fold_int8_weights, frozen, is_quantized, output_step
 from kdcli.stages.common import RunContext, StageResult, data_of, load_model
 from kdcli.stages.configs import EXPORT_FORMATS, ExportConfig
 from kdcli.stages.registry import EXPORT
@@ -82,11 +83,14 @@ def torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def onnx_runtime(blob: bytes) -> Runtime:
-    """A CPU onnxruntime InferenceSession on `blob`, with as many threads as torch uses."""
+def onnx_runtime(blob: bytes, optimized: bool = True) -> Runtime:
+    """A CPU onnxruntime InferenceSession on `blob`, with as many threads as torch uses; `optimized=False`
+    runs the graph node by node as written (no fusion into int8 kernels)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
+    if not optimized:
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
@@ -215,7 +219,14 @@ def export_hf_one(cfg: ExportConfig, ctx: RunContext, model, artifact, data: Dat
 
 
 def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> StageResult:
-    """Export, check and measure one model artifact; the export artifact is cached by model and options."""
+    """Export, check and measure one model artifact; the export artifact is cached by model and options.
+
+    A model trained with fake quantization (--quantize int8) exports as its int8 graph: the fake
+    quantization at its learned scales as QuantizeLinear / DequantizeLinear, the weights stored as int8.
+    Its parity is against the fake-quantized PyTorch model: the graph run node by node must match it
+    within --atol; the session that is timed and measured fuses the graph into int8 kernels, whose
+    integer requantization moves some outputs by a step or two, so it must agree on the argmax
+    (--min-agreement), and its max |difference| is recorded."""
     model, artifact = load_model(ctx.store, ref)
     data = data_of(artifact.manifest, store=ctx.store)
     if (data.task == "lm") != (cfg.format == "hf"):
@@ -223,6 +234,12 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
                          "directory); image and table models as onnx or torchscript")
     if cfg.format == "hf":
         return export_hf_one(cfg, ctx, model, artifact, data, role)
+    qat = is_quantized(artifact.manifest["model"])
+    if qat:
+        if cfg.format != "onnx" or not cfg.int8:
+            raise UsageError(f"{role} {artifact.id[:12]} was trained with fake quantization (--quantize int8): its "
+                             "export is an int8 ONNX graph; use --format onnx --int8")
+        model = frozen(model)
     cpu = torch.device("cpu")
 
     def produce(key: str):
@@ -232,22 +249,30 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
         with torch.no_grad():
             latency = _latencies(model, x, cfg, "pytorch")
         blob = onnx_bytes(model, x[:1], cfg.opset) if cfg.format == "onnx" else torchscript_bytes(model, x[:1])
+        if qat:
+            blob = fold_int8_weights(blob)
         runtime = onnx_runtime(blob) if cfg.format == "onnx" else torchscript_runtime(blob)
         outputs, measured, runtime_latency = _measure(runtime, data, x, cfg, "runtime")
         latency.update(runtime_latency, threads=torch.get_num_threads())
         check = parity(reference, outputs, classification)
         where = f"{role} {artifact.id[:12]}: the {cfg.format} export"
-        if check["max_abs_diff"] > cfg.atol:
+        exact = parity(reference, run_batched(onnx_runtime(blob, optimized=False), x, cfg.eval_batch_size),
+                       classification) if qat else check
+        if exact["max_abs_diff"] > cfg.atol:
             raise KdcliError(f"{where} fails parity on {check['n']} test inputs: max |output difference| "
-                             f"{check['max_abs_diff']:.3g} > --atol {cfg.atol:g}; nothing was written")
+                             f"{exact['max_abs_diff']:.3g} > --atol {cfg.atol:g}"
+                             f"{' (the graph run node by node)' if qat else ''}; nothing was written")
         if classification and check["agreement"] < cfg.min_agreement:
             raise KdcliError(f"{where} fails parity: argmax agreement {check['agreement']:.2f}% < "
                              f"--min-agreement {cfg.min_agreement:g}%; nothing was written")
         metrics = {"params": parameter_count(model), "file_bytes": len(blob),
                    **{f"pytorch_{k}": v for k, v in test_metrics(data.task, reference, data.y_test).items()},
                    **measured, **{f"parity_{k}": v for k, v in check.items()}}
+        if qat:  # the int8 kernels' max |difference| in steps of the output quantizer, and the exact graph's
+            metrics.update(parity_unfused_max_abs_diff=exact["max_abs_diff"],
+                           parity_output_steps=check["max_abs_diff"] / output_step(model))
         tensors = {"export": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
-        if cfg.int8:
+        if cfg.int8 and not qat:
             quantized = int8_bytes(blob)
             _, measured8, latency8 = _measure(onnx_runtime(quantized), data, x, cfg, "int8")
             latency.update(latency8)
@@ -266,6 +291,7 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
                                                             else ""))
         # latency: wall-clock figures, kept beside the content (the store's volatile fields)
         return "export", tensors, {"format": cfg.format, "role": role, "metrics": metrics, "latency": latency,
+                                   "quantize": "int8" if qat else "none",
                                    "data_fingerprint": data.fingerprint, "data": data.describe(),
                                    "model": artifact.manifest["model"]}
 
@@ -281,7 +307,7 @@ def file_names(result: StageResult) -> dict[str, str]:
         folder = "" if manifest["role"] == "student" else f"{manifest['role']}/"
         return {name: folder + name.removeprefix("hf/") for name in result.artifact.tensor_names()}
     suffix = EXPORT_FORMATS[manifest["format"]]
-    names = {"export": f"{manifest['role']}{suffix}"}
+    names = {"export": f"{manifest['role']}{'.int8' if manifest.get('quantize') == 'int8' else ''}{suffix}"}
     if "export_int8" in result.artifact.tensor_names():
         names["export_int8"] = f"{manifest['role']}.int8{suffix}"
     return names

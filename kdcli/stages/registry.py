@@ -15,6 +15,7 @@ from kdcli.stages.configs import (
     DistillConfig,
     ExportConfig,
     ImportConfig,
+    SynthesizeConfig,
     TeacherConfig,
 )
 from kdcli.stages.stage import TRAINING_NUMERICS, Stage
@@ -43,9 +44,15 @@ EXPORT = Stage("export", ExportConfig, "kdcli.stages.export:export",
                "and measure size, CPU latency and accuracy (with --teacher, the teacher's too).",
                ("kdcli.stages.export", "kdcli.engine", "kdcli.models", "kdcli.data"), positional="model", sweepable=False)
 
+SYNTHESIZE = Stage("synthesize", SynthesizeConfig, "kdcli.stages.synthesize:synthesize",
+                   "Invert a teacher into synthetic inputs (data-free distillation: DeepInversion, ADI, seed 004's "
+                   "entropy-tv, or noise) and store them as a data set for distill --dataset synthetic:REF.",
+                   ("kdcli.stages.synthesize", "kdcli.losses.inversion", "kdcli.models", "kdcli.engine",
+                    "kdcli.stages.common", "kdcli.stages.visualize"), positional="teacher", sweepable=False)
+
 STAGES: Registry[Stage] = Registry("stage")
 
-for _stage in (TRAIN_TEACHER, CACHE_LOGITS, BASELINE, DISTILL, IMPORT_TEACHER, EXPORT):
+for _stage in (TRAIN_TEACHER, CACHE_LOGITS, BASELINE, DISTILL, SYNTHESIZE, IMPORT_TEACHER, EXPORT):
     STAGES.register(_stage.name)(_stage)
 
 

@@ -231,5 +231,5 @@ def train(stage: Stage, ctx: RunContext, data: DataSet, plan: Plan) -> StageResu
         return "model", state, manifest
 
     model_factory(cfg.model)  # an unknown --model fails here, before run_cached touches the store
-    inputs = {"data": data.fingerprint, **plan.parents, **weights_input(cfg)}
+    inputs = {"data": data.fingerprint, **data.parents, **plan.parents, **weights_input(cfg)}
     return run_cached(ctx, stage, cfg, inputs, produce, seed=cfg.seed)

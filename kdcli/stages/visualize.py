@@ -140,3 +140,20 @@ def training_curves(runs: dict[str, Artifact], out: Path, store: Store) -> dict:
     result = {"out": str(out), "runs": {label: run.id for label, run in runs.items()}}
     report = record_report(store, "training-curves", result, [out], {"runs": [run.id for run in runs.values()]})
     return {"id": report.id, **result}
+
+
+def synthetic_grid(store: Store, ref: str, out: Path, per_class: int) -> dict:
+    """A synthesize artifact's inputs as a grid, one row per class the teacher gives them (kdcli plot synthetic)."""
+    if per_class < 1:
+        raise UsageError(f"--per-class must be >= 1, got {per_class}")
+    artifact = store.get(ref, kind="data")
+    manifest = artifact.manifest
+    if manifest.get("stage") != "synthesize":
+        raise UsageError(f"data artifact {artifact.id[:12]} is not the output of synthesize")
+    images = (artifact.tensor("x_pool") * manifest["normalization"]["scale"]).clamp(0, 1).numpy()
+    plots.image_grid(images, artifact.tensor("y_pool").numpy(), manifest["class_names"], per_class, out,
+                     f"{manifest['method']} inputs from teacher {manifest['parents']['teacher'][:12]}, by the "
+                     "teacher's class (count)")
+    result = {"out": str(out), "synthetic": artifact.id}
+    report = record_report(store, "synthetic-grid", result, [out], {"data": artifact.id}, {"per_class": per_class})
+    return {"id": report.id, **result}

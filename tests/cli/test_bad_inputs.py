@@ -118,6 +118,14 @@ CASES = [
     (["baseline", "--model", "py:{tmp}/nowhere.py:Net"], "python file not found"),
     (["baseline", "--model", "py:model"], "expected py:FILE.py:NAME"),
     (["baseline", "--method-arg", "a=1"], "No such option: --method-arg"),
+    # synthesize and quantization-aware training (issue 25)
+    (["synthesize", "kept", "--n", "0"], "--n must be >= 1, got 0"),
+    (["synthesize", "kept", "--method", "dreaming"], "--method must be one of deepinversion, adi, entropy-tv, noise"),
+    (["synthesize", "kept", "--method", "entropy-tv", "--bn-weight", "1"], "--bn-weight is not a weight of --method"),
+    (["synthesize", "kept", "--method", "adi"], "--method adi needs --student MODEL_REF"),
+    (["synthesize"], "synthesize needs a TEACHER model artifact"),
+    (["baseline", "--quantize", "int4"], "--quantize must be one of none, int8"),
+    (["baseline", "--dataset", "synthetic:"], "--dataset synthetic:REF names a synthesize artifact"),
     # import-teacher
     (["import-teacher", "{tmp}/text.pt", "--model", "digits-teacher", *CPU], "is not a PyTorch checkpoint"),
     (["import-teacher", "{tmp}/pickle.pt", "--model", "digits-teacher", *CPU], "holds Python objects besides tensors"),

@@ -43,6 +43,18 @@ def _text(root: Path) -> DataSpec:
     for i in range(10):
         (root / "text" / f"{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps. " * (3 + i))
     return DataSpec(name=f"text:{root / 'text'}", extra={"context": 16})
+def _synthetic(root: Path) -> DataSpec:
+    """A synthesize artifact (kdcli.stages.synthesize's tensors and manifest) of a digits teacher."""
+    from kdcli.store import Store
+
+    store = Store(root / "store")
+    tensors = {"x_pool": torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 16, "y_pool": torch.arange(30) % 10,
+               "y_target": torch.arange(30) % 10, "teacher_logits": torch.zeros(30, 10)}
+    manifest = {"stage": "synthesize", "num_outputs": 10, "class_names": [str(k) for k in range(10)],
+                "normalization": {"scale": 1 / 16, "mean": [0.3], "std": [0.38]},
+                "teacher_data": {"dataset": "digits"}, "parents": {}}
+    artifact = store.put("data", tensors, manifest)
+    return DataSpec(name=f"synthetic:{artifact.id}", store=store)
 
 
 def _vision(name: str, writer, torchvision_name: str | None = None):
@@ -69,6 +81,7 @@ INSTANCES = {
     "npz": lambda root, md5: _npz(root),
     "text": lambda root, md5: _text(root),
     "python-docs": lambda root, md5: DataSpec(name="python-docs", extra={"context": 512}),
+    "synthetic": lambda root, md5: _synthetic(root),
 }
 
 
