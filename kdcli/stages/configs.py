@@ -152,6 +152,8 @@ class DistillConfig(TrainConfig):
     dkd_alpha: float | None = opt(None, "dkd: weight of the target-class term TCKD (Zhao et al. 2022; default 1)")
     dkd_beta: float | None = opt(None, "dkd: weight of the non-target-class term NCKD (default 8)")
     dkd_warmup: int | None = opt(None, "dkd: epochs of linear warm-up of the DKD terms (default 20; 0 = none)")
+    jsd_beta: float | None = opt(None, "jsd: beta of the generalized JSD, the mixture m = beta p + (1 - beta) q "
+                                       "(GKD, Agarwal et al. 2024; default 0.5, in (0, 1))")
     # schedules over the epochs (kdcli.stages.objectives.logit.Schedule)
     temperature_schedule: str = opt("constant", "temperature schedule: constant, linear or cosine "
                                                 "from --temperature to --temperature-end")
@@ -189,6 +191,8 @@ class DistillConfig(TrainConfig):
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
         if self.alpha is not None and not 0 <= self.alpha <= 1:
             raise UsageError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if self.jsd_beta is not None and not 0 < self.jsd_beta < 1:
+            raise UsageError(f"--jsd-beta must be in (0, 1), got {self.jsd_beta}")
         for name in ("ce_weight", "dkd_alpha", "dkd_beta", "dkd_warmup", "w_hard", "w_hp", "w_feat", "w_gr",
                      "feature_weight"):
             value = getattr(self, name)

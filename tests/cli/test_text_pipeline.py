@@ -168,7 +168,7 @@ BAD = [
     (["baseline", "--model", "lm-student", "--dataset", "text:{corpus}", "--context", "300", *CPU],
      "--context 300 is longer than hf-causal:gpt2's 256 positions"),
     (["cache-logits", "teacher", "--table", "topk:300", *TEXT], "K must be between 1 and 255"),
-    (["cache-logits", "teacher", "--table", "sparse", *TEXT], "use topk:K or full"),
+    (["cache-logits", "teacher", "--table", "sparse", *TEXT], "use topk:K"),
     (["distill", "--logits", "table", "--model", "lm-student", "--tokenizer", "bpe:300", "--dataset", "text:{corpus}",
       "--context", "16", *CPU], "need one tokenizer and context"),
     (["distill", "--logits", "table", "--model", "lm-student", "--dataset", "text:{corpus}", "--context", "8", *CPU],
