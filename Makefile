@@ -16,7 +16,7 @@ export KDCLI_STORE ?= artifacts
 KD   := $(BIN)/kdcli
 DATA  = --data-dir $(DATA_DIR) $(DOWNLOAD) --device $(DEVICE)
 
-.PHONY: install demo demo-tiny demo-choice test test-unit test-cli test-e2e lint clean cifar100-kd-bench methods-digits \
+.PHONY: install demo demo-tiny demo-choice demo-lm demo-lm-choice test test-unit test-cli test-e2e lint clean cifar100-kd-bench methods-digits \
         seed000-cifar10 seed000-cifar100 seed000-cifar100-resnet18 seed002-hinton seed003-kl seed004-mnist \
         seed001-regression
 
@@ -88,6 +88,50 @@ demo: install
 # less than the demo's student and less reliably (README, "When distillation helps").
 demo-tiny:
 	@$(MAKE) --no-print-directory demo DEMO_STUDENT=digits-student DEMO_NAME=demo-tiny
+
+# The language-model demo on the embedded python-docs corpus (bytes, context 128): a teacher
+# (lm-teacher, 0.46M params), its topk:32 table, then over SEEDS a baseline and a distilled lm-student
+# (41k params, 1/11 of the teacher) side by side, one torch thread each (same seed = same initial weights
+# and windows), then the paired one-sided test on test bits per byte with per-seed lines. The
+# distillation recipe (LM_KD) was chosen on validation by `make demo-lm-choice` (bench/demo_lm_choice.md).
+LM_DATA    ?= --dataset python-docs
+LM_TEACHER ?= --model lm-teacher --batch-size 16 --epochs 3 --patience 0
+LM_STUDENT ?= lm-student
+LM_RECIPE  ?= --batch-size 16 --epochs 8 --patience 0
+LM_KD      ?= --temperature 1 --alpha 0.5
+LM_NAME    ?= demo-lm
+LM_TABLE    = $(KD) train-teacher $(LM_DATA) $(LM_TEACHER) --name demo-lm/teacher -q --device $(DEVICE); \
+	$(KD) cache-logits demo-lm/teacher $(LM_DATA) --table topk:32 --name demo-lm/table -q --device $(DEVICE)
+demo-lm: install
+	@set -e; \
+	echo "== teacher and its topk:32 table"; $(LM_TABLE); \
+	base=; kd=; \
+	for s in $(SEEDS); do \
+	  echo "== seed $$s: baseline and distilled $(LM_STUDENT)"; \
+	  KDCLI_THREADS=1 $(KD) baseline $(LM_DATA) --model $(LM_STUDENT) $(LM_RECIPE) --seed $$s \
+	    --name $(LM_NAME)/baseline-s$$s -q --device $(DEVICE) >/dev/null & pid=$$!; \
+	  KDCLI_THREADS=1 $(KD) distill $(LM_DATA) --logits demo-lm/table --model $(LM_STUDENT) $(LM_RECIPE) $(LM_KD) \
+	    --seed $$s --name $(LM_NAME)/kd-s$$s -q --device $(DEVICE) >/dev/null; wait $$pid; \
+	  base=$${base:+$$base,}$(LM_NAME)/baseline-s$$s; kd=$${kd:+$$kd,}$(LM_NAME)/kd-s$$s; \
+	done; \
+	$(KD) compare "$$base" "$$kd" --label baseline --label distilled --reference demo-lm/teacher \
+	  --plot $(REPORTS)/$(LM_NAME)-compare.png; \
+	$(BIN)/python bench/demo_seeds.py "$$base" "$$kd" --metric test_bpb
+
+# How demo-lm's recipe was chosen, on validation only: the demo's teacher and table, one sweep of
+# distilled students over temperature and alpha and one of baselines, on seeds 100-102 (never reported
+# by the demo); the lowest mean val_bpb wins. Writes bench/demo_lm_choice.md.
+LM_CHOICE_SEEDS ?= 100-102
+LM_CHOICE_KD     = sweep distill $(LM_DATA) --logits demo-lm/table --model $(LM_STUDENT) $(LM_RECIPE) \
+	--grid temperature=1,2 --grid alpha=0,0.5 --seeds $(LM_CHOICE_SEEDS) --select val_bpb --jobs 2 \
+	--name demo-lm-choice/kd -q --device $(DEVICE)
+LM_CHOICE_BASE   = sweep baseline $(LM_DATA) --model $(LM_STUDENT) $(LM_RECIPE) --seeds $(LM_CHOICE_SEEDS) \
+	--select val_bpb --jobs 2 --name demo-lm-choice/baseline -q --device $(DEVICE)
+demo-lm-choice: install
+	@set -e; echo "== the demo's teacher and table"; $(LM_TABLE); \
+	echo "== distilled and scratch students on seeds $(LM_CHOICE_SEEDS)"; \
+	KDCLI_THREADS=1 $(KD) $(LM_CHOICE_KD) >/dev/null; KDCLI_THREADS=1 $(KD) $(LM_CHOICE_BASE) >/dev/null; \
+	$(BIN)/python bench/demo_lm_choice.py --command '`make demo-lm-choice` (kdcli $(LM_CHOICE_KD); kdcli $(LM_CHOICE_BASE))'
 
 # How the demo's student and recipe were chosen, on validation only: for each of CHOICE_SPLITS (the
 # demo's own is split 0) a teacher trained on that split's training part, its logit table, one sweep of

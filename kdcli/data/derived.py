@@ -1,7 +1,8 @@
 """Data derived once and kept in the store: a trained tokenizer, a corpus's token windows.
 
-`derived_once(store, stage, kind, key, make)` returns the artifact the run cache holds for (stage, key);
-on a miss, under the stage's lock (one process makes it, the others wait and reuse it), it calls
+`derived_once(store, stage, kind, key, make, check)` returns the artifact the run cache holds for (stage,
+key); on a miss it first calls `check()` (which refuses bad input before the store is touched: not even
+a lock file is written), then, under the stage's lock (one process makes it, the others wait and reuse it), it calls
 `make(scratch)` -> (tensors, manifest) with a scratch folder inside the store for memory-mapped
 intermediate files, stores the result and records it in the run cache.
 """
@@ -17,9 +18,12 @@ from kdcli.store import Artifact, Store
 Make = Callable[[Path], tuple[dict, dict]]
 
 
-def derived_once(store: Store, stage: str, kind: str, key: dict, make: Make) -> Artifact:
-    """The stored artifact of (stage, key), made by `make` the first time."""
+def derived_once(store: Store, stage: str, kind: str, key: dict, make: Make,
+                 check: Callable[[], None] | None = None) -> Artifact:
+    """The stored artifact of (stage, key), made by `make` the first time (after `check()`)."""
     cache_key = store.cache_key(stage, key, {})
+    if check is not None and store.lookup_run(cache_key) is None:
+        check()
     with store.lock(f"stage-{cache_key}"):
         entry = store.lookup_run(cache_key)
         if entry is not None:

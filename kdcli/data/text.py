@@ -180,7 +180,7 @@ def stored(corpus: Corpus, tokenizer: TextTokenizer, context: int, store, report
         return tensors, {"name": corpus.name, "tokenizer": tokenizer.info, "context": context, **sizes,
                          "parents": {"tokenizer": artifact} if artifact else {}}
 
-    artifact = derived_once(store, WINDOWS_STAGE, "data", key, make)
+    artifact = derived_once(store, WINDOWS_STAGE, "data", key, make, check=corpus.check)
     mapping = MappedImages(artifact.path)
     tensors = {name: mapping.tensor(name) for name in WINDOW_TENSORS}
     tensors.update(train_idx=mapping.tensor("train_idx").clone(), val_idx=mapping.tensor("val_idx").clone())
@@ -206,7 +206,7 @@ def text_dataset(corpus_of, spec: DataSpec) -> TextDataSet:
         documents = corpus.documents()  # checked here, before a tokenizer is trained on it
         return (piece for split, pieces in documents if split == "train" for piece in pieces)
 
-    tokenizer = resolve_tokenizer(tokenizer_spec, corpus.key, training_texts, spec.store, reporter)
+    tokenizer = resolve_tokenizer(tokenizer_spec, corpus.key, training_texts, spec.store, reporter, corpus.check)
     if spec.store is None:
         return in_memory(corpus, tokenizer, context)
     return stored(corpus, tokenizer, context, spec.store, reporter)

@@ -144,7 +144,8 @@ def train_bpe(size: int, texts: Iterator[str]):
     return backend
 
 
-def stored_bpe(store, spec: str, corpus: dict, texts: TrainingTexts, reporter) -> TextTokenizer:
+def stored_bpe(store, spec: str, corpus: dict, texts: TrainingTexts, reporter,
+               check: Callable[[], None] | None = None) -> TextTokenizer:
     """bpe:N trained on `texts()` once per (corpus, N) and kept in `store`; later calls read it back."""
     from tokenizers import Tokenizer
 
@@ -158,7 +159,8 @@ def stored_bpe(store, spec: str, corpus: dict, texts: TrainingTexts, reporter) -
                 {"name": spec, "corpus": corpus, "vocab_size": trained.info["vocab_size"],
                  "sha256": trained.info["sha256"], "parents": {}})
 
-    artifact = derived_once(store, TOKENIZER_STAGE, TOKENIZER_KIND, {"corpus": corpus, "tokenizer": spec}, train)
+    artifact = derived_once(store, TOKENIZER_STAGE, TOKENIZER_KIND, {"corpus": corpus, "tokenizer": spec}, train,
+                            check=check)
     as_json = bytes(MappedImages(artifact.path).tensor("tokenizer_json").numpy())
     return _wrap(Tokenizer.from_str(as_json.decode()), spec, "bpe", artifact.id)
 
@@ -188,7 +190,8 @@ def check_spec(spec: str) -> None:
         raise UsageError(f"--tokenizer {spec}: not bytes, bpe:N or a tokenizer folder")
 
 
-def resolve_tokenizer(spec: str, corpus: dict, texts: TrainingTexts, store, reporter) -> TextTokenizer:
+def resolve_tokenizer(spec: str, corpus: dict, texts: TrainingTexts, store, reporter,
+                      check: Callable[[], None] | None = None) -> TextTokenizer:
     """The tokenizer `spec` names; bpe:N is trained on `texts()` (the training split), kept in `store` unless
     it is None; `corpus` is the corpus's cache key."""
     check_spec(spec)
@@ -197,5 +200,5 @@ def resolve_tokenizer(spec: str, corpus: dict, texts: TrainingTexts, store, repo
     if spec.startswith("bpe:"):
         if store is None:
             return _wrap(train_bpe(bpe_size(spec), texts()), spec, "bpe")
-        return stored_bpe(store, spec, corpus, texts, reporter)
+        return stored_bpe(store, spec, corpus, texts, reporter, check)
     return local_tokenizer(spec)

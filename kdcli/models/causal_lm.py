@@ -93,11 +93,11 @@ def _preset(model_type: str, doc: str, **defaults) -> None:
     MODELS.register(doc.split(":")[0])(factory)
 
 
-# sized for the CPU demo (make demo-lm): on bytes (V 256), about 0.86M and 0.06M parameters
-_preset("gpt2", "lm-teacher: GPT-2, 4 layers, width 128, 4 heads, 256 positions (0.86M params on bytes), no dropout",
-        n_layer=4, n_embd=128, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-_preset("gpt2", "lm-student: GPT-2, 2 layers, width 40, 4 heads, 256 positions (1/14 of lm-teacher on bytes), no dropout",
-        n_layer=2, n_embd=40, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+# sized for the CPU demo (make demo-lm): on bytes (V 256), about 0.46M and 0.04M parameters
+_preset("gpt2", "lm-teacher: GPT-2, 2 layers, width 128, 4 heads, 256 positions (0.46M params on bytes), no dropout",
+        n_layer=2, n_embd=128, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+_preset("gpt2", "lm-student: GPT-2, 2 layers, width 32, 4 heads, 256 positions (1/11 of lm-teacher on bytes), no dropout",
+        n_layer=2, n_embd=32, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
 
 def config_args(config) -> dict:

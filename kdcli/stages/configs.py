@@ -64,6 +64,9 @@ class DataConfig:
             check_choice("task", self.task, TASKS)
         if self.context is not None and self.context < 1:
             raise UsageError(f"--context must be >= 1, got {self.context}")
+        if self.is_text and (self.split_seed != 0 or self.val_fraction != 0.1):
+            raise UsageError("--split-seed and --val-fraction do not apply to a text corpus: its train, validation "
+                             "and test split is fixed by its files and blocks, never by a seed")
 
     @property
     def is_text(self) -> bool:

@@ -164,7 +164,7 @@ TEXT = ["--dataset", "text:{corpus}", "--context", "16", *CPU]
 BAD = [
     (["baseline", "--model", "lm-student", "--dataset", "text:{empty}", *CPU], "the corpus is empty"),
     (["baseline", "--model", "lm-student", "--dataset", "text:{binary}", *CPU], "UTF-8"),
-    (["baseline", "--dataset", "text:{corpus}", *CPU], "--model digits-student is not a language model"),
+    (["baseline", "--dataset", "text:{corpus}", *CPU], "--model digits-student does not take token windows"),
     (["baseline", "--model", "lm-student", "--dataset", "text:{corpus}", "--context", "300", *CPU],
      "--context 300 is longer than hf-causal:gpt2's 256 positions"),
     (["cache-logits", "teacher", "--table", "topk:300", *TEXT], "K must be between 1 and 255"),
@@ -182,6 +182,7 @@ BAD = [
     (["cache-logits", "kept-image", "--table", "topk:4", "--dataset", "digits", *CPU], "--table is for text corpora"),
     (["generate", "kept-image", "--prompt", "x"], "is not a language model"),
     (["baseline", "--context", "16", *CPU], "--context applies to text and python-docs only"),
+    (["baseline", "--model", "lm-student", "--split-seed", "3", *TEXT], "--split-seed and --val-fraction do not apply"),
 ]
 
 

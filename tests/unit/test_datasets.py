@@ -30,6 +30,14 @@ def _imagefolder(root: Path) -> DataSpec:
     return DataSpec(name=f"imagefolder:{root / 'imgs'}", val_fraction=0.25, extra={"image_size": 8})
 
 
+def _text(root: Path) -> DataSpec:
+    """Ten small files: a folder corpus split by file (the tenth is the test split, the ninth validation)."""
+    (root / "text").mkdir(exist_ok=True)
+    for i in range(10):
+        (root / "text" / f"{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps. " * (3 + i))
+    return DataSpec(name=f"text:{root / 'text'}", extra={"context": 16})
+
+
 def _vision(name: str, writer, torchvision_name: str | None = None):
     def make(root: Path, md5) -> DataSpec:
         writer(root) if torchvision_name is None else writer(root, torchvision_name)
@@ -51,6 +59,8 @@ INSTANCES = {
     "synthetic-regression": lambda root, md5: DataSpec(name="synthetic-regression", extra={"n_samples": 60}),
     "diabetes": lambda root, md5: DataSpec(name="diabetes"),
     "csv": lambda root, md5: _csv(root),
+    "text": lambda root, md5: _text(root),
+    "python-docs": lambda root, md5: DataSpec(name="python-docs", extra={"context": 512}),
 }
 
 
@@ -66,7 +76,10 @@ def test_registered_data_set_loads_consistently(name, tmp_path, cifar_md5):  # n
     assert len(data.x_pool) == len(data.y_pool) and len(data.x_test) == len(data.y_test) > 0
     train, val = set(data.train_idx.tolist()), set(data.val_idx.tolist())
     assert train and not train & val and train | val <= set(range(len(data.x_pool)))
-    if data.task == "classification":
+    if data.task == "lm":  # next-token targets, masked (-100) past a document's end
+        targets = data.y_pool[data.y_pool != -100]
+        assert data.y_pool.dtype == torch.int64 and 0 <= int(targets.min()) and int(targets.max()) < data.num_outputs
+    elif data.task == "classification":
         assert data.y_pool.dtype == torch.int64 and int(data.y_pool.max()) < data.num_outputs
     else:
         assert data.task == "regression" and data.y_pool.is_floating_point() and data.num_outputs == 1
