@@ -26,6 +26,8 @@ DATASET_HELP = {
                           "(--context, --tokenizer bytes | bpe:N | DIR)"),
     "python-docs": ("python-docs", "CPython's reference manual text (pydoc_data), about 465 KB of English, "
                                    "for language models; bundled"),
+    "seqkd": ("seqkd:REF", "a text teacher's sampled sequences (kdcli sequence-kd) as training windows, its "
+                           "corpus's validation and test (same --tokenizer and --context)"),
     "csv": ("csv:PATH", "your table: --target COLUMN; regression, or --task classification for integer labels"),
 }
 

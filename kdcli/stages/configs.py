@@ -20,7 +20,7 @@ ZOO_PREFIXES = ("timm:", "torchvision:")  # import-teacher sources built by kdcl
 
 
 TASKS = ("regression", "classification")
-TEXT_DATASETS = ("text", "python-docs")  # the corpora: their models are language models
+TEXT_DATASETS = ("text", "python-docs", "seqkd")  # the corpora: their models are language models
 # data options that only some data sets take (by the name before ':'); elsewhere they are refused
 DATA_OPTIONS = {"n_samples": ("synthetic-regression",), "n_features": ("synthetic-regression",),
                 "noise": ("synthetic-regression",), "target": ("csv",), "task": ("csv",),
@@ -35,7 +35,8 @@ def check_choice(name: str, value: str, choices) -> None:
 @dataclass
 class DataConfig:
     dataset: str = opt("digits", "data set: digits, mnist, fashion-mnist, cifar10, cifar100, imagefolder:PATH, "
-                                 "synthetic-regression, diabetes, csv:PATH, python-docs, text:PATH")
+                                 "synthetic-regression, diabetes, csv:PATH, python-docs, text:PATH, "
+                                 "seqkd:REF (a sequence-kd artifact)")
     data_dir: str = opt("data", "directory holding downloaded data sets", key=False)
     download: bool = opt(False, "download the data set if missing (needs network)", key=False)
     split_seed: int = opt(0, "seed of the train/validation split of the training pool")
@@ -259,6 +260,30 @@ class CacheLogitsConfig(InferenceConfig):
             raise UsageError("--topk and --views are for images; a text table takes --table topk:K or full")
         if self.table is not None and not self.is_text:
             raise UsageError("--table is for text corpora; an image table takes --topk K and --views")
+
+
+@dataclass
+class SequenceKDConfig(InferenceConfig):
+    teacher: str = opt("", "language-model teacher artifact whose samples become the training windows", key=False)
+    temperature: float = opt(1.0, "sampling temperature of the teacher's next-token distribution")
+    prompt_tokens: int = opt(4, "each training window's first tokens, from the corpus, that a sample continues")
+    length: int | None = opt(None, "tokens sampled per continuation (default: context + 1 - prompt tokens, so "
+                                   "each sample fills one window)")
+    seed: int = opt(0, "seed of the draws")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.teacher:
+            raise UsageError("sequence-kd needs a text teacher: kdcli sequence-kd TEACHER --dataset CORPUS")
+        if not self.is_text or self.dataset.startswith("seqkd:"):
+            raise UsageError(f"sequence-kd samples a language-model teacher on its corpus (--dataset python-docs "
+                             f"or text:PATH), not --dataset {self.dataset}")
+        if not self.temperature > 0:
+            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if self.prompt_tokens < 1:
+            raise UsageError(f"--prompt-tokens must be >= 1, got {self.prompt_tokens}")
+        if self.length is not None and self.length < 1:
+            raise UsageError(f"--length must be >= 1, got {self.length}")
 
 
 @dataclass

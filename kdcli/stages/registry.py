@@ -15,6 +15,7 @@ from kdcli.stages.configs import (
     DistillConfig,
     ExportConfig,
     ImportConfig,
+    SequenceKDConfig,
     TeacherConfig,
 )
 from kdcli.stages.stage import TRAINING_NUMERICS, Stage
@@ -43,9 +44,15 @@ EXPORT = Stage("export", ExportConfig, "kdcli.stages.export:export",
                "and measure size, CPU latency and accuracy (with --teacher, the teacher's too).",
                ("kdcli.stages.export", "kdcli.engine", "kdcli.models", "kdcli.data"), positional="model", sweepable=False)
 
+SEQUENCE_KD = Stage("sequence-kd", SequenceKDConfig, "kdcli.stages.sequence_kd:sequence_kd",
+                    "Sample a text teacher's continuations of the training windows into a data set, --dataset "
+                    "seqkd:REF, for sequence-level KD (Kim & Rush 2016).",
+                    ("kdcli.engine", "kdcli.models", "kdcli.data", "kdcli.stages.sequence_kd", "kdcli.stages.common"),
+                    positional="teacher", sweepable=False)
+
 STAGES: Registry[Stage] = Registry("stage")
 
-for _stage in (TRAIN_TEACHER, CACHE_LOGITS, BASELINE, DISTILL, IMPORT_TEACHER, EXPORT):
+for _stage in (TRAIN_TEACHER, CACHE_LOGITS, BASELINE, DISTILL, IMPORT_TEACHER, EXPORT, SEQUENCE_KD):
     STAGES.register(_stage.name)(_stage)
 
 
