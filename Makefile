@@ -307,3 +307,13 @@ cifar100-kd-bench: install
 # CPU, cached per run.
 methods-digits: install
 	$(BIN)/python bench/methods_digits.py --seeds 0-4 --out bench/methods_digits.md
+
+# Which teacher table for a language model (issue 23): on python-docs (bpe:512, context 64), one
+# lm-teacher and lm-student, seeds 0-4, paired by seed: baseline, KD from the full table, top-k 1/8/32
+# with and without the tail, sampled 8/32, online forward KL / reverse KL / JSD, sequence-level KD;
+# each row minus full-table KD (Holm-adjusted). Writes $(REPORTS)/lm-tables.md and lm-tables.png
+# (bits per byte against bytes per position). CPU, cached per run; about 20 minutes on 2 quiet cores.
+.PHONY: lm-tables
+lm-tables: install
+	$(BIN)/python bench/lm_tables.py --seeds 0-4 --device $(DEVICE) --out $(REPORTS)/lm-tables.md \
+	  --plot $(REPORTS)/lm-tables.png

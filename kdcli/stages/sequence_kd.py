@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from kdcli.data.text import IGNORE, windows
-from kdcli.engine import prepare_model
 from kdcli.errors import UsageError
 from kdcli.stages.common import RunContext, StageResult, check_fits, check_text_run, load_data, load_model
 from kdcli.stages.configs import SequenceKDConfig
@@ -27,16 +26,22 @@ GENERATION_BATCH = 256  # samples drawn side by side (fixed: the draws must not 
 
 
 @torch.no_grad()
-def sample_continuations(teacher, prompts: torch.Tensor, length: int, temperature: float, seed: int,
-                         context: int, device: torch.device, advance) -> torch.Tensor:
-    """Prompts (N, P) int64 -> (N, P + length) int64: each continued by `length` draws from the teacher."""
+def sample_continuations(lm, prompts: torch.Tensor, length: int, temperature: float, seed: int,
+                         device: torch.device, advance) -> torch.Tensor:
+    """Prompts (N, P) int64 -> (N, P + length) int64: each continued by `length` draws from the
+    transformers causal LM `lm`, one token per step on its key-value cache."""
     out = []
     for start in range(0, len(prompts), GENERATION_BATCH):
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
         ids = prompts[start:start + GENERATION_BATCH].to(device)
+        step, past = ids, {}
         for _ in range(length):
-            logits = teacher(ids[:, -context:])[:, -1].float() / temperature
-            ids = torch.cat([ids, torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)], 1)
+            result = lm(input_ids=step, use_cache=True, **past)
+            # transformers 5 names the key-value cache `cache`, earlier versions `past_key_values`
+            past = {"cache": result.cache} if "cache" in result else {"past_key_values": result.past_key_values}
+            logits = result.logits[:, -1].float() / temperature
+            step = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+            ids = torch.cat([ids, step], 1)
         out.append(ids.cpu())
         advance(len(ids))
     return torch.cat(out)
@@ -63,16 +68,19 @@ def sequence_kd(cfg: SequenceKDConfig, ctx: RunContext) -> StageResult:
     length = cfg.length or data.context + 1 - cfg.prompt_tokens
     if cfg.prompt_tokens >= data.context:
         raise UsageError(f"--prompt-tokens {cfg.prompt_tokens} must be below the context {data.context}")
+    positions = teacher.max_positions or 0
+    if cfg.prompt_tokens + length > positions:
+        raise UsageError(f"--prompt-tokens {cfg.prompt_tokens} + --length {length} exceeds the teacher's "
+                         f"{positions} positions")
 
     def produce(key: str):
-        model = prepare_model(teacher, ctx.device, False).eval()
+        lm = teacher.lm.to(ctx.device).eval()
         train = data.train_idx[(data.y_pool[data.train_idx] != IGNORE).sum(1) >= cfg.prompt_tokens]
         prompts = data.x_pool[train, :cfg.prompt_tokens].long()
         ctx.reporter.info(f"sequence-kd: {len(prompts)} samples of {cfg.prompt_tokens} + {length} tokens at T "
                           f"{cfg.temperature:g} from teacher {artifact.id[:12]} on {ctx.device}")
         with ctx.reporter.progress("teacher samples", total=len(prompts)) as advance:
-            samples = sample_continuations(model, prompts, length, cfg.temperature, cfg.seed, data.context,
-                                           ctx.device, advance)
+            samples = sample_continuations(lm, prompts, length, cfg.temperature, cfg.seed, ctx.device, advance)
         x, y, n_bytes, n_tokens = sample_windows(samples, data.context, data.token_bytes)
         val = data.val_idx
         tensors = {"x_pool": torch.cat([x, data.x_pool[val].long()]), "y_pool": torch.cat([y, data.y_pool[val]]),
