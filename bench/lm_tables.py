@@ -46,7 +46,7 @@ PREFIX = "lmt"
 # sized for about 20 minutes on a quiet 2-core CPU: bpe:512 (so top-k and sampling choose among 512
 # tokens, and a full table is still small), context 64, the lm-teacher / lm-student presets
 SIZES = {"dataset": "python-docs", "tokenizer": "bpe:512", "context": 64}
-TEACHER = {**SIZES, "model": "lm-teacher", "batch_size": 32, "epochs": 3, "patience": 0, "seed": 0}
+TEACHER = {**SIZES, "model": "lm-teacher", "batch_size": 32, "epochs": 20, "patience": 2, "seed": 0}
 STUDENT = {**SIZES, "model": "lm-student", "batch_size": 32, "epochs": 3, "patience": 0}
 KD = {"temperature": 1.0, "alpha": 0.5}
 REFERENCE = "KD, full table"

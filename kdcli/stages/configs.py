@@ -247,7 +247,10 @@ class CacheLogitsConfig(InferenceConfig):
     topk: int = opt(0, "keep only the top-k probabilities per view, the rest spread evenly (0 = full logits)")
     dtype: str = opt("float16", "storage dtype: float16 or float32")
     table: str | None = opt(None, "text: what to keep per position: topk:K (default topk:32, the K largest "
-                                  "log-probs, their ids and the tail mass) or full (small vocabularies)")
+                                  "log-probs, their ids and the tail mass; = topk:K,tail), topk:K,notail (the K "
+                                  "renormalized), sample:N or sample:N,T (N draws from the teacher at temperature "
+                                  "T, default 1, with counts, for the unbiased importance-weighted estimate) or "
+                                  "full (small vocabularies)")
 
     def validate(self) -> None:
         super().validate()

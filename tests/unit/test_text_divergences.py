@@ -63,3 +63,9 @@ def test_expected_calibration_error_by_hand():
     halves = [calibration_gaps(probs[i:i + 2].log(), labels[i:i + 2]) for i in (0, 2)]
     summed = {k: halves[0][k] + halves[1][k] for k in halves[0]}
     assert expected_calibration_error(summed, 4) == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_compare_reads_ece_as_lower_is_better():
+    from kdcli.stages.compare import higher_is_better
+
+    assert not higher_is_better("test_ece") and not higher_is_better("val_ece")
