@@ -132,8 +132,8 @@ def size_quality(labels: Sequence[str], sizes: Sequence[float], means: Sequence[
     _same_length(labels=labels, sizes=sizes, means=means, stds=stds)
     with _figure(out, figsize=(9, 5.5)) as (fig, (ax,)):
         ax.errorbar(sizes, means, yerr=stds, fmt="o", capsize=4, color="tab:blue", label="cached table")
-        for label, x, y in zip(labels, sizes, means):
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        for number, (label, x, y) in enumerate(zip(labels, sizes, means)):  # alternate sides: close points
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4 if number % 2 else -11), fontsize=8)
         for (label, value), color in zip((lines or {}).items(), ("tab:red", "tab:green", "tab:purple", "tab:gray")):
             ax.axhline(value, color=color, linestyle="--", label=f"{label} ({value:.4g})")
         ax.set_xscale("log")
