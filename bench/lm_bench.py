@@ -5,7 +5,7 @@
   L2  the same distill with the teacher online / from the cached table (how much the table saves);
   L3  bytes per token of the top-k table against the full table (from the two tables' files);
   L4  peak anonymous (not file-backed) RSS of `kdcli distill` from a cached table, corpus N -> 10 N,
-      each in a fresh child process (target: flat, <= 1.10: the windows and the table are memory-mapped).
+      each in a fresh child process (the teacher and its table made in another one before) (target: flat, <= 1.10: the windows and the table are memory-mapped).
 
 Rows L1-L3 use the embedded python-docs corpus (bytes, context 128) with the demo's lm-student and
 an untrained lm-teacher (its forward pass costs what a trained one's does); L4 a corpus of python-docs
@@ -91,14 +91,17 @@ def write_corpus(path: Path, copies: int) -> Path:
 
 
 def child(args) -> None:
-    """One corpus size in a fresh process: teacher (random weights), its table, then distill under PeakMemory."""
+    """One step in a fresh process: "prepare" a teacher (random weights) and its table, or "distill" from
+    that table under PeakMemory (so nothing the preparation allocated counts against distill)."""
     ctx = context(Store(args.store), torch.device("cpu"))
     data = {"dataset": f"text:{args.corpus}"}
     model = {"model": "hf-causal:gpt2", "model_args": TINY}
-    teacher = train_teacher(TeacherConfig(**data, **model, epochs=0), ctx).id
-    table = cache_logits(CacheLogitsConfig(**data, teacher=teacher, table="topk:8"), ctx).id
+    if args.step == "prepare":
+        teacher = train_teacher(TeacherConfig(**data, **model, epochs=0), ctx).id
+        print(json.dumps({"table": cache_logits(CacheLogitsConfig(**data, teacher=teacher, table="topk:8"), ctx).id}))
+        return
     with PeakMemory() as peak:
-        result = distill(DistillConfig(**data, **model, logits=table, epochs=1, patience=0, batch_size=64,
+        result = distill(DistillConfig(**data, **model, logits=args.table, epochs=1, patience=0, batch_size=64,
                                        temperature=1.0, alpha=0.5), ctx)
     status = PeakMemory.status()
     print(json.dumps({"id": result.id, "peak_rss": status["VmHWM"], "peak_anon": peak.peaks["RssAnon"],
@@ -106,16 +109,21 @@ def child(args) -> None:
                       "tokens": result.artifact.manifest["data"]["split_tokens"]["train"]}))
 
 
+def _run_child(root: Path, copies: int, *extra: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--store", str(root / f"store-{copies}"),
+           "--corpus", str(root / f"corpus-{copies}"), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"lm bench child {' '.join(extra)} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def memory_row(root: Path) -> dict:
     results = {}
     for copies in (1, 10):
-        corpus = write_corpus(root / f"corpus-{copies}", copies)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--store", str(root / f"store-{copies}"),
-               "--corpus", str(corpus)]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"lm bench child failed:\n{done.stderr}")
-        results[copies] = json.loads(done.stdout.strip().splitlines()[-1])
+        write_corpus(root / f"corpus-{copies}", copies)
+        table = _run_child(root, copies, "--step", "prepare")["table"]
+        results[copies] = _run_child(root, copies, "--step", "distill", "--table", table)
         print(f"[lm memory] {copies}x python-docs: distill peak {_mib(results[copies]['peak_rss'])} (anon "
               f"{_mib(results[copies]['peak_anon'])})", file=sys.stderr, flush=True)
     small, large = results[1], results[10]
@@ -140,4 +148,6 @@ if __name__ == "__main__":  # a memory child
     parser = argparse.ArgumentParser()
     parser.add_argument("--store")
     parser.add_argument("--corpus")
+    parser.add_argument("--step", choices=("prepare", "distill"))
+    parser.add_argument("--table")
     child(parser.parse_args())

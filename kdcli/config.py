@@ -18,6 +18,7 @@ import yaml
 
 from kdcli.errors import UsageError
 
+MAX_SEED = 2**63 - 1  # seeds reach torch and NumPy generators as 64-bit integers
 MAX_CONFIG_BYTES = 1 << 20  # a YAML file of defaults is a few hundred bytes; refuse anything over 1 MiB unparsed
 
 
@@ -154,6 +155,12 @@ def parse_kv(pairs: list[str], what: str = "--model-arg") -> dict[str, Any]:
     return parsed
 
 
+def check_seed(flag: str, value: int) -> None:
+    """A seed is an integer in [0, MAX_SEED]; anything else is a UsageError naming the flag."""
+    if not 0 <= value <= MAX_SEED:
+        raise UsageError(f"{flag} must be an integer in [0, 2^63 - 1], got {value}")
+
+
 def parse_seeds(value) -> list[int]:
     """'0-4', '0,2,5', '0-2,7', '0 1 2', an int or a list -> a list of seeds."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -164,5 +171,7 @@ def parse_seeds(value) -> list[int]:
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not match or (match[2] is not None and int(match[2]) < int(match[1])):
             raise UsageError(f"--seeds expects ranges and lists such as 0-4 or 0,2,5; got {part!r}")
+        for end in (match[1], match[2] or match[1]):
+            check_seed("--seeds", int(end))
         seeds += range(int(match[1]), int(match[2] or match[1]) + 1)
     return seeds

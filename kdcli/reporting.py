@@ -22,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+PIPE_WIDTH = 1000  # off a terminal (a log, a pipe) tables take the width they need, not 80 columns
 PLAIN_EVERY = 10.0  # seconds between plain progress lines inside long work
 
 
@@ -32,12 +33,21 @@ def duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def stderr_console() -> Console:
+    """stderr as a rich console: a terminal's own width; elsewhere PIPE_WIDTH, so that a table keeps its
+    rows and words whole instead of wrapping them mid-word at 80 columns."""
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, highlight=False, soft_wrap=True, width=PIPE_WIDTH)
+    return console
+
+
 class Reporter:
     """Logs, progress and per-epoch lines on stderr; `quiet` silences all but warnings."""
 
     def __init__(self, quiet: bool = False, console: Console | None = None, plain_every: float = PLAIN_EVERY):
         self.quiet = quiet
-        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+        self.console = console or stderr_console()
         self.plain_every = plain_every
         self._bar: tuple[Progress, int] | None = None  # the live rich bar and its task, on a terminal
         self._description: str | None = None  # what the running progress is of (e.g. "epoch 7/30")

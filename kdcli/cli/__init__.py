@@ -7,15 +7,28 @@ the engine and torch load when a command that runs work calls them, so `kdcli --
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from kdcli.cli import artifacts, card, compare, export, generate, plot, sweep, visualize
-from kdcli.cli.common import KdcliGroup, stage_command
+from kdcli.cli.common import DebugOpt, KdcliGroup, execute, stage_command
 from kdcli.stages.registry import STAGES
 
 
-def methods() -> None:
-    """List the distillation methods 'kdcli distill --method' accepts, their weights and the schemes."""
+def methods(
+    check: Annotated[str | None, typer.Option("--check", help="run kdcli's loss checks on your loss class "
+                                              "py:FILE.py:NAME (finite, differentiable, float64 gradcheck, the "
+                                              "teacher not trained) instead of listing")] = None,
+    method_arg: Annotated[list[str] | None, typer.Option("--method-arg", help="--check: a parameter of the loss, "
+                                                        "KEY=VALUE (repeatable)")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """List the distillation methods 'kdcli distill --method' accepts, their weights and the schemes;
+    or, with --check, test your own loss class the way every registered loss is tested."""
+    if check is not None or method_arg:
+        execute(lambda: check_loss(check, list(method_arg or [])), debug)
+        return
     from kdcli.losses.methods import method_table  # the listings load the registries they list (torch)
     from kdcli.stages.planners import flag
     from kdcli.stages.train import SCHEMES
@@ -27,6 +40,29 @@ def methods() -> None:
     typer.echo("\nschemes (with any logit method):")
     for name, needs, summary in SCHEMES:
         typer.echo(f"{name:<10} {needs:<44} {summary}")
+    typer.echo("\nyour own loss: --method py:FILE.py:NAME (or py:package.module:NAME), a class called as "
+               "(student_logits, teacher_logits, labels) -> terms with 'loss'; its parameters --method-arg "
+               "KEY=VALUE; 'kdcli methods --check py:FILE.py:NAME' tests it")
+
+
+def check_loss(ref: str | None, method_args: list[str]) -> None:
+    """`methods --check`: kdcli.losses.checks on the user's loss; a failed check exits 1."""
+    from kdcli import usercode
+    from kdcli.config import parse_kv
+    from kdcli.errors import KdcliError, UsageError
+    from kdcli.losses.checks import run_checks
+    from kdcli.losses.plugins import build_plugin
+
+    if not usercode.is_code_ref(ref):
+        raise UsageError(f"--check takes your loss class as py:FILE.py:NAME, got {ref!r}"
+                         if ref else "--method-arg goes with --check py:FILE.py:NAME")
+    loss = build_plugin(ref, parse_kv(method_args, "--method-arg"))
+    results = run_checks(loss, getattr(loss, "needs_teacher", True))
+    for name, failure in results:
+        typer.echo(f"{'ok' if failure is None else 'FAIL':<5} {name}{'' if failure is None else ': ' + failure}")
+    failed = [name for name, failure in results if failure is not None]
+    if failed:
+        raise KdcliError(f"{ref} failed {len(failed)} of {len(results)} checks: {', '.join(failed)}")
 
 
 def models() -> None:
@@ -39,6 +75,9 @@ def models() -> None:
         typer.echo(f"{naming:<22} {summary}")
     typer.echo("zoo models take --model-arg KEY=VALUE (passed to the library), --model-arg pretrained=true "
                "(the library's hub, online) or --weights PATH")
+    typer.echo(f"{'py:FILE.py:NAME':<22} your own nn.Module class or factory (also py:package.module:NAME), called "
+               "with the --model-arg values and input_shape / num_outputs if it takes them; its source is stored "
+               "with the model (rebuilding it from a store needs --trust-code)")
 
 
 def datasets() -> None:

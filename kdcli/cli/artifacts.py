@@ -102,6 +102,15 @@ def listing_table(rows: list[dict], id_length: int) -> Table:
     return table
 
 
+def warn_if_missing(st: Store, reporter: Reporter) -> bool:
+    """A store that does not exist holds nothing: the commands that look at a store (ls, verify, gc) say
+    so with a warning and exit 0; those that need something from it (show, push) fail. True if missing."""
+    if st.exists():
+        return False
+    reporter.warn(f"no store at {st.root}: nothing was ever stored there (check --store or KDCLI_STORE)")
+    return True
+
+
 @app.command("ls")
 def ls(kind: Annotated[str | None, typer.Option("--kind", help=f"only this kind: {', '.join(KINDS)}")] = None,
        name: Annotated[str | None, typer.Option("--name", help="only names matching this glob")] = None,
@@ -114,8 +123,7 @@ def ls(kind: Annotated[str | None, typer.Option("--kind", help=f"only this kind:
         st = Store(store if store is not None else default_root(), readonly=True)
         rows = [row for row in listing(st, kind, name) if not stale or made_by_other_code(st.read_manifest(row["id"]))]
         reporter = Reporter()
-        if not st.exists():
-            reporter.warn(f"no store at {st.root}: nothing was ever stored there (check --store or KDCLI_STORE)")
+        warn_if_missing(st, reporter)
         if json_out:
             emit({"artifacts": rows}, True)
             return
@@ -136,11 +144,18 @@ def ls(kind: Annotated[str | None, typer.Option("--kind", help=f"only this kind:
 @app.command("show")
 def show(ref: Annotated[str, typer.Argument(help="name, id or id prefix")], store: StoreOpt = None,
          debug: DebugOpt = False):
-    """Print an artifact's manifest (verified) as JSON."""
+    """Print an artifact's manifest (verified) as JSON; on stderr, the py: code it holds (file and sha256)."""
 
     def run():
+        from kdcli.usercode import describe
+
         artifact = Store(store if store is not None else default_root(), readonly=True).get(ref)
-        typer.echo(json.dumps({"id": artifact.id, **artifact.manifest}, indent=2, default=str))
+        manifest = artifact.manifest
+        typer.echo(json.dumps({"id": artifact.id, **manifest}, indent=2, default=str))
+        stored = {"model": (manifest.get("model") or {}).get("code"), "method": manifest.get("method_code")}
+        for role, bundle in stored.items():
+            if bundle:
+                Reporter().info(f"{role} code: {describe(bundle)}")
 
     execute(run, debug)
 
@@ -158,10 +173,10 @@ def verify(repair: Annotated[bool, typer.Option(
 
     def run():
         st = Store(store if store is not None else default_root(), readonly=not repair)
-        if not st.exists():
-            raise KdcliError(f"no store at {st.root}: nothing was ever stored there (check --store or KDCLI_STORE)")
-        problems = st.check()
         reporter = Reporter()
+        if warn_if_missing(st, reporter):
+            return
+        problems = st.check()
         for problem in problems:
             reporter.console.print(problem.line(), markup=False)
         if repair:
@@ -197,8 +212,7 @@ def gc(dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would 
             raise UsageError("--keep-checkpoints must be a number of days >= 0")
         st = open_store(store)
         reporter = Reporter()
-        if not st.exists():
-            reporter.warn(f"no store at {st.root}: nothing was ever stored there (check --store or KDCLI_STORE)")
+        if warn_if_missing(st, reporter):
             return
         plan = st.gc_plan(keep_checkpoints, checkpoints)
         for line in plan.lines():

@@ -41,6 +41,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print a machine-readable 
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="no progress or logs on stderr")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show tracebacks")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps")]
+TRUST_HELP = ("run stored Python code (py: models and methods) that this command did not name: a teacher an "
+              "earlier command trained, a store someone else wrote [env KDCLI_TRUST_CODE=1]")
+TrustOpt = Annotated[bool, typer.Option("--trust-code", help=TRUST_HELP)]
 TRACK_HELP = "log the run to tensorboard:DIR or mlflow:URI (repeatable)"
 NameOpt = Annotated[str | None, typer.Option("--name", help="name the report (refs/NAME), which also keeps it from gc")]
 
@@ -144,8 +147,12 @@ class KdcliGroup(TyperGroup):
             return super().invoke(ctx)
 
 
-def execute(action: Callable[[], Any], debug: bool) -> Any:
-    """Run `action`; turn any failure into one line on stderr and an exit code (2 usage, 1 run)."""
+def execute(action: Callable[[], Any], debug: bool, trust_code: bool = False) -> Any:
+    """Run `action`; turn any failure into one line on stderr and an exit code (2 usage, 1 run).
+    The invocation starts with no py: code named yet, trusting stored code as `trust_code` says."""
+    from kdcli import usercode
+
+    usercode.TRUST.reset(trust_code)
     try:
         return action()
     except (typer.Exit, typer.Abort):
@@ -219,6 +226,7 @@ _COMMON = [
     ("json_out", bool, typer.Option(False, "--json", help="print a machine-readable result on stdout")),
     ("quiet", bool, typer.Option(False, "-q", "--quiet", help="no progress or logs on stderr")),
     ("debug", bool, typer.Option(False, "--debug", help="show tracebacks")),
+    ("trust_code", bool, typer.Option(False, "--trust-code", help=TRUST_HELP)),
     ("track", list[str] | None, typer.Option(None, "--track", help=TRACK_HELP)),
 ]
 
@@ -297,7 +305,7 @@ def stage_command(app: typer.Typer, stage: Stage, show: Callable[[Any], None] | 
             emit({"id": result.id, "kind": result.artifact.kind, "stage": stage.name, "skipped": result.skipped,
                   "name": common["name"], "metrics": result.metrics}, common["json_out"])
 
-        execute(run, common["debug"])
+        execute(run, common["debug"], common["trust_code"])
 
     command.__signature__ = inspect.Signature(params)
     command.__doc__ = stage.help

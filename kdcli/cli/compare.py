@@ -16,6 +16,7 @@ from kdcli.cli.common import (
     NameOpt,
     QuietOpt,
     StoreOpt,
+    TrustOpt,
     check_names,
     check_out_file,
     emit,
@@ -105,7 +106,7 @@ def command(
     plot: Annotated[Path | None, typer.Option("--plot", help="write the paired plot here (PNG): each seed's line from group to group, beside the differences with their CI")] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="write the per-group and per-comparison summary here")] = None,
     name: NameOpt = None, store: StoreOpt = None, json_out: JsonOpt = False, quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    debug: DebugOpt = False, trust_code: TrustOpt = False,
 ):
     """Paired statistics of groups of runs across seeds; prints the report artifact id.
 
@@ -150,7 +151,7 @@ def command(
         emit(result, json_out, st, name)
         return result["decision"]
 
-    decision = execute(run, debug)
+    decision = execute(run, debug, trust_code)
     if require_significant and not decision["significant"]:
         raise fail(f"{decision['a']} vs {decision['b']}: not significant ({decision['test']} p = "
                    f"{fmt(decision['p'])} >= level {level:g})", 1)

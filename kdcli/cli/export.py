@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rich.console import Console
 from rich.table import Table
 
 from kdcli.reporting import Reporter
@@ -67,7 +66,4 @@ def show(result: ExportResult) -> None:
     for part in [result] + ([result.teacher] if result.teacher else []):
         for row in export_rows(part):
             table.add_row(*row)
-    console = Reporter().console
-    if not console.is_terminal:  # a pipe or a log file: the whole row rather than 80 columns
-        console = Console(stderr=True, highlight=False, width=160)
-    console.print(table)
+    Reporter().console.print(table)  # off a terminal at the table's own width (kdcli.reporting.stderr_console)

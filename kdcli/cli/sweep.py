@@ -13,6 +13,7 @@ from rich.table import Table
 
 from kdcli.cli.common import (
     TRACK_HELP,
+    TRUST_HELP,
     check_names,
     check_out_dir,
     config_parameters,
@@ -93,6 +94,7 @@ SWEEP_OPTIONS = [
     _option("json_out", bool, "--json", help="print a machine-readable result on stdout", default=False),
     _option("quiet", bool, "-q", "--quiet", help="no progress or logs on stderr", default=False),
     _option("debug", bool, "--debug", help="show tracebacks", default=False),
+    _option("trust_code", bool, "--trust-code", help=TRUST_HELP, default=False),
     _option("track", list[str] | None, "--track", help=TRACK_HELP + "; one run per point and seed"),
 ]
 _NAMES = [p.name for p in SWEEP_OPTIONS]
@@ -120,6 +122,8 @@ def run_sweep(options: dict, stage_flags: dict | None = None) -> None:
         result = sweep(cfg, ctx)
         console = Reporter().console  # the tables are the result, printed even with -q
         console.print(summary_table(result))
+        for note in result["notes"]:
+            ctx.reporter.info(f"note: {note}")
         if result["baseline_test"]:
             console.print(comparisons_table(result["baseline_test"]))
         ctx.reporter.info(f"{result['runs']} runs, {result['ran']} trained, {result['runs'] - result['ran']} cached"
@@ -128,7 +132,7 @@ def run_sweep(options: dict, stage_flags: dict | None = None) -> None:
             replay(trackers, ctx.store.get(row["id"]), f"{options['name'] or 'sweep'} {row['point']} seed {row['seed']}")
         emit(result, options["json_out"])
 
-    execute(run, options["debug"])
+    execute(run, options["debug"], options["trust_code"])
 
 
 def build(stages) -> typer.Typer:

@@ -16,6 +16,7 @@ from kdcli.cli.common import (
     NameOpt,
     QuietOpt,
     StoreOpt,
+    TrustOpt,
     check_names,
     check_out_dir,
     emit,
@@ -66,7 +67,7 @@ def command(
     out: Annotated[Path, typer.Option("--out", help="directory of the PNGs")] = Path("figures"),
     prompt: Annotated[str | None, typer.Option("--prompt", help="language models: the text whose next-token distribution is shown")] = None,
     name: NameOpt = None, store: StoreOpt = None, device: DeviceOpt = "auto", json_out: JsonOpt = False,
-    quiet: QuietOpt = False, debug: DebugOpt = False,
+    quiet: QuietOpt = False, debug: DebugOpt = False, trust_code: TrustOpt = False,
 ):
     """softmax(z/T) of test samples per temperature, as PNGs and terminal bars; prints the report id.
 
@@ -92,4 +93,4 @@ def command(
             reporter.info(f"wrote {sample['figure']}")
         emit(result, json_out, st, name)
 
-    execute(run, debug)
+    execute(run, debug, trust_code)

@@ -1,6 +1,7 @@
 """Data sets: importing this package registers every loader."""
 
 from kdcli.data import (
+    arrays,  # noqa: F401  (registers loaders)
     digits,  # noqa: F401  (registers loaders)
     imagefolder,  # noqa: F401  (registers loaders)
     regression,  # noqa: F401  (registers loaders)
@@ -29,11 +30,14 @@ DATASET_HELP = {
     "seqkd": ("seqkd:REF", "a text teacher's sampled sequences (kdcli sequence-kd) as training windows, its "
                            "corpus's validation and test (same --tokenizer and --context)"),
     "csv": ("csv:PATH", "your table: --target COLUMN; regression, or --task classification for integer labels"),
+    "npz": ("npz:PATH", "your arrays of any shape: a .npz (or folder of .npy) with x, y, x_test, y_test (x_val, "
+                        "y_val optional); integer y classifies, float y regresses (--task); normalized per "
+                        "feature from the training split (--normalize none); memory-mapped"),
 }
 
 
 def load_dataset(spec: DataSpec) -> DataSet:
-    """Load `spec.name`; a name may carry an argument after a colon (imagefolder:PATH, csv:PATH)."""
+    """Load `spec.name`; a name may carry an argument after a colon (imagefolder:PATH, csv:PATH, npz:PATH)."""
     base, _, arg = spec.name.partition(":")
     spec.arg = arg
     return DATASETS.get(base)(spec)

@@ -45,6 +45,7 @@ class DataSet:
     fingerprint: str = ""
     sources: tuple[str, ...] = ()
     mapped: object = None  # the MappedImages x_pool / x_test view when memory-mapped (kdcli.data.prepared)
+    normalization: dict = field(default_factory=dict)  # how a loader normalized, for the record (npz)
 
     def __post_init__(self):
         if not self.fingerprint:
@@ -76,7 +77,8 @@ class DataSet:
     def describe(self) -> dict:
         return {"name": self.name, "task": self.task, "input_shape": list(self.input_shape),
                 "num_outputs": self.num_outputs, "train": len(self.train_idx), "val": len(self.val_idx),
-                "test": len(self.y_test), "fingerprint": self.fingerprint}
+                "test": len(self.y_test), "fingerprint": self.fingerprint,
+                **({"normalization": self.normalization} if self.normalization else {})}
 
 
 def split_pool(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,7 +44,40 @@ FAULT_AROUND_BYTES = 64 << 10  # what the kernel maps around one page fault (fau
 Decode = Callable[[int], np.ndarray]
 
 
-class MappedImages:
+class MappedSamples:
+    """Samples read through memory maps (`maps`, each with madvise), `sample_bytes` each: counts what a
+    reader touched and drops the touched pages from the resident set as it goes (DeviceData)."""
+
+    def __init__(self, maps: list, sample_bytes: int = 1):
+        self._maps = maps
+        self._sample_bytes = sample_bytes
+        self._touched = 0
+
+    @property
+    def sample_bytes(self) -> int:
+        return max(int(self._sample_bytes), 1)
+
+    def touched(self, samples: int) -> None:
+        """Count samples read through the mapping; past RELEASE_BYTES, release the resident pages. A
+        page fault maps up to FAULT_AROUND_BYTES around it, so a sample counts at least that much."""
+        self._touched += samples * max(self.sample_bytes, FAULT_AROUND_BYTES)
+        if self._touched >= RELEASE_BYTES:
+            self.release()
+
+    def release(self) -> None:
+        """Drop every mapped page from this process's resident set; they are read back on demand
+        (from the page cache, or the file): nothing is written to a copy-on-write page here."""
+        self._touched = 0
+        if hasattr(mmap, "MADV_DONTNEED"):
+            for mapping in self._maps:
+                mapping.madvise(mmap.MADV_DONTNEED)
+
+    def block_size(self) -> int:
+        """Samples per block of the shuffled block order (BLOCK_BYTES of contiguous samples)."""
+        return max(1, BLOCK_BYTES // self.sample_bytes)
+
+
+class MappedImages(MappedSamples):
     """The prepared artifact's file, mapped once; tensors are zero-copy views into it."""
 
     def __init__(self, path: Path):
@@ -54,7 +87,12 @@ class MappedImages:
             self.header = json.loads(handle.read(size))
             self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
         self._offset = 8 + size
-        self._touched = 0
+        super().__init__([self._map])
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one uint8 image of x_pool (read when asked: an artifact without x_pool maps too)."""
+        return max(int(np.prod(self.header["x_pool"]["shape"][1:])), 1)
 
     def tensor(self, name: str) -> torch.Tensor:
         info = self.header[name]
@@ -65,26 +103,6 @@ class MappedImages:
         flat = torch.frombuffer(self._map, dtype=dtype, count=(end - start) // dtype.itemsize,
                                 offset=self._offset + start)
         return flat.view(info["shape"])
-
-    def touched(self, samples: int) -> None:
-        """Count samples read through the mapping; past RELEASE_BYTES, release the resident pages. A
-        page fault maps up to FAULT_AROUND_BYTES around it, so a sample counts at least that much."""
-        sample = int(np.prod(self.header["x_pool"]["shape"][1:]))
-        self._touched += samples * max(sample, FAULT_AROUND_BYTES)
-        if self._touched >= RELEASE_BYTES:
-            self.release()
-
-    def release(self) -> None:
-        """Drop every mapped page from this process's resident set; they are read back on demand
-        (from the page cache, or the file): nothing is written to a copy-on-write page here."""
-        self._touched = 0
-        if hasattr(mmap, "MADV_DONTNEED"):
-            self._map.madvise(mmap.MADV_DONTNEED)
-
-    def block_size(self) -> int:
-        """Samples per block of the shuffled block order (BLOCK_BYTES of contiguous images)."""
-        sample = int(np.prod(self.header["x_pool"]["shape"][1:]))
-        return max(1, BLOCK_BYTES // max(sample, 1))
 
 
 def block_order(indices: torch.Tensor, block: int, generator: torch.Generator) -> torch.Tensor:

@@ -5,7 +5,8 @@ Each method reads some of the distill stage's weight options, with its published
 kd / kd-ls: --alpha (the CE weight; the KD weight is 1 - alpha) and --temperature; dkd / dkd-ls:
 --ce-weight, --dkd-alpha, --dkd-beta, --temperature, --dkd-warmup; deit: --alpha; the feature
 methods: --ce-weight and --feature-weight (crd also --crd-dim, --crd-negatives); regression data:
---w-hard, --w-hp, --w-feat, --w-gr. A weight the chosen method does not read is refused.
+--w-hard, --w-hp, --w-feat, --w-gr. A weight the chosen method does not read is refused. A user's
+loss, py:FILE.py:NAME (kdcli.losses.plugins), reads none of them: its parameters are --method-arg.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from kdcli import usercode
 from kdcli.errors import UsageError
 from kdcli.losses.feature_methods import FEATURE_METHODS
+from kdcli.losses.plugins import plugin_class
 from kdcli.losses.registry import LOSSES
 from kdcli.losses.regression import REGRESSION_OPTIONS, REGRESSION_SUMMARY
 
@@ -46,7 +49,12 @@ def method_table() -> list[Method]:
 
 
 def get_method(name: str) -> Method:
-    """The table's row for `name`; an unknown name lists every method."""
+    """The table's row for `name`, or a user's py: loss (its weights come from --method-arg); an unknown
+    name lists every method."""
+    if usercode.is_code_ref(name):
+        cls = plugin_class(name)
+        summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        return Method(name, "logit", "teacher logits (--logits or --teacher)", {}, summary)
     for method in method_table():
         if method.name == name:
             return method

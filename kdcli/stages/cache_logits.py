@@ -121,12 +121,12 @@ def cache_logits(cfg: CacheLogitsConfig, ctx: RunContext) -> StageResult:
         check_text_run(cfg, ctx.store, [cfg.teacher])
         TableSpec.parse(cfg.table, ctx.store.get(cfg.teacher, kind="model").manifest["model"]["num_outputs"])
     data = load_data(cfg, ctx)
+    if data.task == "regression":
+        raise UsageError("cache-logits is for classification; regression teachers run online")
     teacher, artifact = load_model(ctx.store, cfg.teacher)
     check_fits(artifact, data, "teacher")
     if data.task == "lm":
         return cache_text_table(cfg, ctx, data, teacher, artifact)
-    if data.task != "classification":
-        raise UsageError("cache-logits is for classification; regression teachers run online")
     views = ViewSet.parse(cfg.views)
     if views.mixing:
         raise UsageError(f"--views {cfg.views}: mixup/cutmix make new images per batch, which a table cannot "

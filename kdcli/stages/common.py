@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kdcli import config as config_mod
+from kdcli import usercode
 from kdcli.config import parse_kv
 from kdcli.data import DataSet, DataSpec, load_dataset
 from kdcli.data.text import DEFAULT_CONTEXT
@@ -88,7 +89,7 @@ def load_data(cfg, ctx: RunContext | None = None) -> DataSet:
     """Load the data set a DataConfig describes; with `ctx`, a loader may keep prepared data in its
     store (an image folder is decoded once, then memory-mapped)."""
     extra = {k: getattr(cfg, k) for k in ("n_samples", "n_features", "noise", "target", "image_size", "task",
-                                          "context", "tokenizer")
+                                          "context", "tokenizer", "normalize")
              if getattr(cfg, k, None) is not None}
     spec = DataSpec(name=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                     split_seed=cfg.split_seed, val_fraction=cfg.val_fraction, extra=extra,
@@ -97,8 +98,25 @@ def load_data(cfg, ctx: RunContext | None = None) -> DataSet:
 
 
 def model_spec(name: str, args: dict, data: DataSet) -> dict:
-    """What rebuilds the architecture offline (weights come from the artifact, so no `pretrained`)."""
-    return {"name": name, "args": architecture_args(args), "input_shape": list(data.input_shape), "num_outputs": data.num_outputs}
+    """What rebuilds the architecture offline (weights come from the artifact, so no `pretrained`); a
+    py: model's spec holds its code bundle (kdcli.usercode), which its rebuild runs."""
+    spec = {"name": name, "args": architecture_args(args), "input_shape": list(data.input_shape),
+            "num_outputs": data.num_outputs}
+    if usercode.is_code_ref(name):
+        spec["code"] = usercode.capture(usercode.split_ref(name)[0])
+    return spec
+
+
+def code_bundles(cfg) -> dict[str, dict]:
+    """{"model": bundle, "method": bundle} of the py: code a config names (kdcli.usercode)."""
+    return {name: usercode.capture(usercode.split_ref(getattr(cfg, name))[0])
+            for name in usercode.CONFIG_FIELDS if usercode.is_code_ref(getattr(cfg, name, None))}
+
+
+def code_hashes(cfg) -> dict[str, str]:
+    """{"model_code": sha256, ...} of the py: code a config names: part of its run's cache key, so that
+    edited code trains again (and is said to be changed code)."""
+    return {f"{name}_code": bundle["sha256"] for name, bundle in code_bundles(cfg).items()}
 
 
 def build_from_config(cfg, data: DataSet) -> tuple[nn.Module, dict]:
@@ -126,7 +144,8 @@ def load_model(store: Store, ref: str) -> tuple[nn.Module, Artifact]:
     """Rebuild a model artifact's architecture from its manifest and load its weights."""
     artifact = store.get(ref, kind="model")
     spec = artifact.manifest["model"]
-    model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_outputs"], **spec.get("args", {}))
+    model = build_model(spec["name"], tuple(spec["input_shape"]), spec["num_outputs"], code=spec.get("code"),
+                        where=f"model artifact {artifact.id[:12]}", **spec.get("args", {}))
     try:
         model.load_state_dict(artifact.tensors())
     except RuntimeError as exc:

@@ -44,6 +44,12 @@ def metric_bounds(metric: str) -> tuple[float, float] | None:
     return (0.0, 100.0) if "acc" in metric or "agreement" in metric else None
 
 
+def clip_notes(groups: dict[str, dict], bounds: tuple[float, float] | None) -> list[str]:
+    """One note per group (label -> stats.describe) whose interval was clipped to the metric's bounds."""
+    return [f"the 95% CI of {label} is clipped to [{bounds[0]:g}, {bounds[1]:g}] (a t interval ignores the "
+            "bounds of a percentage)" for label, g in groups.items() if g.get("ci_clipped")]
+
+
 def scipy_alternative(alternative: str, higher: bool) -> str:
     """'greater' = better than the baseline -> scipy's alternative about (group - baseline)."""
     check_choice("alternative", alternative, stats.ALTERNATIVES)
@@ -214,9 +220,7 @@ def analyze(groups: dict[str, list[Artifact]], metric: str, baseline: str, alter
         by_seed = _by_seed(runs)
         result["groups"][label].update({"values": values[label], "ids": [by_seed[s].id for s in seeds]})
     result["warnings"] = [difference_warning(differing)] if (differing := config_differences(groups)) else []
-    result["notes"] = [f"the 95% CI of {label} is clipped to [{bounds[0]:g}, {bounds[1]:g}] (a t interval "
-                       "ignores the bounds of a percentage)"
-                       for label, g in result["groups"].items() if g.get("ci_clipped")]
+    result["notes"] = clip_notes(result["groups"], bounds)
     last = result["comparisons"][-1]
     p = last["t_p_holm"] if len(result["comparisons"]) > 1 else last["t_p"]
     result["decision"] = {"a": last["a"], "b": last["b"], "p": p, "significant": bool(p < alpha),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdcli.config import opt, parse_kv
+from kdcli.config import check_seed, opt, parse_kv
 from kdcli.errors import UsageError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -23,8 +23,10 @@ TASKS = ("regression", "classification")
 TEXT_DATASETS = ("text", "python-docs", "seqkd")  # the corpora: their models are language models
 # data options that only some data sets take (by the name before ':'); elsewhere they are refused
 DATA_OPTIONS = {"n_samples": ("synthetic-regression",), "n_features": ("synthetic-regression",),
-                "noise": ("synthetic-regression",), "target": ("csv",), "task": ("csv",),
-                "image_size": ("imagefolder",), "context": TEXT_DATASETS, "tokenizer": TEXT_DATASETS}
+                "noise": ("synthetic-regression",), "target": ("csv",), "task": ("csv", "npz"),
+                "image_size": ("imagefolder",), "context": TEXT_DATASETS, "tokenizer": TEXT_DATASETS,
+                "normalize": ("npz",)}
+NORMALIZE = ("per-feature", "none")
 
 
 def check_choice(name: str, value: str, choices) -> None:
@@ -35,8 +37,8 @@ def check_choice(name: str, value: str, choices) -> None:
 @dataclass
 class DataConfig:
     dataset: str = opt("digits", "data set: digits, mnist, fashion-mnist, cifar10, cifar100, imagefolder:PATH, "
-                                 "synthetic-regression, diabetes, csv:PATH, python-docs, text:PATH, "
-                                 "seqkd:REF (a sequence-kd artifact)")
+                                 "synthetic-regression, diabetes, csv:PATH, npz:PATH, python-docs, text:PATH, "
+                                 "seqkd:REF (a sequence-kd artifact; see 'kdcli datasets')")
     data_dir: str = opt("data", "directory holding downloaded data sets", key=False)
     download: bool = opt(False, "download the data set if missing (needs network)", key=False)
     split_seed: int = opt(0, "seed of the train/validation split of the training pool")
@@ -47,7 +49,9 @@ class DataConfig:
     target: str | None = opt(None, "csv:PATH: name of the target column")
     image_size: int | None = opt(None, "imagefolder:PATH: resize images to this square size (default 32)")
     task: str | None = opt(None, "csv:PATH: regression (default) or classification (an integer target column "
-                                 "holds class labels)")
+                                 "holds class labels); npz:PATH: the default follows y (integers classify)")
+    normalize: str | None = opt(None, "npz:PATH: per-feature (default: mean and std of each feature, dim 1, "
+                                      "from the training split) or none")
     context: int | None = opt(None, "text:PATH, python-docs: tokens per training window (default 128)")
     tokenizer: str | None = opt(None, "text:PATH, python-docs: bytes (default, 256 symbols), bpe:N (a byte-level "
                                       "BPE of N tokens trained on the training split, stored) or a local "
@@ -56,6 +60,7 @@ class DataConfig:
     def validate(self) -> None:
         if not 0 <= self.val_fraction < 1:
             raise UsageError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        check_seed("--split-seed", self.split_seed)
         base = self.dataset.partition(":")[0]
         for name, datasets in DATA_OPTIONS.items():
             if getattr(self, name) is not None and base not in datasets:
@@ -63,6 +68,8 @@ class DataConfig:
                                  f"--dataset {self.dataset}")
         if self.task is not None:
             check_choice("task", self.task, TASKS)
+        if self.normalize is not None:
+            check_choice("normalize", self.normalize, NORMALIZE)
         if self.context is not None and self.context < 1:
             raise UsageError(f"--context must be >= 1, got {self.context}")
         if self.is_text and (self.split_seed != 0 or self.val_fraction != 0.1):
@@ -106,6 +113,7 @@ class TrainConfig(DataConfig):
 
     def validate(self) -> None:
         super().validate()
+        check_seed("--seed", self.seed)
         for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1),
                                  ("patience", self.patience, 0), ("eval_batch_size", self.eval_batch_size, 1)):
             if value < low:
@@ -146,8 +154,11 @@ class DistillConfig(TrainConfig):
 
     teacher: str | None = opt(None, "teacher model artifact, run online (needed by feature methods)", key=False)
     logits: str | None = opt(None, "cached teacher-logits artifact (from cache-logits)", key=False)
-    method: str | None = opt(None, "distillation method (see 'kdcli methods'); default kd, or regression on "
+    method: str | None = opt(None, "distillation method (see 'kdcli methods'), or your loss class "
+                                   "py:FILE.py:NAME / py:package.module:NAME; default kd, or regression on "
                                    "regression data")
+    method_args: list[str] = opt([], "py: method: a parameter of your loss, KEY=VALUE (repeatable)",
+                                 flag="--method-arg")
     # the methods' weights (kdcli.losses.methods): defaults are the papers' settings, per method
     alpha: float | None = opt(None, "kd, kd-ls, deit: weight of the hard-label CE, the KD weight is 1 - alpha "
                                     "(default 0.5); 0 = labels unused (seed 002)")
@@ -191,6 +202,10 @@ class DistillConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.method_args and not (self.method or "").startswith("py:"):
+            raise UsageError("--method-arg sets a parameter of your own loss (--method py:FILE.py:NAME); the "
+                             "built-in methods take their weights as flags (see 'kdcli methods')")
+        parse_kv(self.method_args, "--method-arg")
         if self.temperature is not None and self.temperature <= 0:
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
         if self.alpha is not None and not 0 <= self.alpha <= 1:

@@ -93,9 +93,9 @@ def compare_command(config: dict, parents: dict) -> str | None:
     return "kdcli " + shlex.join(tokens)
 
 
-def command_line(stage: str, config: dict, parents: dict, artifact_id: str) -> str | None:
+def command_line(stage: str, config: dict, parents: dict, artifact_id: str, trust_code: bool = False) -> str | None:
     """`kdcli STAGE --option value ...` for a stage run or a compare report, parents by id; None for
-    other stages."""
+    other stages. `trust_code`: a parent model runs stored py: code, so the line carries --trust-code."""
     if stage == "compare":
         return compare_command(config, parents)
     cls = stage_config(stage)
@@ -114,7 +114,7 @@ def command_line(stage: str, config: dict, parents: dict, artifact_id: str) -> s
     for f in dataclasses.fields(cls):
         if f.name in config and config[f.name] is not None and config[f.name] != _default(f):
             tokens += _flag_tokens(f, types_[f.name], config[f.name])
-    return "kdcli " + shlex.join(tokens)
+    return "kdcli " + shlex.join(tokens + (["--trust-code"] if trust_code else []))
 
 
 def _summary(manifest: dict) -> str:
@@ -123,6 +123,13 @@ def _summary(manifest: dict) -> str:
     parts = [name] if name and manifest.get("kind") == "model" else []
     parts += [f"{k} {metrics[k]:.4g}" for k in ("test_bpb", "test_acc", "test_mse") if isinstance(metrics.get(k), (int, float))]
     return ", ".join(parts)
+
+
+def _rebuilds_code(store: Store, parents: dict) -> bool:
+    """Whether a parent is a model artifact holding py: code (its rebuild needs --trust-code)."""
+    ids = [p for value in parents.values() for p in (value if isinstance(value, list) else [value])
+           if isinstance(p, str) and store.object_path(p).is_file()]
+    return any((store.read_manifest(p).get("model") or {}).get("code") for p in ids)
 
 
 def lineage(store: Store, ref: str) -> tuple[str, dict[str, Node]]:
@@ -139,7 +146,7 @@ def lineage(store: Store, ref: str) -> tuple[str, dict[str, Node]]:
         parents = manifest.get("parents") or {}
         node = Node(current, manifest.get("kind", "?"), manifest.get("stage", ""), manifest.get("config") or {},
                     _summary(manifest), command_line(manifest.get("stage", ""), manifest.get("config") or {},
-                                                     parents, current))
+                                                     parents, current, _rebuilds_code(store, parents)))
         for role, value in parents.items():
             for parent in value if isinstance(value, list) else [value]:
                 if not isinstance(parent, str):

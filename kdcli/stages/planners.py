@@ -17,13 +17,16 @@ from collections.abc import Callable
 
 import torch
 
+from kdcli import usercode
 from kdcli.augment import ViewSet, resolve_augment
+from kdcli.config import parse_kv
 from kdcli.data import DataSet
 from kdcli.engine import evaluate_test, prepare_model, rng_devices
 from kdcli.errors import UsageError
 from kdcli.losses import LOSSES
 from kdcli.losses.feature_methods import FEATURE_METHODS
 from kdcli.losses.methods import REGRESSION, all_options, get_method
+from kdcli.losses.plugins import PluginLoss, build_plugin
 from kdcli.losses.registry import LogitLoss
 from kdcli.stages.common import RunContext, build_from_config, check_fits, load_model
 from kdcli.stages.configs import DistillConfig
@@ -59,7 +62,7 @@ def resolve_options(cfg: DistillConfig, task: str) -> DistillConfig:
     if task == "lm" and (cfg.scheme != "standard" or cfg.extra_teachers):
         raise UsageError("--scheme and --extra-teacher are for image and table students; a language model "
                          "distills from one teacher (--logits TABLE or --teacher MODEL)")
-    reads = ", ".join(flag(o) for o in row.options)
+    reads = ", ".join(flag(o) for o in row.options) or "no weight flags; give its parameters as --method-arg"
     for option in all_options():
         if getattr(cfg, option) is not None and option not in row.options:
             raise UsageError(f"{flag(option)} is not a weight of --method {method} (it reads {reads}); drop it")
@@ -81,11 +84,14 @@ def check_table_serves(cfg: DistillConfig, store) -> None:
     manifest = store.get(cfg.logits, kind="logits").manifest
     if "table" in manifest:
         spec = TableSpec.parse(manifest["table"], manifest["teacher_model"]["num_outputs"])
-        spec.check_serves(LOSSES.get(cfg.method), getattr(cfg, "temperature", None))
+        loss = PluginLoss if usercode.is_code_ref(cfg.method) else LOSSES.get(cfg.method)
+        spec.check_serves(loss, getattr(cfg, "temperature", None))
 
 
 def build_loss(cfg: DistillConfig) -> LogitLoss:
-    """The resolved config's logit loss object, built from its params."""
+    """The resolved config's logit loss object, built from its params (a py: loss from --method-arg)."""
+    if usercode.is_code_ref(cfg.method):
+        return PluginLoss(plugin=build_plugin(cfg.method, parse_kv(cfg.method_args, "--method-arg")))
     cls = LOSSES.get(cfg.method)
     return cls(**{option: getattr(cfg, option) for option in cls.options()})
 

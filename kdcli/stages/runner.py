@@ -37,6 +37,8 @@ from kdcli.stages.common import (
     RunContext,
     StageResult,
     build_from_config,
+    code_bundles,
+    code_hashes,
     seed_everything,
     weights_input,
 )
@@ -61,10 +63,11 @@ def probe_cache_key(stage: Stage, cfg, store: Store) -> str:
 
 
 def cache_key(stage: Stage, config, inputs: dict) -> tuple[str, str]:
-    """(the key of this run, the key of the same run under any code: its manifest's config_key)."""
+    """(the key of this run, the key of the same run under any code: its manifest's config_key). The
+    code is kdcli's (the stage's fingerprint) and the user's py: code the config names (its sha256)."""
+    code = stage.code_fingerprint() + "".join(f" {name}:{sha}" for name, sha in code_hashes(config).items())
     config = key_dict(config)
-    return (Store.cache_key(stage.name, config, inputs, code=stage.code_fingerprint()),
-            Store.cache_key(stage.name, config, inputs))
+    return Store.cache_key(stage.name, config, inputs, code=code), Store.cache_key(stage.name, config, inputs)
 
 
 def run_cached(ctx: RunContext, stage: Stage, config, inputs: dict[str, str], produce: Produce,
@@ -221,6 +224,7 @@ def train(stage: Stage, ctx: RunContext, data: DataSet, plan: Plan) -> StageResu
                     "data": data.describe(), "device": str(ctx.device), "augment": plan.views.spec(),
                     # on a CPU the thread count moves the last bits of the weights (not part of the key)
                     "cpu_threads": torch.get_num_threads() if ctx.device.type == "cpu" else None,
+                    **{f"{name}_code": bundle for name, bundle in code_bundles(cfg).items() if name != "model"},
                     **plan.extra_manifest}
         summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("test_"))
         ctx.reporter.info(f"{stage.name}: best epoch {result.best_epoch}; {summary}")

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdcli import usercode
+
 # the modules whose source decides a training run's numbers (the stage's own modules come on top)
 TRAINING_NUMERICS = ("kdcli.engine", "kdcli.augment", "kdcli.distributed", "kdcli.losses", "kdcli.models",
                      "kdcli.data", "kdcli.stages.runner", "kdcli.stages.common")
@@ -69,7 +71,9 @@ class Stage:
         return load(self.run) if isinstance(self.run, str) else self.run
 
     def __call__(self, cfg, ctx):
-        """Run the stage: `ctx` is a kdcli.stages.common.RunContext; returns its StageResult."""
+        """Run the stage: `ctx` is a kdcli.stages.common.RunContext; returns its StageResult. The py: code
+        its config names is captured first: this invocation named it (kdcli.usercode)."""
+        usercode.declare(cfg)
         return self.implementation()(cfg, ctx)
 
     def cache_key(self, cfg, store) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from kdcli import config as config_mod
-from kdcli import executors, plots, stats
+from kdcli import executors, plots, stats, usercode
 from kdcli.config import opt, parse_seeds
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
@@ -32,10 +32,12 @@ from kdcli.stages.common import RunContext
 from kdcli.stages.compare import (
     analyze,
     check_selection,
+    clip_notes,
     default_metric,
     default_selection,
     higher_is_better,
     kept_value,
+    metric_bounds,
     reference_value,
     resolve_group,
 )
@@ -98,9 +100,9 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     grid = {}
     for item in items:
         key, sep, values = item.partition("=")
-        listed = [v.strip() for v in values.split(",") if v.strip()]
-        if not sep or not key.strip() or not listed:
-            raise UsageError(f"--grid expects key=v1,v2,...; got {item!r}")
+        listed = [v.strip() for v in values.split(",")]
+        if not sep or not key.strip() or not all(listed):
+            raise UsageError(f"--grid expects key=v1,v2,... with no empty value; got {item!r}")
         grid[key.strip().replace("-", "_")] = listed
     return grid
 
@@ -158,6 +160,8 @@ def run_point(payload: dict, device: str, threads: int) -> dict:
     the device and the torch threads come explicitly from the payload and the executor. A failure
     comes back as {"error": one line}, the same from every executor."""
     torch.set_num_threads(threads)
+    if payload.get("trust_code"):  # --trust-code of the sweep, in the process that runs the point
+        usercode.TRUST.allow_all = True
     ctx = RunContext(store=Store(payload["store"]), device=torch.device(device), reporter=Reporter(quiet=True),
                      force=payload["force"], tags=[payload["tag"]])
     try:
@@ -184,14 +188,15 @@ def make_executor(cfg: SweepConfig, ctx: RunContext):
 def run_points(cfg: SweepConfig, tasks: list, ctx: RunContext, tag: str):
     """Yield the executor's Started / Finished events over every task (point x seed)."""
     payloads = [{"stage": cfg.stage, "config": config_mod.to_dict(config), "store": str(ctx.store.root.resolve()),
-                 "force": ctx.force, "tag": tag, "push": cfg.push} for _, _, _, config in tasks]
+                 "force": ctx.force, "tag": tag, "push": cfg.push, "trust_code": usercode.TRUST.allow_all}
+                for _, _, _, config in tasks]
     yield from make_executor(cfg, ctx).run(run_point, payloads)
 
 
 # -- the sweep ----------------------------------------------------------------------------------------
-def _summary(rows: list[dict], select_higher: bool) -> list[dict]:
-    """Per point: the test metric's values and statistics, and the validation metric's (select_*);
-    sorted by the validation mean, best first (ties keep grid order)."""
+def _summary(rows: list[dict], select_higher: bool, bounds: tuple[float, float] | None) -> list[dict]:
+    """Per point: the test metric's values and statistics (its CI clipped to `bounds`, as compare's),
+    and the validation metric's (select_*); sorted by the validation mean, best first (ties keep grid order)."""
     points: dict[str, dict] = {}
     for row in rows:
         point = points.setdefault(row["point"], {"point": row["point"], "params": row["params"], "values": [],
@@ -201,7 +206,7 @@ def _summary(rows: list[dict], select_higher: bool) -> list[dict]:
     summary = []
     for p in points.values():
         chosen_by = stats.describe(p["select_values"])
-        summary.append({**p, **stats.describe(p["values"]), "select_mean": chosen_by["mean"],
+        summary.append({**p, **stats.describe(p["values"], bounds=bounds), "select_mean": chosen_by["mean"],
                         "select_std": chosen_by["std"]})
     return sorted(summary, key=lambda s: -s["select_mean"] if select_higher else s["select_mean"])
 
@@ -255,7 +260,7 @@ def sweep(cfg: SweepConfig, ctx: RunContext) -> dict:
     rows = [{"point": label, "params": params, "seed": seed, "id": run.id, "value": run.manifest["metrics"][metric],
              "select_value": kept_value(run, select)}
             for (label, params, seed, _), run in zip(tasks, runs, strict=True)]
-    summary = _summary(rows, select_higher)
+    summary = _summary(rows, select_higher, metric_bounds(metric))
     best = summary[0]["point"]  # chosen on validation; its test values are only reported
     inputs = {"runs": [row["id"] for row in rows]}
     test = None
@@ -279,7 +284,8 @@ def sweep(cfg: SweepConfig, ctx: RunContext) -> dict:
         ctx.reporter.info(store.push(cfg.push, [result.id]).summary())
     out = {"id": result.id, "skipped": result.skipped, "tag": tag, "metric": metric, "higher_is_better": higher,
            "select": select, "select_higher_is_better": select_higher, "best": best, "summary": summary,
-           "baseline_test": test, "reference": reference, "runs": len(rows), "ran": ran}
+           "baseline_test": test, "reference": reference, "runs": len(rows), "ran": ran,
+           "notes": clip_notes({s["point"]: s for s in summary}, metric_bounds(metric))}
     if cfg.plot_dir:
         out.update(sweep_plots(cfg, store, result.id, [t[0] for t in tasks], summary, metric, test, reference,
                                select))

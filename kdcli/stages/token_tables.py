@@ -151,13 +151,14 @@ class TableSpec:
         serves forward KL at T = 1 only."""
         if not self.sparse:
             return
+        method = loss.name or "(a py: loss)"
         if loss.needs_full_distribution:
-            raise UsageError(f"--method {loss.name} needs the teacher's full distribution at every token; the "
+            raise UsageError(f"--method {method} needs the teacher's full distribution at every token; the "
                              f"{self.spec()} table keeps a few tokens per position: give --teacher MODEL_REF "
                              "(online) or a --table full table")
         if self.kind == "sample" and not loss.reads_sparse:
             raise UsageError(f"a sampled table ({self.spec()}) is an importance-weighted estimate that forward KL "
-                             f"reads (--method kd), not --method {loss.name}")
+                             f"reads (--method kd), not --method {method}")
         if self.kind == "sample" and temperature != 1:
             raise UsageError(f"a sampled table ({self.spec()}) estimates the teacher at T = 1; distill it with "
                              f"--temperature 1, not {temperature:g}")

@@ -107,7 +107,17 @@ CASES = [
     (["baseline", "--target", "y"], "--target applies to csv only, not to --dataset digits"),
     (["baseline", "--n-samples", "100"], "--n-samples applies to synthetic-regression only"),
     (["baseline", "--image-size", "16"], "--image-size applies to imagefolder only"),
-    (["baseline", "--task", "classification"], "--task applies to csv only"),
+    (["baseline", "--task", "classification"], "--task applies to csv and npz only"),
+    (["baseline", "--normalize", "none"], "--normalize applies to npz only"),
+    # seeds that no generator takes, an empty grid value (issue 24's audit)
+    (["baseline", "--seed", "99999999999999999999"], "--seed must be an integer in [0, 2^63 - 1]"),
+    (["baseline", "--split-seed", "-1"], "--split-seed must be an integer in [0, 2^63 - 1]"),
+    (["sweep", "baseline", "--seeds", "0-99999999999999999999"], "--seeds must be an integer in [0, 2^63 - 1]"),
+    (["sweep", "distill", "--logits", "tl", "--grid", "temperature=1,,2"], "with no empty value"),
+    # your own code: a malformed or missing py: name, stored code this command did not name
+    (["baseline", "--model", "py:{tmp}/nowhere.py:Net"], "python file not found"),
+    (["baseline", "--model", "py:model"], "expected py:FILE.py:NAME"),
+    (["baseline", "--method-arg", "a=1"], "No such option: --method-arg"),
     # import-teacher
     (["import-teacher", "{tmp}/text.pt", "--model", "digits-teacher", *CPU], "is not a PyTorch checkpoint"),
     (["import-teacher", "{tmp}/pickle.pt", "--model", "digits-teacher", *CPU], "holds Python objects besides tensors"),

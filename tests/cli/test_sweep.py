@@ -163,3 +163,14 @@ def test_sweep_chooses_on_validation_even_when_the_test_set_disagrees(cli, store
     for bad in ("test_acc", "val_loss"):
         refused = cli(*args, "--select", bad)
         assert refused.exit_code == 2 and "validation metric" in refused.stderr
+
+
+def test_the_sweep_clips_accuracy_intervals_as_compare_does():
+    rows = [{"point": "temperature=4", "params": {"temperature": "4"}, "seed": s, "id": str(s), "value": v,
+             "select_value": v} for s, v in enumerate((20.0, 99.0))]
+    (summary,) = sweep_stage._summary(rows, True, sweep_stage.metric_bounds("test_acc"))
+    assert (summary["ci_low"], summary["ci_high"], summary["ci_clipped"]) == (0.0, 100.0, True)
+    assert sweep_stage.clip_notes({s["point"]: s for s in [summary]}, (0.0, 100.0)) == [
+        "the 95% CI of temperature=4 is clipped to [0, 100] (a t interval ignores the bounds of a percentage)"]
+    (mse,) = sweep_stage._summary(rows, False, sweep_stage.metric_bounds("test_mse"))
+    assert mse["ci_low"] < 0 and not mse["ci_clipped"]

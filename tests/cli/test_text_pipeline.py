@@ -106,6 +106,15 @@ def test_compare_tests_bits_per_byte_lower_is_better(lm):
     assert report["metric"] == "test_bpb" and report["higher_is_better"] is False
 
 
+def test_a_sweep_chooses_on_validation_bits_per_byte(lm):
+    result = lm["cli"]("sweep", "distill", "--logits", "table", "--model", "hf-causal:gpt2", *TINY, "--epochs", "1",
+                       "--alpha", "0.5", "--grid", "temperature=1,2", "--seeds", "0-1", *lm["data"], "--json")
+    assert result.exit_code == 0, result.stderr
+    sweep = json.loads(result.stdout)
+    assert sweep["select"] == "val_bpb" and sweep["select_higher_is_better"] is False
+    assert sweep["metric"] == "test_bpb" and sweep["best"] in ("temperature=1", "temperature=2")
+
+
 def test_an_online_teacher_distills_the_same_student(lm):
     store, cli, data = lm["store"], lm["cli"], lm["data"]
     result = cli("distill", "--teacher", "teacher", "--model", "hf-causal:gpt2", *TINY, "--epochs", "1",
@@ -131,6 +140,26 @@ def test_export_hf_loads_in_transformers_with_the_manifests_bits_per_byte(lm):
     assert summary["metrics"]["test_bpb"] == pytest.approx(lm["store"].get("kd-s0").manifest["metrics"]["test_bpb"],
                                                            abs=1e-4)
     assert lm["cli"]("export", "kd-s0", "--format", "onnx", "--out", lm["tmp"] / "onnx").exit_code == 2
+
+
+def test_import_teacher_takes_a_saved_causal_lm_offline(lm):
+    """A tiny random GPT-2 saved by the test imports as a teacher, distills a student, and a model of
+    another vocabulary is refused in one line."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    for vocab in (256, 100):
+        torch.manual_seed(0)
+        GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=1, n_embd=16, n_head=2, n_positions=32)).save_pretrained(
+            lm["tmp"] / f"gpt2-{vocab}")
+    cli, data = lm["cli"], lm["data"]
+    imported = cli("import-teacher", f"hf:{lm['tmp'] / 'gpt2-256'}", *data, "--name", "imported")
+    assert imported.exit_code == 0, imported.stderr
+    manifest = lm["store"].get("imported").manifest
+    assert manifest["model"]["name"] == "hf-causal:gpt2" and math.isfinite(manifest["metrics"]["test_bpb"])
+    student = cli("distill", "--teacher", "imported", "--model", "hf-causal:gpt2", *TINY, "--epochs", "1", *data)
+    assert student.exit_code == 0, student.stderr
+    other = cli("import-teacher", f"hf:{lm['tmp'] / 'gpt2-100'}", *data)
+    assert other.exit_code == 2 and "has a vocabulary of 100 tokens but the tokenizer bytes has 256" in other.stderr
 
 
 def test_generate_is_seeded_and_visualize_shows_the_next_token(lm):

@@ -1,5 +1,6 @@
-"""The README's walkthrough, run line by line as written: an ImageFolder this test writes, a timm
-teacher, a torchvision student, cache-logits, distill, compare, export to ONNX with parity, the card."""
+"""The README's walkthroughs, run line by line as written: an ImageFolder this test writes, a timm
+teacher, a torchvision student, cache-logits, distill, compare, export to ONNX with parity, the card;
+and a user's own 1-D CNN teacher and MLP student (the README's own file) on a .npz of sequences."""
 
 from __future__ import annotations
 
@@ -14,10 +15,15 @@ from PIL import Image
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
+def readme_block(marker: str, language: str) -> str:
+    """The text of the first ```language block after the README's `<!-- MARKER -->` line."""
+    text = README.read_text().split(f"<!-- {marker} -->", 1)[1]
+    return text.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
 def walkthrough_commands(marker: str = "walkthrough") -> list[list[str]]:
     """The kdcli command lines of the sh block after the README's `<!-- MARKER -->` line."""
-    text = README.read_text().split(f"<!-- {marker} -->", 1)[1]
-    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    block = readme_block(marker, "sh")
     commands = shlex.split(block.replace("\\\n", " "), comments=True)
     lines, current = [], []
     for token in commands:
@@ -69,3 +75,39 @@ def test_readme_walkthrough_runs_end_to_end(cli, store, tmp_path, monkeypatch):
         assert heading in card
     assert "timm:test_resnet" in card and "imagefolder:" in card
     assert next(r for k, r in outputs.items() if k.startswith("artifacts lineage")).stdout.startswith("graph TD")
+
+
+def write_sequences(path: Path, n: int = 160, n_test: int = 60) -> None:
+    """Three classes of 2-channel signals of length 32: a sine of the class's frequency, and noise."""
+    rng = np.random.default_rng(0)
+
+    def draw(count):
+        y = rng.integers(0, 3, count)
+        t = np.linspace(0, 1, 32)
+        x = np.stack([np.sin(2 * np.pi * (y[:, None] + 1) * t), rng.standard_normal((count, 32))], 1)
+        return (x + 1.5 * rng.standard_normal((count, 2, 32))).astype(np.float32), y
+
+    (x, y), (x_test, y_test) = draw(n), draw(n_test)
+    np.savez(path, x=x, y=y, x_test=x_test, y_test=y_test)
+
+
+@pytest.mark.slow
+def test_readme_own_model_walkthrough_runs_end_to_end(cli, store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymodels.py").write_text(readme_block("own-code models", "python"))
+    write_sequences(tmp_path / "sequences.npz")
+    commands = walkthrough_commands("own-code walkthrough")
+    assert [c[0] for c in commands] == ["train-teacher", "cache-logits", "baseline", "baseline", "distill", "distill",
+                                        "compare", "export"]
+    for args in commands:
+        result = cli(*args)
+        assert result.exit_code == 0, (args, result.stderr)
+    teacher = store.get("seq/teacher").manifest
+    assert teacher["model"]["name"] == "py:mymodels.py:CNN1d" and teacher["data"]["input_shape"] == [2, 32]
+    assert teacher["model"]["code"]["files"] == {"mymodels.py": (tmp_path / "mymodels.py").read_text()}
+    assert teacher["data"]["normalization"]["kind"] == "per-feature"
+    assert store.get("seq/kd-s0").manifest["model"]["name"] == "py:mymodels.py:mlp"
+    rows = json.loads((tmp_path / "seq-export" / "export.json").read_text())
+    assert len(rows) == 2 and all(row["metrics"]["parity_agreement"] >= 99.9 for row in rows)
+    untrusted = cli(*commands[-1][:-1], "--force")
+    assert untrusted.exit_code == 2 and "--trust-code" in untrusted.stderr

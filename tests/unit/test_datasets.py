@@ -30,6 +30,13 @@ def _imagefolder(root: Path) -> DataSpec:
     return DataSpec(name=f"imagefolder:{root / 'imgs'}", val_fraction=0.25, extra={"image_size": 8})
 
 
+def _npz(root: Path) -> DataSpec:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 2, 6)).astype(np.float32), rng.integers(0, 3, 30)
+    np.savez(root / "arrays.npz", x=x, y=y, x_test=x[:8], y_test=y[:8])
+    return DataSpec(name=f"npz:{root / 'arrays.npz'}")
+
+
 def _text(root: Path) -> DataSpec:
     """Ten small files: a folder corpus split by file (the tenth is the test split, the ninth validation)."""
     (root / "text").mkdir(exist_ok=True)
@@ -59,6 +66,7 @@ INSTANCES = {
     "synthetic-regression": lambda root, md5: DataSpec(name="synthetic-regression", extra={"n_samples": 60}),
     "diabetes": lambda root, md5: DataSpec(name="diabetes"),
     "csv": lambda root, md5: _csv(root),
+    "npz": lambda root, md5: _npz(root),
     "text": lambda root, md5: _text(root),
     "python-docs": lambda root, md5: DataSpec(name="python-docs", extra={"context": 512}),
 }

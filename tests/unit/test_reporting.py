@@ -56,3 +56,21 @@ def test_terminal_bar_and_quiet():
 
 def test_duration():
     assert (duration(5), duration(65), duration(3725)) == ("0:05", "1:05", "1:02:05")
+
+
+def test_tables_off_a_terminal_keep_whole_words(capsys):
+    """A log or a pipe is no terminal: a table takes the width it needs instead of folding names mid-word."""
+    from rich.table import Table
+
+    from kdcli.reporting import stderr_console
+
+    table = Table(title="groups")
+    for column in ("group", "mean ± std", "95% CI", "params", "compression", "latency ms / batch 64"):
+        table.add_column(column)
+    table.add_row("baseline (baseline-digits-student-seed-0-long-name)", "97.5 ± 0.6", "[96.8, 98.2]", "1,250",
+                  "42.5x", "0.123")
+    console = stderr_console()
+    assert not console.is_terminal
+    console.print(table)
+    err = capsys.readouterr().err
+    assert "baseline (baseline-digits-student-seed-0-long-name)" in err and "latency ms / batch 64" in err
