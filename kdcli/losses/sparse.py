@@ -56,9 +56,10 @@ class SparseTarget:
         log_z = torch.cat([scaled, (fill + torch.log(torch.tensor(float(rest)))).unsqueeze(-1)], -1).logsumexp(-1)
         return scaled - log_z.unsqueeze(-1), fill - log_z
 
-    def dense(self, temperature: float = 1.0) -> torch.Tensor:
-        """The top-k distribution as dense log-probs (..., V), for losses that need every token."""
-        slots, fill = self.tempered(temperature)
+    def dense(self) -> torch.Tensor:
+        """The top-k distribution as dense log-probs (..., V), for losses that need every token (the
+        left-out tokens of a tail-less table get TAIL_FLOOR)."""
+        slots, fill = self.tempered(1.0)
         floor = torch.log(torch.tensor(TAIL_FLOOR)) if fill is None else fill
         full = torch.as_tensor(floor, dtype=slots.dtype).expand(*slots.shape[:-1]).unsqueeze(-1)
         return full.expand(*slots.shape[:-1], self.vocab_size).clone().scatter_(-1, self.ids, slots)

@@ -64,7 +64,8 @@ class DataConfig:
         base = self.dataset.partition(":")[0]
         for name, datasets in DATA_OPTIONS.items():
             if getattr(self, name) is not None and base not in datasets:
-                raise UsageError(f"--{name.replace('_', '-')} applies to {' and '.join(datasets)} only, not to "
+                names = " and ".join([", ".join(datasets[:-1]), datasets[-1]]) if len(datasets) > 1 else datasets[0]
+                raise UsageError(f"--{name.replace('_', '-')} applies to {names} only, not to "
                                  f"--dataset {self.dataset}")
         if self.task is not None:
             check_choice("task", self.task, TASKS)

@@ -210,7 +210,7 @@ BAD = [
     (["cache-logits", "teacher", "--topk", "4", *TEXT], "--topk and --views are for images"),
     (["cache-logits", "kept-image", "--table", "topk:4", "--dataset", "digits", *CPU], "--table is for text corpora"),
     (["generate", "kept-image", "--prompt", "x"], "is not a language model"),
-    (["baseline", "--context", "16", *CPU], "--context applies to text and python-docs only"),
+    (["baseline", "--context", "16", *CPU], "--context applies to text, python-docs and seqkd only"),
     (["baseline", "--model", "lm-student", "--split-seed", "3", *TEXT], "--split-seed and --val-fraction do not apply"),
 ]
 
