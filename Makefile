@@ -400,3 +400,19 @@ qat: install
 	  --group "QAT baseline int8|$$qbase|test_acc|file_bytes|runtime_b64" \
 	  --test "QAT-KD int8 > float KD + PTQ int8" --test "QAT-KD int8 > QAT baseline int8" --test "QAT-KD int8 vs float KD" \
 	  --out $(REPORTS)/qat.md
+
+# Which teacher table for a language model (issue 23): on python-docs (bpe:512, context 64), one
+# lm-teacher and lm-student, seeds 0-4, paired by seed: baseline, KD from the full table, top-k 1/8/32
+# with and without the tail, sampled 8/32, online forward KL / reverse KL / JSD, sequence-level KD;
+# each row minus full-table KD (Holm-adjusted). Two processes on one torch thread each share the seeds
+# (the second waits for the teacher and tables the first makes), then a third, all cached, writes
+# $(REPORTS)/lm-tables.md and lm-tables.png (bits per byte against bytes per position). CPU.
+.PHONY: lm-tables
+lm-tables: install
+	@set -e; mkdir -p $(REPORTS); \
+	KDCLI_THREADS=1 $(BIN)/python bench/lm_tables.py --seeds 0-2 --device $(DEVICE) --out $(REPORTS)/lm-tables-0-2.md \
+	  --plot $(REPORTS)/lm-tables-0-2.png >/dev/null & pid=$$!; \
+	KDCLI_THREADS=1 $(BIN)/python bench/lm_tables.py --seeds 3-4 --device $(DEVICE) --out $(REPORTS)/lm-tables-3-4.md \
+	  --plot $(REPORTS)/lm-tables-3-4.png >/dev/null; wait $$pid; \
+	$(BIN)/python bench/lm_tables.py --seeds 0-4 --device $(DEVICE) --out $(REPORTS)/lm-tables.md \
+	  --plot $(REPORTS)/lm-tables.png

@@ -125,6 +125,26 @@ def grid_bar_chart(points: Sequence[str], means: Sequence[float], stds: Sequence
     return Path(out)
 
 
+def size_quality(labels: Sequence[str], sizes: Sequence[float], means: Sequence[float], stds: Sequence[float],
+                 metric: str, out, lines: dict[str, float] | None = None) -> Path:
+    """A metric (mean ± 1 std over seeds) against a table's bytes per position (log scale), one labelled
+    point per table, with horizontal lines for runs that have no table (baseline, online teacher)."""
+    _same_length(labels=labels, sizes=sizes, means=means, stds=stds)
+    with _figure(out, figsize=(9, 5.5)) as (fig, (ax,)):
+        ax.errorbar(sizes, means, yerr=stds, fmt="o", capsize=4, color="tab:blue", label="cached table")
+        for number, (label, x, y) in enumerate(zip(labels, sizes, means)):  # alternate sides: close points
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4 if number % 2 else -11), fontsize=8)
+        for (label, value), color in zip((lines or {}).items(), ("tab:red", "tab:green", "tab:purple", "tab:gray")):
+            ax.axhline(value, color=color, linestyle="--", label=f"{label} ({value:.4g})")
+        ax.set_xscale("log")
+        ax.set_title(f"{metric} against the teacher table's size (error bars: ±1 std over seeds)")
+        ax.set_xlabel("table bytes per position (log scale)")
+        ax.set_ylabel(metric)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    return Path(out)
+
+
 def temperature_curve(temperatures: Sequence[float], means: Sequence[float], stds: Sequence[float],
                       metric: str, out, baseline: float | None = None, teacher: float | None = None) -> Path:
     """Metric against distillation temperature (±1 std), with baseline and teacher lines."""

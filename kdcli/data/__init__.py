@@ -28,6 +28,8 @@ DATASET_HELP = {
                           "(--context, --tokenizer bytes | bpe:N | DIR)"),
     "python-docs": ("python-docs", "CPython's reference manual text (pydoc_data), about 465 KB of English, "
                                    "for language models; bundled"),
+    "seqkd": ("seqkd:REF", "a text teacher's sampled sequences (kdcli sequence-kd) as training windows, its "
+                           "corpus's validation and test (same --tokenizer and --context)"),
     "csv": ("csv:PATH", "your table: --target COLUMN; regression, or --task classification for integer labels"),
     "npz": ("npz:PATH", "your arrays of any shape: a .npz (or folder of .npy) with x, y, x_test, y_test (x_val, "
                         "y_val optional); integer y classifies, float y regresses (--task); normalized per "

@@ -18,6 +18,7 @@ spec.split_seed and spec.val_fraction do not apply: the split is the corpus's ow
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -222,3 +223,33 @@ def load_text(spec: DataSpec) -> TextDataSet:
 def load_python_docs(spec: DataSpec) -> TextDataSet:
     """CPython's reference manual text (pydoc_data.topics), embedded in every install."""
     return text_dataset(python_docs, spec)
+
+
+SEQUENCE_KD_STAGE = "sequence-kd"
+
+
+@DATASETS.register("seqkd")
+def load_sequence_kd(spec: DataSpec) -> TextDataSet:
+    """`seqkd:REF`: a sequence-kd artifact of the store (kdcli.stages.sequence_kd): the teacher's sampled
+    sequences are the training windows; validation and test are its source corpus's own, so bits per
+    byte compares with students of that corpus. --tokenizer and --context must be the artifact's."""
+    if spec.store is None:
+        raise UsageError(f"--dataset seqkd:{spec.arg} reads a sequence-kd artifact, which needs a store")
+    artifact = spec.store.get(spec.arg, kind="data")
+    if artifact.manifest.get("stage") != SEQUENCE_KD_STAGE:
+        raise UsageError(f"--dataset seqkd:{spec.arg}: {artifact.id[:12]} is not a sequence-kd artifact "
+                         "(make one with 'kdcli sequence-kd TEACHER')")
+    source = artifact.manifest["source_data"]
+    for name, default in (("tokenizer", DEFAULT_TOKENIZER), ("context", DEFAULT_CONTEXT)):
+        if spec.extra.get(name, default) != source[name]:
+            raise UsageError(f"--dataset seqkd:{spec.arg} was sampled with --tokenizer {source['tokenizer']} "
+                             f"--context {source['context']}; give the same")
+    base = DATASETS.get(source["dataset"].partition(":")[0])(dataclasses.replace(
+        spec, name=source["dataset"], arg=source["dataset"].partition(":")[2],
+        extra={"tokenizer": source["tokenizer"], "context": source["context"]}))
+    mapping = MappedImages(artifact.path)
+    tensors = {name: mapping.tensor(name) for name in WINDOW_TENSORS}
+    return dataclasses.replace(
+        base, name=f"seqkd:{spec.arg}", fingerprint=artifact.id, mapped=mapping,
+        train_idx=mapping.tensor("train_idx").clone(), val_idx=mapping.tensor("val_idx").clone(), **tensors,
+        split_bytes=artifact.manifest["split_bytes"], split_tokens=artifact.manifest["split_tokens"])

@@ -14,7 +14,9 @@ from kdcli.data.text import IGNORE
 from kdcli.engine.batches import DeviceData, Objective, Prepare
 from kdcli.engine.devices import autocast
 
-TASK_SUMS = ("correct", "nll_sum", "sq_err", "tokens")
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error (Guo et al. 2017)
+GAP_SUMS = tuple(f"confidence_gap_{b:02d}" for b in range(ECE_BINS))
+TASK_SUMS = ("correct", "nll_sum", "sq_err", "tokens", *GAP_SUMS)
 
 
 LOGIT_BUDGET = 1 << 23  # logits (8M floats, 32 MiB) one evaluation batch of a language model may hold
@@ -28,6 +30,23 @@ def eval_batch(data: DataSet, requested: int) -> int:
     return max(1, min(requested, LOGIT_BUDGET // (data.context * data.num_outputs)))
 
 
+def calibration_gaps(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per confidence bin b (ECE_BINS equal-width bins (b/15, (b+1)/15]), the summable sum of
+    top-1 confidence minus correctness over the rows of logits (M, K) with labels (M,) in that bin."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    confidence, predicted = probs.max(-1)
+    bins = (torch.ceil(confidence * ECE_BINS).long() - 1).clamp(0, ECE_BINS - 1)
+    gaps = torch.zeros(ECE_BINS, device=logits.device).index_add_(
+        0, bins, confidence - (predicted == labels).float())
+    return dict(zip(GAP_SUMS, gaps.unbind()))
+
+
+def expected_calibration_error(sums: dict, count: float) -> float:
+    """ECE = sum_b |sum of (confidence - correct) in bin b| / count: the bins' |accuracy - confidence|
+    weighted by their share of the `count` predictions (Guo et al. 2017, 15 bins)."""
+    return sum(abs(float(sums[name])) for name in GAP_SUMS) / max(count, 1.0)
+
+
 def token_sums(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
     """A language model's summable sums over the unmasked positions of logits (B, L, V) and targets
     (B, L): correct top-1 predictions, nats of the targets, and the number of predicted tokens."""
@@ -35,7 +54,7 @@ def token_sums(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.
     logits, labels = outputs[valid].float(), targets[valid]
     return {"correct": (logits.argmax(-1) == labels).sum().float(),
             "nll_sum": nn.functional.cross_entropy(logits, labels, reduction="sum"),
-            "tokens": valid.sum().float()}
+            "tokens": valid.sum().float(), **calibration_gaps(logits, labels)}
 
 
 def task_metrics(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -46,7 +65,8 @@ def task_metrics(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> dic
         return token_sums(outputs, targets)
     if task == "classification":
         return {"correct": (outputs.argmax(1) == targets).sum().float(),
-                "nll_sum": nn.functional.cross_entropy(outputs.float(), targets, reduction="sum")}
+                "nll_sum": nn.functional.cross_entropy(outputs.float(), targets, reduction="sum"),
+                **calibration_gaps(outputs, targets)}
     return {"sq_err": ((outputs.reshape(targets.shape).float() - targets.float()) ** 2).sum()}
 
 
@@ -108,23 +128,27 @@ def predict(model: nn.Module, data: DataSet, x_raw: torch.Tensor, batch_size: in
 
 
 def test_metrics(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """Held-out metrics: accuracy and CE loss, or MSE and R^2. outputs (N, K) / (N, 1), targets (N,)."""
+    """Held-out metrics: accuracy, CE loss and expected calibration error, or MSE and R^2.
+    outputs (N, K) / (N, 1), targets (N,)."""
     if task == "classification":
         return {"test_acc": 100.0 * float((outputs.argmax(1) == targets).float().mean()),
-                "test_loss": float(nn.functional.cross_entropy(outputs, targets))}
+                "test_loss": float(nn.functional.cross_entropy(outputs, targets)),
+                "test_ece": expected_calibration_error(calibration_gaps(outputs, targets), len(targets))}
     predictions = outputs.reshape(targets.shape)
     mse = float(((predictions - targets) ** 2).mean())
     variance = float(((targets - targets.mean()) ** 2).mean())
     return {"test_mse": mse, "test_r2": 1.0 - mse / variance if variance > 0 else float("nan")}
 
 
-def token_metrics(nats: float, correct: float, tokens: float, n_bytes: int, prefix: str) -> dict[str, float]:
-    """A language model's figures from its sums over a split: loss (nats per token), perplexity,
-    top-1 accuracy (%) and bits per byte, total nats / (ln 2 x the split's UTF-8 bytes), which does not
-    depend on the tokenizer."""
-    tokens = max(tokens, 1.0)
+def token_metrics(sums: dict, n_bytes: int, prefix: str) -> dict[str, float]:
+    """A language model's figures from its `token_sums` totals over a split: loss (nats per token),
+    perplexity, top-1 accuracy (%), bits per byte, total nats / (ln 2 x the split's UTF-8 bytes), which
+    does not depend on the tokenizer, and the expected calibration error of the top-1 predictions."""
+    nats, tokens = float(sums.get("nll_sum", 0.0)), max(float(sums.get("tokens", 0.0)), 1.0)
     return {f"{prefix}loss": nats / tokens, f"{prefix}ppl": math.exp(min(nats / tokens, 700.0)),
-            f"{prefix}acc": 100.0 * correct / tokens, f"{prefix}bpb": nats / (math.log(2) * max(n_bytes, 1))}
+            f"{prefix}acc": 100.0 * float(sums.get("correct", 0.0)) / tokens,
+            f"{prefix}bpb": nats / (math.log(2) * max(n_bytes, 1)),
+            f"{prefix}ece": expected_calibration_error(sums, tokens) if GAP_SUMS[0] in sums else math.nan}
 
 
 @torch.no_grad()
@@ -146,9 +170,7 @@ def evaluate_test(model: nn.Module, data: DataSet, batch_size: int, device: torc
             logits = model(x)
         sums.add(token_sums(logits, data.y_test[start:start + batch_size].to(device)), 1)
         top1.append(logits.argmax(-1).cpu())
-    totals = {k: float(v) for k, v in sums.totals().items()}
-    metrics = token_metrics(totals.get("nll_sum", 0.0), totals.get("correct", 0.0), totals.get("tokens", 0.0),
-                            data.split_bytes["test"], "test_")
+    metrics = token_metrics({k: float(v) for k, v in sums.totals().items()}, data.split_bytes["test"], "test_")
     return metrics, torch.cat(top1) if top1 else torch.empty(0, dtype=torch.long)
 
 

@@ -16,7 +16,13 @@ from kdcli.augment import ViewSet
 from kdcli.engine.batches import DeviceData, Objective
 from kdcli.engine.checkpoints import Checkpoint, CheckpointSchedule, Interrupts, restore, state_copy
 from kdcli.engine.devices import autocast, unwrap
-from kdcli.engine.evaluate import TASK_SUMS, TermSums, run_epoch_eval, token_metrics
+from kdcli.engine.evaluate import (
+    TASK_SUMS,
+    TermSums,
+    expected_calibration_error,
+    run_epoch_eval,
+    token_metrics,
+)
 from kdcli.engine.optim import make_optimizer, make_scheduler, objective_parameters, steps_per_batch
 from kdcli.errors import KdcliError, UsageError
 from kdcli.reporting import Reporter
@@ -192,13 +198,13 @@ def fit(model: nn.Module, dd: DeviceData, objective: Objective, cfg, views: View
                     entry.update({f"val_{k}": v for k, v in val.items() if k not in TASK_SUMS})
                     if "tokens" in val:  # a language model: per token, and bits per byte of the split
                         n = len(data.val_idx)
-                        figures = token_metrics(val["nll_sum"] * n, val["correct"] * n, val["tokens"] * n,
-                                                data.split_bytes["val"], "val_")
+                        figures = token_metrics({k: v * n for k, v in val.items()}, data.split_bytes["val"], "val_")
                         entry.update({"val_acc": figures["val_acc"], "val_nll": figures["val_loss"],
-                                      "val_bpb": figures["val_bpb"]})
+                                      "val_bpb": figures["val_bpb"], "val_ece": figures["val_ece"]})
                     elif "correct" in val:
                         entry["val_acc"] = 100.0 * val["correct"]
                         entry["val_nll"] = val["nll_sum"]
+                        entry["val_ece"] = expected_calibration_error(val, 1.0)
                     if "sq_err" in val:
                         entry["val_mse"] = val["sq_err"]
                 if not per_batch:

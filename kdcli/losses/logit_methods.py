@@ -99,6 +99,7 @@ def standardized(cls: type[TransformedLogits], name: str) -> type[TransformedLog
     """`cls` with its distillation terms on z-scored logits (Sun et al. 2024), registered as `name`."""
     variant = type(f"{cls.__name__}Standardized", (cls,), {
         "logit_transform": staticmethod(standardize),
+        "reads_sparse": False,  # z-scoring needs every logit: a top-k table is densified first
         "__doc__": f"{cls.name} on z-scored logits (logit standardization, Sun et al. 2024); the CE sees raw "
                    f"logits.\n\n{cls.__doc__}"})
     return register_loss(name)(dataclass(variant))

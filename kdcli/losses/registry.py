@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import torch
 
+from kdcli.losses.sparse import SparseTarget
 from kdcli.registry import Registry
 
 LOSSES: Registry = Registry("loss")
@@ -43,6 +44,8 @@ class LogitLoss(abc.ABC):
     implement `terms(student_logits, teacher_logits, labels)` on upcast, teacher-detached logits."""
 
     needs_teacher: ClassVar[bool] = True
+    reads_sparse: ClassVar[bool] = False  # terms() takes a SparseTarget itself (else a top-k one is densified)
+    needs_full_distribution: ClassVar[bool] = False  # the teacher at every token: online or a full table
     name: ClassVar[str] = ""
 
     def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
@@ -51,6 +54,10 @@ class LogitLoss(abc.ABC):
             if self.needs_teacher:
                 raise ValueError(f"loss {self.name!r} needs teacher logits")
             return self.terms(upcast(student_logits), None, labels)
+        if isinstance(teacher_logits, SparseTarget):
+            if self.reads_sparse:
+                return self.terms(upcast(student_logits), teacher_logits, labels)
+            teacher_logits = teacher_logits.dense()
         dtype = compute_dtype(student_logits, teacher_logits)
         return self.terms(upcast(student_logits, dtype), upcast(teacher_logits.detach(), dtype), labels)
 

@@ -77,7 +77,7 @@ def window_table(teacher, data, spec: TableSpec, batch_size: int, device, precis
     for start in range(0, n, batch_size):
         x = prepare(data.x_pool[start:start + batch_size].to(device))
         with autocast(device, precision):
-            part = spec.encode(teacher(x))
+            part = spec.encode(teacher(x), start)
         for name, value in part.items():
             if name not in tensors:
                 tensors[name] = torch.empty((n, *value.shape[1:]), dtype=value.dtype)

@@ -31,7 +31,7 @@ SYNTHESIS_WEIGHTS = ("ce_weight", "bn_weight", "tv_weight", "l2_weight", "adi_we
 
 
 TASKS = ("regression", "classification")
-TEXT_DATASETS = ("text", "python-docs")  # the corpora: their models are language models
+TEXT_DATASETS = ("text", "python-docs", "seqkd")  # the corpora: their models are language models
 # data options that only some data sets take (by the name before ':'); elsewhere they are refused
 DATA_OPTIONS = {"n_samples": ("synthetic-regression",), "n_features": ("synthetic-regression",),
                 "noise": ("synthetic-regression",), "target": ("csv",), "task": ("csv", "npz"),
@@ -49,7 +49,8 @@ def check_choice(name: str, value: str, choices) -> None:
 class DataConfig:
     dataset: str = opt("digits", "data set: digits, mnist, fashion-mnist, cifar10, cifar100, imagefolder:PATH, "
                                  "synthetic-regression, diabetes, csv:PATH, npz:PATH, python-docs, text:PATH, "
-                                 "synthetic:REF (kdcli synthesize; see 'kdcli datasets')")
+                                 "synthetic:REF (kdcli synthesize), seqkd:REF (a sequence-kd artifact; see "
+                                 "'kdcli datasets')")
     data_dir: str = opt("data", "directory holding downloaded data sets", key=False)
     download: bool = opt(False, "download the data set if missing (needs network)", key=False)
     split_seed: int = opt(0, "seed of the train/validation split of the training pool")
@@ -75,7 +76,8 @@ class DataConfig:
         base = self.dataset.partition(":")[0]
         for name, datasets in DATA_OPTIONS.items():
             if getattr(self, name) is not None and base not in datasets:
-                raise UsageError(f"--{name.replace('_', '-')} applies to {' and '.join(datasets)} only, not to "
+                names = " and ".join([", ".join(datasets[:-1]), datasets[-1]]) if len(datasets) > 1 else datasets[0]
+                raise UsageError(f"--{name.replace('_', '-')} applies to {names} only, not to "
                                  f"--dataset {self.dataset}")
         if self.task is not None:
             check_choice("task", self.task, TASKS)
@@ -183,6 +185,8 @@ class DistillConfig(TrainConfig):
     dkd_alpha: float | None = opt(None, "dkd: weight of the target-class term TCKD (Zhao et al. 2022; default 1)")
     dkd_beta: float | None = opt(None, "dkd: weight of the non-target-class term NCKD (default 8)")
     dkd_warmup: int | None = opt(None, "dkd: epochs of linear warm-up of the DKD terms (default 20; 0 = none)")
+    jsd_beta: float | None = opt(None, "jsd: beta of the generalized JSD, the mixture m = beta p + (1 - beta) q "
+                                       "(GKD, Agarwal et al. 2024; default 0.5, in (0, 1))")
     # schedules over the epochs (kdcli.stages.objectives.logit.Schedule)
     temperature_schedule: str = opt("constant", "temperature schedule: constant, linear or cosine "
                                                 "from --temperature to --temperature-end")
@@ -224,6 +228,8 @@ class DistillConfig(TrainConfig):
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
         if self.alpha is not None and not 0 <= self.alpha <= 1:
             raise UsageError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if self.jsd_beta is not None and not 0 < self.jsd_beta < 1:
+            raise UsageError(f"--jsd-beta must be in (0, 1), got {self.jsd_beta}")
         for name in ("ce_weight", "dkd_alpha", "dkd_beta", "dkd_warmup", "w_hard", "w_hp", "w_feat", "w_gr",
                      "feature_weight"):
             value = getattr(self, name)
@@ -274,7 +280,10 @@ class CacheLogitsConfig(InferenceConfig):
     topk: int = opt(0, "keep only the top-k probabilities per view, the rest spread evenly (0 = full logits)")
     dtype: str = opt("float16", "storage dtype: float16 or float32")
     table: str | None = opt(None, "text: what to keep per position: topk:K (default topk:32, the K largest "
-                                  "log-probs, their ids and the tail mass) or full (small vocabularies)")
+                                  "log-probs, their ids and the tail mass; = topk:K,tail), topk:K,notail (the K "
+                                  "renormalized), sample:N or sample:N,T (N draws from the teacher at temperature "
+                                  "T, default 1, with counts, for the unbiased importance-weighted estimate) or "
+                                  "full (small vocabularies)")
 
     def validate(self) -> None:
         super().validate()
@@ -287,6 +296,30 @@ class CacheLogitsConfig(InferenceConfig):
             raise UsageError("--topk and --views are for images; a text table takes --table topk:K or full")
         if self.table is not None and not self.is_text:
             raise UsageError("--table is for text corpora; an image table takes --topk K and --views")
+
+
+@dataclass
+class SequenceKDConfig(InferenceConfig):
+    teacher: str = opt("", "language-model teacher artifact whose samples become the training windows", key=False)
+    temperature: float = opt(1.0, "sampling temperature of the teacher's next-token distribution")
+    prompt_tokens: int = opt(4, "each training window's first tokens, from the corpus, that a sample continues")
+    length: int | None = opt(None, "tokens sampled per continuation (default: context + 1 - prompt tokens, so "
+                                   "each sample fills one window)")
+    seed: int = opt(0, "seed of the draws")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.teacher:
+            raise UsageError("sequence-kd needs a text teacher: kdcli sequence-kd TEACHER --dataset CORPUS")
+        if not self.is_text or self.dataset.startswith("seqkd:"):
+            raise UsageError(f"sequence-kd samples a language-model teacher on its corpus (--dataset python-docs "
+                             f"or text:PATH), not --dataset {self.dataset}")
+        if not self.temperature > 0:
+            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if self.prompt_tokens < 1:
+            raise UsageError(f"--prompt-tokens must be >= 1, got {self.prompt_tokens}")
+        if self.length is not None and self.length < 1:
+            raise UsageError(f"--length must be >= 1, got {self.length}")
 
 
 @dataclass

@@ -36,6 +36,7 @@ from kdcli.stages.objectives.regression import InputAugment, regression_objectiv
 from kdcli.stages.objectives.taps import parse_feature_pairs
 from kdcli.stages.runner import Plan
 from kdcli.stages.teachers import teacher_sources
+from kdcli.stages.token_tables import TableSpec
 
 
 def flag(option: str) -> str:
@@ -74,6 +75,17 @@ def resolve_options(cfg: DistillConfig, task: str) -> DistillConfig:
     resolved = dataclasses.replace(cfg, method=method, **filled)
     resolved.validate()
     return resolved
+
+
+def check_table_serves(cfg: DistillConfig, store) -> None:
+    """A resolved text config's --logits table can serve its method (kdcli.stages.token_tables)."""
+    if not cfg.logits:
+        return
+    manifest = store.get(cfg.logits, kind="logits").manifest
+    if "table" in manifest:
+        spec = TableSpec.parse(manifest["table"], manifest["teacher_model"]["num_outputs"])
+        loss = PluginLoss if usercode.is_code_ref(cfg.method) else LOSSES.get(cfg.method)
+        spec.check_serves(loss, getattr(cfg, "temperature", None))
 
 
 def build_loss(cfg: DistillConfig) -> LogitLoss:

@@ -15,6 +15,7 @@ from kdcli.stages.configs import (
     DistillConfig,
     ExportConfig,
     ImportConfig,
+    SequenceKDConfig,
     SynthesizeConfig,
     TeacherConfig,
 )
@@ -50,9 +51,15 @@ SYNTHESIZE = Stage("synthesize", SynthesizeConfig, "kdcli.stages.synthesize:synt
                    ("kdcli.stages.synthesize", "kdcli.losses.inversion", "kdcli.models", "kdcli.engine",
                     "kdcli.stages.common", "kdcli.stages.visualize"), positional="teacher", sweepable=False)
 
+SEQUENCE_KD = Stage("sequence-kd", SequenceKDConfig, "kdcli.stages.sequence_kd:sequence_kd",
+                    "Sample a text teacher's continuations of the training windows into a data set, --dataset "
+                    "seqkd:REF, for sequence-level KD (Kim & Rush 2016).",
+                    ("kdcli.engine", "kdcli.models", "kdcli.data", "kdcli.stages.sequence_kd", "kdcli.stages.common"),
+                    positional="teacher", sweepable=False)
+
 STAGES: Registry[Stage] = Registry("stage")
 
-for _stage in (TRAIN_TEACHER, CACHE_LOGITS, BASELINE, DISTILL, SYNTHESIZE, IMPORT_TEACHER, EXPORT):
+for _stage in (TRAIN_TEACHER, CACHE_LOGITS, BASELINE, DISTILL, SYNTHESIZE, SEQUENCE_KD, IMPORT_TEACHER, EXPORT):
     STAGES.register(_stage.name)(_stage)
 
 

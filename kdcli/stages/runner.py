@@ -171,8 +171,8 @@ def _finish(ctx: RunContext, result: StageResult) -> StageResult:
 
 # ---- training a plan --------------------------------------------------------------------------------
 
-# validation figures of the kept epoch that go into the metrics: what a sweep may select on
-KEPT_VALIDATION = ("val_loss", "val_acc", "val_nll", "val_mse", "val_bpb")
+# validation figures of the kept epoch that go into the metrics (a sweep selects on some of them)
+KEPT_VALIDATION = ("val_loss", "val_acc", "val_nll", "val_mse", "val_bpb", "val_ece")
 
 # builds the objective once the student exists and the data sits on the device
 ObjectiveFactory = Callable[[nn.Module, DeviceData], Objective]

@@ -16,7 +16,7 @@ from kdcli.losses import LOSSES
 from kdcli.stages.common import RunContext, StageResult, check_text_run, load_data
 from kdcli.stages.configs import BaselineConfig, DistillConfig, TeacherConfig
 from kdcli.stages.objectives.labels import hard_label_objective
-from kdcli.stages.planners import plan_distill, resolve_options
+from kdcli.stages.planners import check_table_serves, plan_distill, resolve_options
 from kdcli.stages.registry import BASELINE, DISTILL, TRAIN_TEACHER
 from kdcli.stages.runner import Plan, train
 
@@ -54,8 +54,8 @@ def baseline(cfg: BaselineConfig, ctx: RunContext) -> StageResult:
 def distill(cfg: DistillConfig, ctx: RunContext) -> StageResult:
     """A student trained on the teacher's outputs: online (--teacher) or from a cached table (--logits),
     for --generations born-again generations."""
-    if cfg.is_text:
-        resolve_options(cfg, "lm")  # a method or scheme a language model cannot use fails before any data loads
+    if cfg.is_text:  # a method, scheme or table a language model cannot use fails before any data loads
+        check_table_serves(resolve_options(cfg, "lm"), ctx.store)
     check_text_run(cfg, ctx.store, [ref for ref in (cfg.teacher, cfg.logits, *cfg.extra_teachers) if ref])
     data = load_data(cfg, ctx)
     cfg = resolve_options(cfg, data.task)

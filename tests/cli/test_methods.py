@@ -27,7 +27,7 @@ TEACHER_LOSSES = [n for n in LOSSES.names() if LOSSES.get(n).needs_teacher]
 
 # params that switch the hard-label term off, leaving only the distillation terms
 PURE = {"kd": {"alpha": 0.0}, "kd-ls": {"alpha": 0.0}, "dkd": {"ce_weight": 0.0},
-        "dkd-ls": {"ce_weight": 0.0}, "deit": {"alpha": 0.0}}
+        "dkd-ls": {"ce_weight": 0.0}, "deit": {"alpha": 0.0}, "rkl": {"alpha": 0.0}, "jsd": {"alpha": 0.0}}
 
 
 def batch(n=16, k=10, seed=0, scale=3.0):

@@ -197,7 +197,7 @@ BAD = [
     (["baseline", "--model", "lm-student", "--dataset", "text:{corpus}", "--context", "300", *CPU],
      "--context 300 is longer than hf-causal:gpt2's 256 positions"),
     (["cache-logits", "teacher", "--table", "topk:300", *TEXT], "K must be between 1 and 255"),
-    (["cache-logits", "teacher", "--table", "sparse", *TEXT], "use topk:K or full"),
+    (["cache-logits", "teacher", "--table", "sparse", *TEXT], "use topk:K"),
     (["distill", "--logits", "table", "--model", "lm-student", "--tokenizer", "bpe:300", "--dataset", "text:{corpus}",
       "--context", "16", *CPU], "need one tokenizer and context"),
     (["distill", "--logits", "table", "--model", "lm-student", "--dataset", "text:{corpus}", "--context", "8", *CPU],
@@ -210,7 +210,7 @@ BAD = [
     (["cache-logits", "teacher", "--topk", "4", *TEXT], "--topk and --views are for images"),
     (["cache-logits", "kept-image", "--table", "topk:4", "--dataset", "digits", *CPU], "--table is for text corpora"),
     (["generate", "kept-image", "--prompt", "x"], "is not a language model"),
-    (["baseline", "--context", "16", *CPU], "--context applies to text and python-docs only"),
+    (["baseline", "--context", "16", *CPU], "--context applies to text, python-docs and seqkd only"),
     (["baseline", "--model", "lm-student", "--split-seed", "3", *TEXT], "--split-seed and --val-fraction do not apply"),
 ]
 

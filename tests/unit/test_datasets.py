@@ -4,6 +4,7 @@ split of the pool, labels or targets of the right kind, and a stable fingerprint
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,28 @@ def _synthetic(root: Path) -> DataSpec:
     return DataSpec(name=f"synthetic:{artifact.id}", store=store)
 
 
+def _seqkd(root: Path) -> DataSpec:
+    """A sequence-kd data artifact over _text's corpus (its own windows reversed stand in for a teacher's
+    samples; the stage itself is tested in tests/cli/test_lm_tables.py)."""
+    from kdcli.store import Store
+
+    store = Store(root / "store")
+    source = load_dataset(dataclasses.replace(_text(root), store=store))
+    if "samples" not in store.refs():
+        train = source.x_pool[source.train_idx].flip(1)
+        tensors = {"x_pool": torch.cat([train, source.x_pool[source.val_idx]]),
+                   "y_pool": torch.cat([source.y_pool[source.train_idx], source.y_pool[source.val_idx]]),
+                   "x_test": source.x_test.clone(), "y_test": source.y_test.clone(),
+                   "train_idx": torch.arange(len(train)),
+                   "val_idx": torch.arange(len(train), len(train) + len(source.val_idx))}
+        artifact = store.put("data", tensors, {"stage": "sequence-kd", "split_bytes": source.split_bytes,
+                                               "split_tokens": source.split_tokens,
+                                               "source_data": {"dataset": _text(root).name, "tokenizer": "bytes",
+                                                               "context": 16}})
+        store.set_ref("samples", artifact.id)
+    return DataSpec(name="seqkd:samples", extra={"context": 16}, store=store)
+
+
 def _vision(name: str, writer, torchvision_name: str | None = None):
     def make(root: Path, md5) -> DataSpec:
         writer(root) if torchvision_name is None else writer(root, torchvision_name)
@@ -80,6 +103,7 @@ INSTANCES = {
     "csv": lambda root, md5: _csv(root),
     "npz": lambda root, md5: _npz(root),
     "text": lambda root, md5: _text(root),
+    "seqkd": lambda root, md5: _seqkd(root),
     "python-docs": lambda root, md5: DataSpec(name="python-docs", extra={"context": 512}),
     "synthetic": lambda root, md5: _synthetic(root),
 }
