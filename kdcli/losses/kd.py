@@ -81,6 +81,12 @@ class HintonKD(TransformedLogits):
         return soft_kl(self.soft(student_logits), self.soft(teacher_logits), self.temperature)
 
     def terms(self, student_logits, teacher_logits, labels):
+        if (isinstance(teacher_logits, SparseTarget) and self.temperature == 1 and self.alpha > 0
+                and self.logit_transform is None):  # at T = 1 the CE and the KL share one log_softmax
+            log_q = F.log_softmax(student_logits, dim=-1)
+            soft = sparse_forward_kl(student_logits, teacher_logits, 1.0, log_q)
+            ce = F.nll_loss(log_q, labels)  # what F.cross_entropy computes, from the shared log_softmax
+            return {"ce": ce, "kl": soft, "loss": self.alpha * ce + (1 - self.alpha) * soft}
         soft = self.divergence(student_logits, teacher_logits)
         if self.alpha == 0:
             return {"kl": soft, "loss": soft}

@@ -65,11 +65,14 @@ class SparseTarget:
         return full.expand(*slots.shape[:-1], self.vocab_size).clone().scatter_(-1, self.ids, slots)
 
 
-def sparse_forward_kl(student_logits: torch.Tensor, target: SparseTarget, temperature: float) -> torch.Tensor:
+def sparse_forward_kl(student_logits: torch.Tensor, target: SparseTarget, temperature: float,
+                      log_q: torch.Tensor | None = None) -> torch.Tensor:
     """T^2 * KL(p_T || q_T), mean over the M rows, from student logits (M, V) and a SparseTarget (M, S):
     exact for a top-k table (the left-out tokens' share of sum_j log q_j comes from the student's row sum),
-    the importance-weighted estimate for a sampled one (module docstring)."""
-    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    the importance-weighted estimate for a sampled one (module docstring). `log_q`: the student's
+    log_softmax(z / T) when the caller has it already."""
+    if log_q is None:
+        log_q = F.log_softmax(student_logits / temperature, dim=-1)
     picked = log_q.gather(-1, target.ids)  # (M, S)
     rows = max(student_logits.shape[0], 1)
     if target.sampled:
