@@ -9,23 +9,27 @@
 
 Rows L1-L3 use the embedded python-docs corpus (bytes, context 128) with the demo's lm-student and
 an untrained lm-teacher (its forward pass costs what a trained one's does); L4 a corpus of python-docs
-repeated 1 and 10 times with a 1-layer student. Call `rows(root)` from bench/bench.py.
+repeated 1 and 10 times with a 1-layer student. `make bench` calls `rows(root, reps, basis)`;
+`python bench/lm_bench.py` prints these rows alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-from bench import Clock, PeakMemory, _mib, _spread, context, interleaved  # noqa: E402  (bench/bench.py)
+from bench import Clock, PeakMemory, _mib, _spread, context, interleaved, render  # noqa: E402  (bench/bench.py)
 from kdcli.data.corpus import python_docs  # noqa: E402
 from kdcli.stages.cache_logits import cache_logits  # noqa: E402
 from kdcli.stages.configs import BaselineConfig, CacheLogitsConfig, DistillConfig, TeacherConfig  # noqa: E402
@@ -144,10 +148,26 @@ def rows(root: Path, reps: int, basis: str) -> list[dict]:
     return out
 
 
-if __name__ == "__main__":  # a memory child
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--store")
-    parser.add_argument("--corpus")
-    parser.add_argument("--step", choices=("prepare", "distill"))
-    parser.add_argument("--table")
-    child(parser.parse_args())
+def main() -> None:
+    """`python bench/lm_bench.py`: rows L1-L4 alone, on one torch thread (CPU seconds), as one table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of rows L1-L2")
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--step", choices=("prepare", "distill"), help=argparse.SUPPRESS)
+    parser.add_argument("--table", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step:  # a memory child
+        child(args)
+        return
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="kdcli-lm-bench-") as root:
+        table = render(rows(Path(root), args.reps, "cpu"),
+                       f"kdcli lm bench ({time.strftime('%Y-%m-%d %H:%M')}, {time.perf_counter() - started:.0f}s): "
+                       f"1 torch thread, CPU seconds, load average {os.getloadavg()[0]:.1f}.")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
