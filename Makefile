@@ -42,7 +42,8 @@ clean:
 	rm -rf $(VENV) artifacts $(REPORTS)
 
 # Speed and memory, measured side by side in one run (bench/bench.py): prints one table of ratios
-# and writes it to $(REPORTS)/bench.md. Under 5 minutes on a 2-core CPU; adds CUDA rows on a GPU.
+# and writes it to $(REPORTS)/bench.md. About 5 minutes on a 2-core CPU before the language-model rows
+# L1-L4 (bench/lm_bench.py, several minutes more: L4 builds a 10x corpus and its table); adds CUDA rows on a GPU.
 .PHONY: bench
 bench: install
 	$(BIN)/python bench/bench.py --out $(REPORTS)/bench.md
