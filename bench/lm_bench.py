@@ -88,7 +88,7 @@ def speed_rows(store: Store, reps: int, basis: str) -> list[dict]:
 def write_corpus(path: Path, copies: int) -> Path:
     """python-docs repeated `copies` times, one file per copy (a folder corpus under 10 files: split by block)."""
     path.mkdir(parents=True, exist_ok=True)
-    text = "".join(piece for _, pieces in python_docs()._documents() for piece in pieces)
+    text = "".join(piece for _, pieces in python_docs().documents() for piece in pieces)
     for copy in range(copies):
         (path / f"part{copy:02d}.txt").write_text(text, encoding="utf-8")
     return path

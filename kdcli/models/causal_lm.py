@@ -11,6 +11,7 @@ transformers is imported lazily.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from kdcli.errors import UsageError
 from kdcli.models.external import first_line, import_transformers
-from kdcli.models.registry import FAMILIES, MODELS
+from kdcli.models.registry import FAMILIES, register_preset
 
 # config keys that describe a saved file, not the architecture: left out of a stored spec
 _VOLATILE_CONFIG_KEYS = ("architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype",
@@ -85,19 +86,13 @@ def hf_causal(model_type: str, input_shape, num_outputs: int, **args) -> nn.Modu
     return CausalLM(lm)
 
 
-def _preset(model_type: str, doc: str, **defaults) -> None:
-    def factory(input_shape, num_outputs, **args):
-        return hf_causal(model_type, input_shape, num_outputs, **{**defaults, **args})
-
-    factory.__doc__ = doc
-    MODELS.register(doc.split(":")[0])(factory)
-
-
 # sized for the CPU demo (make demo-lm): on bytes (V 256), about 0.46M and 0.04M parameters
-_preset("gpt2", "lm-teacher: GPT-2, 2 layers, width 128, 4 heads, 256 positions (0.46M params on bytes), no dropout",
-        n_layer=2, n_embd=128, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-_preset("gpt2", "lm-student: GPT-2, 2 layers, width 32, 4 heads, 256 positions (1/11 of lm-teacher on bytes), no dropout",
-        n_layer=2, n_embd=32, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+register_preset("lm-teacher", functools.partial(hf_causal, "gpt2"),
+                "lm-teacher: GPT-2, 2 layers, width 128, 4 heads, 256 positions (0.46M params on bytes), no dropout",
+                n_layer=2, n_embd=128, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+register_preset("lm-student", functools.partial(hf_causal, "gpt2"),
+                "lm-student: GPT-2, 2 layers, width 32, 4 heads, 256 positions (1/11 of lm-teacher on bytes), no dropout",
+                n_layer=2, n_embd=32, n_head=4, n_positions=256, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
 
 def config_args(config) -> dict:
