@@ -2,7 +2,9 @@
 
 `prepare_qat` turns a float model into PyTorch's FX QAT graph (torch.ao.quantization, qnnpack
 settings: uint8 activations per tensor with the full 0..255 range, int8 symmetric weights per tensor),
-which trains with fake quantization on every weight and activation (straight-through gradients).
+which trains with fake quantization on every weight and activation (straight-through gradients). Its
+fake quantization rounds as the deployed graph does (`ExactFakeQuantize`), so the model that is
+trained, validated and kept is the one that ships.
 `frozen` is the same model with each fake-quantize module replaced by a fixed one at its learned
 scale and zero point: what evaluation, ONNX export and the parity check run. `fold_int8_weights`
 stores the exported graph's constant weights as int8 initializers (QuantizeLinear folded), so the
@@ -17,6 +19,50 @@ import warnings
 
 import torch
 from torch import nn
+from torch.ao.quantization import FusedMovingAvgObsFakeQuantize
+
+
+def exact_fake_quant(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int, quant_min: int,
+                     quant_max: int) -> torch.Tensor:
+    """Per-tensor affine fake quantization as ONNX's QuantizeLinear / DequantizeLinear compute it:
+    q = clamp(round(x / s) + z, qmin, qmax), rounded by a division with ties to even, then (q - z) * s.
+    torch's fake quantize multiplies by 1 / s instead, which rounds some exact ties the other way, and
+    the inputs of a small image set (digits' 17 grey levels) sit on such ties."""
+    scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+    q = (torch.round(x / scale) + zero_point).clamp(quant_min, quant_max)
+    return (q - zero_point) * scale
+
+
+class ExactFakeQuantize(FusedMovingAvgObsFakeQuantize):
+    """torch.ao's fused observer + fake quantize (its observation and straight-through gradient), whose
+    values are `exact_fake_quant`'s: training sees the rounding of the exported int8 graph."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if not self.fake_quant_enabled[0] or self.is_per_channel:
+            return out
+        exact = exact_fake_quant(x, self.scale.reshape(()), int(self.zero_point.reshape(-1)[0]),
+                                 self.activation_post_process.quant_min, self.activation_post_process.quant_max)
+        return out + (exact - out).detach()
+
+
+def qat_qconfig_mapping():
+    """qnnpack's default QAT mapping with every fused fake quantize made an `ExactFakeQuantize`."""
+    from torch.ao.quantization import QConfig, get_default_qat_qconfig_mapping
+
+    def exact(factory):  # a torch.ao _PartialWrapper around functools.partial(class, **arguments)
+        partial = getattr(factory, "p", None)
+        if getattr(partial, "func", None) is FusedMovingAvgObsFakeQuantize:
+            return ExactFakeQuantize.with_args(**partial.keywords)
+        return factory
+
+    mapping = get_default_qat_qconfig_mapping("qnnpack")
+    qconfigs = [("", mapping.global_qconfig)] + list(mapping.object_type_qconfigs.items())
+    for where, qconfig in qconfigs:
+        if qconfig is not None:
+            replaced = QConfig(activation=exact(qconfig.activation), weight=exact(qconfig.weight))
+            mapping.set_global(replaced) if where == "" else mapping.set_object_type(where, replaced)
+    return mapping
 
 
 class QATModel(nn.Module):
@@ -25,13 +71,12 @@ class QATModel(nn.Module):
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
         super().__init__()
-        from torch.ao.quantization import get_default_qat_qconfig_mapping
         from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
         example = torch.zeros((2, *input_shape))
         with warnings.catch_warnings():  # torch.ao's notice that FX quantization moves to torchao
             warnings.simplefilter("ignore")
-            self.graph = prepare_qat_fx(model.train(), get_default_qat_qconfig_mapping("qnnpack"), (example,))
+            self.graph = prepare_qat_fx(model.train(), qat_qconfig_mapping(), (example,))
 
     def train(self, mode: bool = True) -> QATModel:
         from torch.ao.quantization import disable_observer, enable_observer
@@ -50,10 +95,7 @@ def prepare_qat(model: nn.Module, input_shape: tuple[int, ...]) -> QATModel:
 
 
 class FixedFakeQuant(nn.Module):
-    """Per-tensor affine fake quantization at a fixed scale s and zero point z: q = clamp(round(x / s) + z,
-    qmin, qmax), then (q - z) * s. Computed as ONNX's QuantizeLinear defines it (a division, ties to
-    even; torch's fake quantize multiplies by 1 / s, which rounds some exact ties the other way, and the
-    inputs of a small image set sit on such ties), and exported as QuantizeLinear + DequantizeLinear."""
+    """`exact_fake_quant` at a fixed scale and zero point, exported as QuantizeLinear + DequantizeLinear."""
 
     def __init__(self, scale: float, zero_point: int, quant_min: int, quant_max: int):
         super().__init__()
@@ -64,9 +106,7 @@ class FixedFakeQuant(nn.Module):
         if torch.onnx.is_in_onnx_export():
             return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.quant_min,
                                                          self.quant_max)
-        scale = torch.tensor(self.scale, dtype=x.dtype, device=x.device)
-        q = (torch.round(x / scale) + self.zero_point).clamp(self.quant_min, self.quant_max)
-        return (q - self.zero_point) * scale
+        return exact_fake_quant(x, self.scale, self.zero_point, self.quant_min, self.quant_max)
 
 
 def frozen(model: nn.Module) -> nn.Module:
