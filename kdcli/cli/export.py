@@ -53,7 +53,8 @@ def export_rows(result) -> list[list[str]]:
              "" if agree is None else f"{agree:.2f}%"]]
     if "int8_file_bytes" in m:
         change = next(v for k, v in m.items() if k.startswith("int8_") and k.endswith("_change"))
-        rows.append([role, f"{runtime} int8", f"{m['params']:,}", _size(m["int8_file_bytes"]),
+        mode = manifest.get("int8_mode", "dynamic")
+        rows.append([role, f"{runtime} int8 {mode}", f"{m['params']:,}", _size(m["int8_file_bytes"]),
                      f"{ms['int8_b1']:.3f}", f"{ms['int8_b64']:.3f}", f"{_metric(m, 'int8_')} ({change:+.2f})",
                      "", ""])
     return rows

@@ -17,6 +17,7 @@ MONITORS = ("val_loss", "val_acc", "val_kl")
 PRECISIONS = ("fp32", "bf16", "fp16")
 EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "hf": ""}  # export format -> file suffix (hf: a directory)
 ZOO_PREFIXES = ("timm:", "torchvision:")  # import-teacher sources built by kdcli.models.zoo
+INT8_MODES = ("dynamic", "static")  # export --int8-mode: onnxruntime's post-training quantizations
 QUANTIZE = ("none", "int8")  # --quantize: float training, or int8 fake quantization (kdcli.models.quantize)
 # synthesize --method -> the weights it reads, with their defaults: DeepInversion's are Yin et al. 2020's
 # CIFAR-10 settings as NVlabs/DeepInversion runs them (BN 10, TV 2.5e-5, L2 3e-8, CE 1), ADI's
@@ -411,7 +412,13 @@ class ExportConfig:
     atol: float = opt(1e-3, "parity: largest allowed max |logit difference| between the export and PyTorch "
                             "(--format hf: of test bits per byte, through transformers and in the manifest)")
     min_agreement: float = opt(99.9, "parity: smallest allowed argmax agreement with PyTorch, % of test images")
-    int8: bool = opt(False, "onnx: also quantize to int8 (onnxruntime dynamic quantization)")
+    int8: bool = opt(False, "onnx: also quantize to int8 after training (see --int8-mode)")
+    int8_mode: str = opt("dynamic", "int8: dynamic (int8 weights, activations quantized per batch at run time: "
+                                    "onnxruntime quantize_dynamic) or static (int8 weights and activations at "
+                                    "ranges calibrated on training inputs, min-max, QDQ: onnxruntime "
+                                    "quantize_static; the format a --quantize int8 model exports to)")
+    calibration_samples: int = opt(512, "int8 static: training-split inputs the activation ranges are "
+                                        "calibrated on (never validation or test)")
     max_drop: float = opt(1.0, "int8: refuse it if test accuracy falls by more than this many points "
                                     "(a negative value demands a gain)")
     opset: int = opt(17, "onnx: opset version")
@@ -428,6 +435,11 @@ class ExportConfig:
         check_choice("format", self.format, EXPORT_FORMATS)
         if self.int8 and self.format != "onnx":
             raise UsageError("--int8 quantizes ONNX models; use --format onnx")
+        check_choice("int8_mode", self.int8_mode, INT8_MODES)
+        if self.int8_mode != "dynamic" and not self.int8:
+            raise UsageError(f"--int8-mode {self.int8_mode} is a mode of --int8; add --int8")
+        if self.calibration_samples < 1:
+            raise UsageError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")
         if self.atol < 0 or not 0 <= self.min_agreement <= 100:
             raise UsageError("--atol must be >= 0 and --min-agreement in [0, 100]")
         if self.latency_repeats < 1 or self.eval_batch_size < 1:

@@ -5,8 +5,9 @@ absolute logit difference between the exported runtime (a real onnxruntime Infer
 loaded TorchScript module) and PyTorch, and the share of test images on which both pick the same class.
 An export outside the tolerances is an error, never a file. Measured besides, for the model and for
 an optional `--teacher`: parameters, file size, CPU latency per batch of 1 and 64 for PyTorch and the
-runtime, and the exported model's test accuracy. `--int8` adds onnxruntime's dynamic int8 quantization,
-refused when it costs more than `--max-drop` points of test accuracy.
+runtime, and the exported model's test accuracy. `--int8` adds onnxruntime's post-training int8
+quantization (`--int8-mode dynamic`, or `static` calibrated on training inputs), refused when it costs
+more than `--max-drop` points of test accuracy.
 
 The exported bytes are stored as a uint8 tensor in an "export" artifact (the model as parent), so an
 export is content-addressed, verified on read and cached: an unchanged export is not redone. The files
@@ -113,16 +114,32 @@ def torchscript_runtime(blob: bytes) -> Runtime:
     return run
 
 
-def int8_bytes(blob: bytes) -> bytes:
-    """onnxruntime.quantization.quantize_dynamic (int8 weights, activations quantized on the fly)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def int8_bytes(blob: bytes, mode: str = "dynamic", calibration: torch.Tensor | None = None) -> bytes:
+    """Post-training int8 by onnxruntime.quantization: `dynamic` (quantize_dynamic: int8 weights,
+    activations quantized on the fly) or `static` (quantize_static, QDQ: int8 weights per tensor,
+    symmetric; uint8 activations at the min-max ranges of `calibration`, prepared inputs (N, ...))."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration.split(64))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT: batch.numpy()}
 
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         source.write_bytes(blob)
         logging.disable(logging.WARNING)  # its advice to pre-process the model first, on the root logger
         try:
-            quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+            if mode == "static":
+                quantize_static(source, target, Batches(), quant_format=QuantFormat.QDQ, per_channel=False,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax)
+            else:
+                quantize_dynamic(source, target, weight_type=QuantType.QInt8)
         finally:
             logging.disable(logging.NOTSET)
         return target.read_bytes()
@@ -239,6 +256,9 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
         if cfg.format != "onnx" or not cfg.int8:
             raise UsageError(f"{role} {artifact.id[:12]} was trained with fake quantization (--quantize int8): its "
                              "export is an int8 ONNX graph; use --format onnx --int8")
+        if cfg.int8_mode != "dynamic":
+            raise UsageError(f"{role} {artifact.id[:12]} was trained with fake quantization: its int8 graph is "
+                             f"the one it learned, not a post-training --int8-mode {cfg.int8_mode}; drop --int8-mode")
         model = frozen(model)
     cpu = torch.device("cpu")
 
@@ -273,7 +293,8 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
                            parity_output_steps=check["max_abs_diff"] / output_step(model))
         tensors = {"export": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
         if cfg.int8 and not qat:
-            quantized = int8_bytes(blob)
+            calibration = data.prepare(data.x_pool[data.train_idx[:cfg.calibration_samples]])
+            quantized = int8_bytes(blob, cfg.int8_mode, calibration)
             _, measured8, latency8 = _measure(onnx_runtime(quantized), data, x, cfg, "int8")
             latency.update(latency8)
             metric = "test_acc" if classification else "test_mse"
@@ -292,6 +313,7 @@ def export_one(cfg: ExportConfig, ctx: RunContext, ref: str, role: str) -> Stage
         # latency: wall-clock figures, kept beside the content (the store's volatile fields)
         return "export", tensors, {"format": cfg.format, "role": role, "metrics": metrics, "latency": latency,
                                    "quantize": "int8" if qat else "none",
+                                   **({"int8_mode": cfg.int8_mode} if cfg.int8 and not qat else {}),
                                    "data_fingerprint": data.fingerprint, "data": data.describe(),
                                    "model": artifact.manifest["model"]}
 

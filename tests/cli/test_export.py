@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -89,8 +90,29 @@ def test_int8_is_refused_beyond_max_drop_and_reported_within(trained, tmp_path):
     assert (tmp_path / "kept" / "student.int8.onnx").stat().st_size == metrics["int8_file_bytes"]
 
 
+def test_static_int8_is_a_calibrated_qdq_graph(trained, tmp_path):
+    cli, store = trained
+    result = cli("export", "s", "--int8", "--int8-mode", "static", "--calibration-samples", "128", "--max-drop", "100",
+                 "--out", tmp_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    export = store.get(json.loads(result.stdout)["id"])
+    assert export.manifest["int8_mode"] == "static"
+    graph = onnx.load(tmp_path / "student.int8.onnx").graph
+    ops = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops
+    quantized_input = next(node for node in graph.node if node.op_type == "QuantizeLinear" and node.input[0] == "input")
+    zero_point = next(init for init in graph.initializer if init.name == quantized_input.input[2])
+    assert zero_point.data_type == onnx.TensorProto.UINT8  # activations uint8, as --quantize int8 trains them
+    dynamic = cli("export", "s", "--int8", "--max-drop", "100", "--out", tmp_path / "dynamic", "--json")
+    assert json.loads(dynamic.stdout)["id"] != export.id  # the mode is part of what the export is
+
+
 @pytest.mark.parametrize("args, message, code", [
     (("--out", "FILE"), "is a file", 2),
+    (("--int8-mode", "static", "--out", "DIR"), "--int8-mode static is a mode of --int8", 2),
+    (("--int8", "--int8-mode", "float", "--out", "DIR"), "--int8-mode must be one of dynamic, static", 2),
+    (("--int8", "--int8-mode", "static", "--calibration-samples", "0", "--out", "DIR"),
+     "--calibration-samples must be >= 1", 2),
     (("--format", "tflite", "--out", "DIR"), "--format must be one of onnx, torchscript", 2),
     (("--format", "torchscript", "--int8", "--out", "DIR"), "--int8 quantizes ONNX", 2),
     (("--out", "DIR", "--teacher", "nope"), "unknown artifact 'nope'", 2),

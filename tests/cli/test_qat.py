@@ -75,3 +75,6 @@ def test_a_qat_model_exports_with_int8_only(trained, tmp_path):
     result = cli("export", "q-baseline", "--out", tmp_path)
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "trained with fake quantization" in result.stderr and "--int8" in result.stderr
+    static = cli("export", "q-baseline", "--int8", "--int8-mode", "static", "--out", tmp_path)
+    assert static.exit_code == 2 and static.stderr.count("\n") == 1
+    assert "its int8 graph is the one it learned" in static.stderr and not any(tmp_path.iterdir())
