@@ -26,8 +26,9 @@ from kdcli.cli.common import (
 )
 from kdcli.reporting import Reporter
 
-GROUP_HELP = ("tag:TAG, a ref-name glob (demo/baseline-*), sweep:SWEEP_REF:POINT, or REF[,REF...]; "
-              "runs pair up by seed")
+GROUP_HELP = ("tag:TAG, a ref-name glob (demo/baseline-*), sweep:SWEEP_REF:POINT, or REF[,REF...] of model or "
+              "export artifacts (an export: its graph's test metrics, file size and runtime latency; int8:SPEC: "
+              "its post-training int8 graph's); runs pair up by seed")
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -57,7 +58,7 @@ def side_by_side_table(result: dict, title: str) -> Table:
     devices = sorted({row["device"] for row in rows if row["device"]})
     batch = batches[0] if len(batches) == 1 else "batch"
     table = Table(title=title, caption=f"latency: ms per batch of {batch} on {', '.join(devices) or '-'}; "
-                                       "compr.: the teacher's parameters / the model's; weights: bytes stored; "
+                                       "compr.: the teacher's parameters / the model's; weights: bytes stored (an export: its file); "
                                        "agree: top-1 agreement with the teacher, % of test images")
     for column in ("group", "n", "mean ± std", "95% CI", "params", "compr.", "weights", f"ms/{batch}", "agree"):
         table.add_column(column, justify="left" if column == "group" else "right",
@@ -82,13 +83,14 @@ def comparisons_table(result: dict) -> Table:
     holm = len(result["comparisons"]) > 1
     better = {"greater": "better", "less": "worse", "two-sided": "different"}[result["alternative"]]
     table = Table(box=box.SIMPLE_HEAD, title=f"{result['metric']}: group - {result['baseline']}, paired by seed (H1: group {better}; "
-                        f"p: paired t, p (W): Wilcoxon; alpha {result['alpha']:g})")
-    columns = ["group", "diff", "95% CI", "t", "p", "p (W)", "d_z"]
+                        f"p: paired t, p (W): Wilcoxon; seeds +/=/-: better, equal, worse; alpha {result['alpha']:g})")
+    columns = ["group", "diff", "95% CI", "t", "p", "p (W)", "d_z", "seeds +/=/-"]
     for column in columns + (["Holm p", "Holm p (W)"] if holm else []):
         table.add_column(column)
     for c in result["comparisons"]:
         row = [c["a"], fmt(c["mean_diff"]), interval(c["diff_ci_low"], c["diff_ci_high"]),
-               f"{c['t']:.2f}", *(fmt(c[k], 3) for k in ("t_p", "wilcoxon_p", "cohens_dz"))]
+               f"{c['t']:.2f}", *(fmt(c[k], 3) for k in ("t_p", "wilcoxon_p", "cohens_dz")),
+               "/".join(str(c.get(k, "-")) for k in ("seeds_better", "seeds_equal", "seeds_worse"))]
         table.add_row(*row, *([fmt(c["t_p_holm"], 3), fmt(c["wilcoxon_p_holm"], 3)] if holm else []))
     return table
 

@@ -1,7 +1,8 @@
 """Paired comparison of groups of runs across seeds (kdcli.stats), recorded as a report artifact.
 
-A group is a set of model artifacts named by `tag:TAG`, a ref-name glob (`demo/baseline-*`),
-`sweep:SWEEP_REF:POINT` or comma-separated refs. Runs pair up by their manifest's seed; groups
+A group is a set of model or export artifacts named by `tag:TAG`, a ref-name glob (`demo/baseline-*`),
+`sweep:SWEEP_REF:POINT` or comma-separated refs; an export stands for its model with the exported
+graph's test metrics, file size and runtime latency, and `int8:SPEC` takes its post-training int8 graph. Runs pair up by their manifest's seed; groups
 whose seeds or data fingerprints differ are refused rather than compared; groups whose configs differ
 in more than the method options (epochs, model, data options...) are compared with a warning naming
 those keys. An identical compare (same groups, same options) reuses its stored report.
@@ -69,8 +70,36 @@ def sweep_point(store: Store, ref: str, point: str) -> list[str]:
     return ids
 
 
-def resolve_group(store: Store, spec: str) -> list[Artifact]:
-    """tag:TAG | sweep:REF:POINT | a ref-name glob | REF[,REF...] -> model artifacts (each once)."""
+@dataclass(frozen=True)
+class ExportedRun:
+    """An export artifact seen as a run of its model: the model's manifest (seed, config, data), with
+    the metrics, file size and latency of the exported graph as its runtime measured them on the CPU;
+    `int8`: of the post-training int8 graph beside it (export --int8)."""
+
+    id: str
+    manifest: dict
+
+
+def exported_run(store: Store, export: Artifact, int8: bool) -> ExportedRun:
+    m, latency = export.manifest.get("metrics") or {}, export.manifest.get("latency") or {}
+    if int8 and "int8_file_bytes" not in m:
+        raise UsageError(f"export {export.id[:12]} has no post-training int8 graph (exported without --int8, or "
+                         "trained with --quantize int8, whose graph is int8 itself); drop int8:")
+    model = store.get(export.manifest["parents"]["model"], kind="model")
+    prefix, timed = ("int8_", "int8") if int8 else ("", "runtime")
+    metrics = {key.removeprefix(prefix): value for key, value in m.items()
+               if key.startswith(prefix + "test_") and not key.endswith("_change")}
+    metrics.update(params=m.get("params"), size_bytes=m[prefix + "file_bytes"],
+                   latency_ms_per_batch64=latency.get(f"{timed}_b64"))
+    runtime = {"onnx": "onnxruntime", "torchscript": "torchscript"}.get(export.manifest.get("format"), "runtime")
+    return ExportedRun(export.id, {**model.manifest, "metrics": metrics, "device": f"cpu {runtime}"})
+
+
+def resolve_group(store: Store, spec: str) -> list[Artifact | ExportedRun]:
+    """[int8:]tag:TAG | sweep:REF:POINT | a ref-name glob | REF[,REF...] -> runs (each once): model
+    artifacts as they are, export artifacts as `ExportedRun`s; int8: takes exports' post-training int8 graphs."""
+    int8 = spec.startswith("int8:")
+    spec = spec.removeprefix("int8:")
     if spec.startswith("tag:"):
         ids = store.tagged(spec[4:])
         if not ids:
@@ -89,7 +118,16 @@ def resolve_group(store: Store, spec: str) -> list[Artifact]:
         ids = [store.resolve(ref) for ref in spec.split(",") if ref.strip()]
         if not ids:
             raise UsageError(f"empty group {spec!r}")
-    return [store.get(artifact_id, kind="model") for artifact_id in dict.fromkeys(ids)]
+    runs = []
+    for artifact in (store.get(artifact_id) for artifact_id in dict.fromkeys(ids)):
+        if artifact.kind == "export":
+            runs.append(exported_run(store, artifact, int8))
+        elif artifact.kind == "model" and not int8:
+            runs.append(artifact)
+        else:
+            raise UsageError(f"{artifact.id[:12]} is a {artifact.kind} artifact; compare reads model and export "
+                             "artifacts" + (" (int8: takes export artifacts)" if int8 else ""))
+    return runs
 
 
 SELECTABLE = ("val_acc", "val_nll", "val_mse", "val_bpb")
@@ -219,6 +257,10 @@ def analyze(groups: dict[str, list[Artifact]], metric: str, baseline: str, alter
     for label, runs in groups.items():
         by_seed = _by_seed(runs)
         result["groups"][label].update({"values": values[label], "ids": [by_seed[s].id for s in seeds]})
+    for c in result["comparisons"]:  # per seed: better than, equal to, worse than the baseline
+        signs = [(a > b) - (a < b) for a, b in zip(values[c["a"]], values[c["b"]], strict=True)]
+        c["seeds_better"], c["seeds_equal"], c["seeds_worse"] = (
+            signs.count(1 if higher else -1), signs.count(0), signs.count(-1 if higher else 1))
     result["warnings"] = [difference_warning(differing)] if (differing := config_differences(groups)) else []
     result["notes"] = clip_notes(result["groups"], bounds)
     last = result["comparisons"][-1]
@@ -421,7 +463,7 @@ def summary_rows(result: dict) -> list[dict]:
         rows.append({"row": "reference", "name": ref["id"], "n": 1, "mean": ref["mean"],
                      **{k: ref[k] for k in SIDE_KEYS}})
     keys = ("n", "mean_diff", "diff_ci_low", "diff_ci_high", "t", "t_p", "t_p_holm", "wilcoxon_p",
-            "wilcoxon_p_holm", "cohens_dz")
+            "wilcoxon_p_holm", "cohens_dz", "seeds_better", "seeds_equal", "seeds_worse")
     rows += [{"row": "comparison", "name": f"{c['a']} - {c['b']}", **{k: c[k] for k in keys}}
              for c in result["comparisons"]]
     return rows

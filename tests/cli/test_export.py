@@ -131,3 +131,25 @@ def test_parity_and_latency_helpers():
     assert parity(a, a + 0.25, True) == {"max_abs_diff": 0.25, "agreement": 100.0, "n": 2}
     assert parity(a, a.flip(1), True)["agreement"] == 0.0
     assert cpu_latency_ms(lambda: None, 3) >= 0
+
+
+def test_compare_reads_exports_and_their_int8_graphs(trained, tmp_path):
+    cli, store = trained
+    assert cli("baseline", "--epochs", "2", "--seed", "1", "--name", "s1", "-q").exit_code == 0
+    for ref in ("s", "s1"):
+        result = cli("export", ref, "--int8", "--max-drop", "100", "--out", tmp_path / ref, "--name", f"x-{ref}", "-q")
+        assert result.exit_code == 0, result.stderr
+    result = cli("compare", "s,s1", "x-s,x-s1", "int8:x-s,x-s1", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    exports = [store.get(f"x-{ref}").manifest for ref in ("s", "s1")]
+    assert report["groups"]["x-s,x-s1"]["values"] == [m["metrics"]["test_acc"] for m in exports]
+    assert report["groups"]["int8:x-s,x-s1"]["values"] == [m["metrics"]["int8_test_acc"] for m in exports]
+    side = {row["label"]: row for row in report["side_by_side"]}
+    assert side["int8:x-s,x-s1"]["size_bytes"] == np.mean([m["metrics"]["int8_file_bytes"] for m in exports])
+    assert side["x-s,x-s1"]["latency_ms"] == exports[0]["latency"]["runtime_b64"]
+    assert side["x-s,x-s1"]["device"] == "cpu onnxruntime"
+    for c in report["comparisons"]:
+        assert c["seeds_better"] + c["seeds_equal"] + c["seeds_worse"] == 2
+    refused = cli("compare", "s,s1", "int8:s,s1")
+    assert refused.exit_code == 2 and "int8: takes export artifacts" in refused.stderr
