@@ -118,8 +118,14 @@ def int8_bytes(blob: bytes, mode: str = "dynamic", calibration: torch.Tensor | N
     """Post-training int8 by onnxruntime.quantization: `dynamic` (quantize_dynamic: int8 weights,
     activations quantized on the fly) or `static` (quantize_static, QDQ: int8 weights per tensor,
     symmetric; uint8 activations at the min-max ranges of `calibration`, prepared inputs (N, ...))."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     class Batches(CalibrationDataReader):
         def __init__(self):
