@@ -392,8 +392,9 @@ qat: install
 	  qkd=$${qkd:+$$qkd,}qat/qat-kd-s$$s-export; qbase=$${qbase:+$$qbase,}qat/qat-baseline-s$$s-export; \
 	done; \
 	{ $(KD) compare int8:$$kd $$kd int8:$$static $$qkd $$qbase --label "float KD + PTQ int8 dynamic" --label "float KD" \
-	    --label "float KD + PTQ int8 static" --label "QAT-KD int8" --label "QAT baseline int8" --reference demo/teacher; \
-	  $(KD) compare $$qbase $$qkd --label "QAT baseline int8" --label "QAT-KD int8"; } 2>&1 | tee $(REPORTS)/qat.txt
+	    --label "float KD + PTQ int8 static" --label "QAT-KD int8" --label "QAT baseline int8" --reference demo/teacher && \
+	  $(KD) compare $$qbase $$qkd --label "QAT baseline int8" --label "QAT-KD int8"; } >$(REPORTS)/qat.txt 2>&1 \
+	  || { cat $(REPORTS)/qat.txt >&2; exit 1; }; cat $(REPORTS)/qat.txt
 
 # How QAT_RECIPE was chosen, on validation only: on seeds QAT_CHOICE_SEEDS (never reported), the demo's
 # float KD student, then three QAT-KD candidates: fine-tuning it 50 epochs at lr 3e-4 (ft50), 100 epochs
