@@ -81,7 +81,14 @@ class DataSet:
                 "num_outputs": self.num_outputs, "train": len(self.train_idx), "val": len(self.val_idx),
                 "test": len(self.y_test), "fingerprint": self.fingerprint,
                 **({"normalization": self.normalization} if self.normalization else {}),
-                **({"evaluation": self.evaluation} if self.evaluation else {})}
+                **({"evaluation": self.evaluation} if self.evaluation else {}),
+                **({"input_space": self.input_space()} if self.is_image else {})}
+
+    def input_space(self) -> dict:
+        """How raw images become model inputs, and what the outputs name: what a teacher's manifest needs
+        to be inverted without its data (kdcli.stages.synthesize)."""
+        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std),
+                "class_names": list(self.class_names)}
 
 
 def split_pool(n: int, val_fraction: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:

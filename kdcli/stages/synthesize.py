@@ -37,11 +37,10 @@ from kdcli.losses.inversion import (
     total_variation_l2,
 )
 from kdcli.reporting import duration
-from kdcli.stages.common import RunContext, StageResult, load_model
+from kdcli.stages.common import RunContext, StageResult, data_of, load_model
 from kdcli.stages.configs import DataConfig, SynthesizeConfig
 from kdcli.stages.registry import SYNTHESIZE
 from kdcli.stages.runner import run_cached
-from kdcli.stages.visualize import data_of
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -106,6 +105,31 @@ class Inversion:
         return x.detach(), {k: float(v.detach()) for k, v in terms.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class InputSpace:
+    """A teacher's input space: image shape (C, H, W), the loader's scale and per-channel normalization,
+    class names, and the fingerprint of the data it was trained on (DataSet.input_space)."""
+
+    input_shape: tuple[int, ...]
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+    fingerprint: str
+
+
+def input_space_of(manifest: dict) -> InputSpace:
+    """From the teacher's manifest; a teacher recorded before manifests held it loads its data set instead."""
+    recorded = (manifest.get("data") or {}).get("input_space")
+    if recorded is None:
+        data = data_of(manifest)
+        recorded, fingerprint = data.input_space(), data.fingerprint
+    else:
+        fingerprint = manifest.get("data_fingerprint") or manifest["data"].get("fingerprint", "")
+    return InputSpace(tuple(manifest["model"]["input_shape"]), recorded["scale"], tuple(recorded["mean"]),
+                      tuple(recorded["std"]), tuple(recorded["class_names"]), fingerprint)
+
+
 def _mean_std(data) -> tuple[torch.Tensor, torch.Tensor]:
     """The data set's per-channel normalization (1, C, 1, 1) each (0 and 1 when it has none)."""
     channels = data.input_shape[0]
@@ -145,7 +169,7 @@ def synthesize(cfg: SynthesizeConfig, ctx: RunContext) -> StageResult:
                              f"{theirs['num_outputs']} outputs; the teacher takes {tuple(spec['input_shape'])} with "
                              f"{spec['num_outputs']}")
         inputs["student"] = student_artifact.id
-    data = data_of(artifact.manifest)  # the normalization and pixel range of the teacher's inputs
+    data = input_space_of(artifact.manifest)  # the normalization and pixel range of the teacher's inputs
     resolved = dataclasses.replace(cfg, **weights)
     if cfg.method == "noise":  # nothing is optimized: the optimization settings do not apply
         resolved = dataclasses.replace(resolved, iterations=0, lr=0.0, jitter=0, flip=False)

@@ -136,3 +136,25 @@ def test_adi_runs_with_a_student_and_records_it(teachers):
     assert manifest["weights"]["adi_weight"] == 0.5 and "final_competition" in manifest["metrics"]
     wrong = cli("synthesize", "t", *TINY, "--method", "adi", "--student", "rgb")
     assert wrong.exit_code == 2 and "student" in wrong.stderr and "(3, 8, 8)" in wrong.stderr
+
+
+def test_a_teacher_whose_data_is_gone_is_still_inverted_and_distilled(tmp_path, make_cli, make_image_folder):
+    """The data-free user: the teacher's manifest holds its input space, so neither synthesize nor
+    distilling on its output needs the data set; the test is then a held-out synthetic part."""
+    import shutil
+
+    cli = make_cli(tmp_path / "store")
+    folder = make_image_folder(tmp_path / "images", per_class=4, size=8)
+    assert cli("train-teacher", "--dataset", f"imagefolder:{folder}", "--image-size", "8", "--model", "digits-teacher",
+               "--epochs", "1", "--name", "t", "-q").exit_code == 0
+    space = Store(tmp_path / "store").get("t").manifest["data"]["input_space"]
+    assert space["scale"] == pytest.approx(1 / 255) and len(space["mean"]) == 3 and len(space["class_names"]) >= 2
+    shutil.rmtree(folder)
+    made = cli("synthesize", "t", *TINY, "--name", "syn")
+    assert made.exit_code == 0, made.stderr
+    assert Store(tmp_path / "store").get("syn").manifest["normalization"]["mean"] == space["mean"]
+    result = cli("distill", "--dataset", "synthetic:syn", "--teacher", "t", "--model", "digits-student",
+                 "--epochs", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    data = Store(tmp_path / "store").get(json.loads(result.stdout)["id"]).manifest["data"]
+    assert data["evaluation"]["test"] == "held-out synthetic inputs (no real data)"
