@@ -376,12 +376,12 @@ qat: install
 	kd=; static=; qkd=; qbase=; \
 	for s in $(SEEDS); do \
 	  echo "== seed $$s: the demo's float KD $(DEMO_STUDENT), then QAT-KD and the QAT baseline"; \
+	  KDCLI_THREADS=1 $(KD) distill --logits demo/logits --model $(DEMO_STUDENT) $(QAT_RECIPE) $(DEMO_KD) --seed $$s \
+	    --name qat/qat-kd-s$$s -q --device $(DEVICE) >/dev/null & pid=$$!; \
 	  KDCLI_THREADS=1 $(KD) distill --logits demo/logits --model $(DEMO_STUDENT) $(DEMO_RECIPE) $(DEMO_KD) --seed $$s \
-	    --name demo/kd-s$$s -q --device $(DEVICE) >/dev/null & pid=$$!; \
+	    --name demo/kd-s$$s -q --device $(DEVICE) >/dev/null; \
 	  KDCLI_THREADS=1 $(KD) baseline --model $(DEMO_STUDENT) $(QAT_RECIPE) --seed $$s --name qat/qat-baseline-s$$s \
 	    -q --device $(DEVICE) >/dev/null; wait $$pid; \
-	  KDCLI_THREADS=1 $(KD) distill --logits demo/logits --model $(DEMO_STUDENT) $(QAT_RECIPE) $(DEMO_KD) --seed $$s \
-	    --name qat/qat-kd-s$$s -q --device $(DEVICE) >/dev/null; \
 	done; \
 	echo "== exports (one at a time, nothing else running: their latencies are measured)"; \
 	for s in $(SEEDS); do \
