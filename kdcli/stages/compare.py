@@ -125,7 +125,7 @@ def resolve_group(store: Store, spec: str) -> list[Artifact | ExportedRun]:
         elif artifact.kind == "model" and not int8:
             runs.append(artifact)
         else:
-            raise UsageError(f"{artifact.id[:12]} is a {artifact.kind} artifact; compare reads model and export "
+            raise UsageError(f"{artifact.id[:12]} is a {artifact.kind} artifact; a group holds model or export "
                              "artifacts" + (" (int8: takes export artifacts)" if int8 else ""))
     return runs
 

@@ -81,4 +81,4 @@ def test_plot_curves(made, tmp_path):
     png = out.read_bytes()
     assert png.startswith(PNG) and bytes(store.get(payload["id"], kind="report").tensor("curves.png").numpy()) == png
     refused = invoke("plot", "curves", "tl", "--out", out)
-    assert refused.exit_code == 2 and "is a logits artifact, expected a model" in refused.stderr
+    assert refused.exit_code == 2 and "is a logits artifact; a group holds model or export artifacts" in refused.stderr
