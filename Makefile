@@ -316,7 +316,9 @@ methods-digits: install
 # for the time budget; jitter 1 pixel, no flips: digits are not mirror-symmetric), and as many Gaussian
 # noise inputs. Per seed: the demo's real-data baseline and KD students, and a student distilled on each
 # synthetic set (the teacher online; validation on held-out synthetic inputs, the test on digits' real
-# test split). Prints the table and the paired tests; writes $(REPORTS)/data-free.md and the image grid.
+# test split). `kdcli compare --across-data` (the students trained on different inputs, all tested on
+# digits' test split): every group against real-data KD (two-sided, Holm), then data-free KD against
+# noise KD (one-sided); the tables also go to $(REPORTS)/data-free.txt, the image grid beside them.
 DF_N     ?= 1536
 DF_SYNTH ?= --n $(DF_N) --iterations 500 --jitter 1 --no-flip
 DF_RUN    = -q --device $(DEVICE) >/dev/null
@@ -346,11 +348,10 @@ data-free: install
 	  di=$${di:+$$di,}data-free/deepinversion-s$$s; noise=$${noise:+$$noise,}data-free/noise-s$$s; \
 	done; \
 	$(KD) plot synthetic data-free/deepinversion --out $(REPORTS)/data-free-deepinversion.png -q >/dev/null; \
-	$(BIN)/python bench/paired_table.py --title "digits test accuracy (%), $(DEMO_STUDENT), seeds $(SEEDS)" \
-	  --group "real-data baseline|$$base|test_acc" --group "real-data KD|$$kd|test_acc" \
-	  --group "noise KD|$$noise|test_acc" --group "data-free KD|$$di|test_acc" \
-	  --test "data-free KD > noise KD" --test "data-free KD vs real-data KD" --test "real-data KD > real-data baseline" \
-	  --out $(REPORTS)/data-free.md
+	{ $(KD) compare $$kd $$base $$noise $$di --label "real-data KD" --label "real-data baseline" --label "noise KD" \
+	    --label "data-free KD" --alternative two-sided --across-data --reference demo/teacher && \
+	  $(KD) compare $$noise $$di --label "noise KD" --label "data-free KD" --across-data; } >$(REPORTS)/data-free.txt 2>&1 \
+	  || { cat $(REPORTS)/data-free.txt >&2; exit 1; }; cat $(REPORTS)/data-free.txt
 
 # Quantization-aware distillation (seed 004 section 9.3, issue 25) on digits with the demo's teacher
 # table, student and recipe, per seed: the demo's float KD student, as it exports (float ONNX) and

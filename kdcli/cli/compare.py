@@ -78,6 +78,17 @@ def side_by_side_table(result: dict, title: str) -> Table:
     return table
 
 
+def per_seed_table(result: dict) -> Table:
+    """Each group's metric per seed (the pairs the tests are made of)."""
+    table = Table(box=box.SIMPLE_HEAD, title=f"{result['metric']} per seed")
+    table.add_column("seed")
+    for label in result["groups"]:
+        table.add_column(label, justify="right")
+    for i, seed in enumerate(result["seeds"]):
+        table.add_row(str(seed), *(fmt(g["values"][i]) for g in result["groups"].values()))
+    return table
+
+
 def comparisons_table(result: dict) -> Table:
     """Per comparison: mean difference with CI, t, p, Wilcoxon p, d_z, and Holm p with > 1 comparison."""
     holm = len(result["comparisons"]) > 1
@@ -104,6 +115,7 @@ def command(
     level: Annotated[float, typer.Option("--level", help="significance level of the tests")] = 0.05,
     old_alpha: Annotated[float | None, typer.Option("--alpha", hidden=True)] = None,
     require_significant: Annotated[bool, typer.Option("--require-significant", help="exit 1 unless the last group (other than the baseline) vs the baseline is significant at --level (paired t-test in the --alternative direction, Holm-adjusted with > 2 groups)")] = False,
+    across_data: Annotated[bool, typer.Option("--across-data", help="pair groups trained on different data (a data-free student against a real-data one) when every run was tested on one test split; warned")] = False,
     reference: Annotated[str | None, typer.Option("--reference", help="teacher artifact: its metric as a reference line and row")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="write the paired plot here (PNG): each seed's line from group to group, beside the differences with their CI")] = None,
     csv: Annotated[Path | None, typer.Option("--csv", help="write the per-group and per-comparison summary here")] = None,
@@ -129,7 +141,7 @@ def command(
         check_out_file(plot, "--plot")
         check_out_file(csv, "--csv")
         cfg = CompareConfig(groups=list(groups), labels=list(label or []), metric=metric, baseline=baseline,
-                            alternative=alternative, alpha=level, reference=reference,
+                            alternative=alternative, alpha=level, across_data=across_data, reference=reference,
                             plot=str(plot) if plot else None)
         st = open_store(store, write=True)
         result = compare(cfg, st)
@@ -142,6 +154,7 @@ def command(
         for warning in result.get("warnings", []):
             reporter.warn(warning)
         console.print(side_by_side_table(result, f"{result['metric']} over seeds {','.join(map(str, result['seeds']))}"))
+        console.print(per_seed_table(result))
         console.print(comparisons_table(result))
         for note in result.get("notes", []):
             reporter.info(f"note: {note}")

@@ -7,6 +7,7 @@ held-out test set, as whole tensors. Images stay uint8 (N, C, H, W) until a batc
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +57,11 @@ class DataSet:
 
             self.fingerprint = cached_fingerprint(self, full) if self.sources else full()
 
+    @functools.cached_property
+    def test_fingerprint(self) -> str:
+        """sha256 of the test inputs and targets: runs trained on different data pair up on it (compare)."""
+        return fingerprint(self.x_test, self.y_test)
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_pool.shape[1:])
@@ -79,7 +85,7 @@ class DataSet:
     def describe(self) -> dict:
         return {"name": self.name, "task": self.task, "input_shape": list(self.input_shape),
                 "num_outputs": self.num_outputs, "train": len(self.train_idx), "val": len(self.val_idx),
-                "test": len(self.y_test), "fingerprint": self.fingerprint,
+                "test": len(self.y_test), "fingerprint": self.fingerprint, "test_fingerprint": self.test_fingerprint,
                 **({"normalization": self.normalization} if self.normalization else {}),
                 **({"evaluation": self.evaluation} if self.evaluation else {}),
                 **({"input_space": self.input_space()} if self.is_image else {})}

@@ -2,10 +2,14 @@
 
 A group is a set of model or export artifacts named by `tag:TAG`, a ref-name glob (`demo/baseline-*`),
 `sweep:SWEEP_REF:POINT` or comma-separated refs; an export stands for its model with the exported
-graph's test metrics, file size and runtime latency, and `int8:SPEC` takes its post-training int8 graph. Runs pair up by their manifest's seed; groups
-whose seeds or data fingerprints differ are refused rather than compared; groups whose configs differ
-in more than the method options (epochs, model, data options...) are compared with a warning naming
-those keys. An identical compare (same groups, same options) reuses its stored report.
+graph's test metrics, file size and runtime latency, and `int8:SPEC` takes its post-training int8
+graph. Runs pair up by their manifest's seed. Groups whose seeds differ are refused; so are groups
+trained on different data, unless `across_data` is asked and every run records one test split (a
+data-free student against a real-data one, both tested on the teacher's real test split): those are
+compared, with a warning.
+Groups whose configs differ in more than the method options (epochs, model, data options...) are
+compared with a warning naming those keys. An identical compare (same groups, same options) reuses
+its stored report.
 
 Beside the statistics, `side_by_side` holds one row per group and one for the reference teacher:
 the metric with its CI, parameters, compression against the teacher, size of the weights, latency per batch
@@ -173,7 +177,8 @@ def kept_value(run: Artifact, metric: str) -> float:
     return float(entry[metric])
 
 
-def pair(groups: dict[str, list[Artifact]], metric: str) -> tuple[list[int], dict[str, list[float]]]:
+def pair(groups: dict[str, list[Artifact]], metric: str,
+         across_data: bool = False) -> tuple[list[int], dict[str, list[float]]]:
     """The common seeds (sorted) and each group's metric per seed; refuses groups that do not pair up."""
     seed_sets, data = {}, {}
     for label, runs in groups.items():
@@ -195,15 +200,39 @@ def pair(groups: dict[str, list[Artifact]], metric: str) -> tuple[list[int], dic
         seed_sets[label], data[label] = set(seeds), prints.pop()
     first = next(iter(groups))
     for label in groups:
-        if data[label] != data[first]:
+        if data[label] != data[first] and not (across_data and same_test_split(groups[first] + groups[label])):
+            hint = ("; they share one test split: --across-data compares them" if same_test_split(
+                groups[first] + groups[label]) else ("; --across-data needs one recorded test split, which they "
+                                                     "do not share" if across_data else ""))
             raise UsageError(f"groups {first!r} and {label!r} were trained on different data ({str(data[first])[:12]} vs "
-                             f"{str(data[label])[:12]}: another data set or --split-seed?); paired runs need the same data")
+                             f"{str(data[label])[:12]}: another data set or --split-seed?); paired runs need the same "
+                             f"data{hint}")
         if seed_sets[label] != seed_sets[first]:
             raise UsageError(f"seeds do not pair up: {first!r} has seeds {_seeds(seed_sets[first])}, "
                              f"{label!r} has {_seeds(seed_sets[label])}")
     seeds = sorted(seed_sets[first])
     values = {label: [_by_seed(runs)[s].manifest["metrics"][metric] for s in seeds] for label, runs in groups.items()}
     return seeds, values
+
+
+def test_print(run) -> str | None:
+    return (run.manifest.get("data") or {}).get("test_fingerprint")
+
+
+def same_test_split(runs: list) -> bool:
+    """Whether every run was tested on one recorded test split (inputs and targets alike)."""
+    prints = {test_print(run) for run in runs}
+    return len(prints) == 1 and None not in prints
+
+
+def data_warning(groups: dict[str, list]) -> str | None:
+    """One line when the groups were trained on different data sets but tested on one split."""
+    prints = {label: runs[0].manifest.get("data_fingerprint") for label, runs in groups.items()}
+    if len(set(prints.values())) == 1:
+        return None
+    shown = "; ".join(f"{label}: {str(fp)[:12]}" for label, fp in prints.items())
+    return (f"the groups were trained on different data ({shown}) and tested on the same test split "
+            f"({str(test_print(next(iter(groups.values()))[0]))[:12]}): the comparison includes the effect of the data")
 
 
 def _seeds(seeds) -> str:
@@ -244,12 +273,12 @@ def difference_warning(differing: dict[str, dict[str, list]]) -> str:
 
 
 def analyze(groups: dict[str, list[Artifact]], metric: str, baseline: str, alternative: str = "greater",
-            alpha: float = 0.05) -> dict:
+            alpha: float = 0.05, across_data: bool = False) -> dict:
     """Pair the groups by seed and test each against `baseline`; `decision` is the last comparison's."""
     if not 0 < alpha < 1:
         raise UsageError(f"--level must be between 0 and 1, got {alpha}")
     higher = higher_is_better(metric)
-    seeds, values = pair(groups, metric)
+    seeds, values = pair(groups, metric, across_data)
     bounds = metric_bounds(metric)
     result = stats.compare_groups(values, baseline, scipy_alternative(alternative, higher), higher, bounds=bounds)
     result.update({"metric": metric, "alternative": alternative, "scipy_alternative": result["alternative"],
@@ -262,6 +291,7 @@ def analyze(groups: dict[str, list[Artifact]], metric: str, baseline: str, alter
         c["seeds_better"], c["seeds_equal"], c["seeds_worse"] = (
             signs.count(1 if higher else -1), signs.count(0), signs.count(-1 if higher else 1))
     result["warnings"] = [difference_warning(differing)] if (differing := config_differences(groups)) else []
+    result["warnings"] += [warning] if (warning := data_warning(groups)) else []
     result["notes"] = clip_notes(result["groups"], bounds)
     last = result["comparisons"][-1]
     p = last["t_p_holm"] if len(result["comparisons"]) > 1 else last["t_p"]
@@ -361,6 +391,7 @@ class CompareConfig:
     baseline: str | None = None  # a label or a 0-based index (default: the first group)
     alternative: str = "greater"  # about "better than the baseline": greater, less or two-sided
     alpha: float = 0.05  # significance level of `decision`
+    across_data: bool = False  # pair groups trained on different data that were tested on one test split
     reference: str | None = None  # a teacher artifact whose metric is drawn and reported
     plot: str | None = None  # PNG path of the paired plot (not part of what makes two compares identical)
 
@@ -401,7 +432,7 @@ def compare(cfg: CompareConfig, store: Store) -> dict:
     if reused is not None:
         return reused
     metric = cfg.metric or default_metric([run for runs in groups.values() for run in runs])
-    result = analyze(groups, metric, baseline, cfg.alternative, cfg.alpha)
+    result = analyze(groups, metric, baseline, cfg.alternative, cfg.alpha, cfg.across_data)
     parents = {label: result["groups"][label]["ids"] for label in labels}
     reference = None
     if reference_id:

@@ -187,3 +187,16 @@ def test_identical_compare_reuses_its_report(runs, tmp_path):
     assert (tmp_path / "b.png").read_bytes() == (tmp_path / "a.png").read_bytes()
     other = invoke("compare", "mid/*", "strong/*", "--alternative", "greater", "-q")
     assert other.stdout != first.stdout
+
+
+def test_across_data_pairs_runs_tested_on_one_test_split(runs):
+    """Runs trained on another split (or a data-free student's synthetic set) share the test split:
+    refused by default with the way out named, compared with a warning under --across-data."""
+    _, invoke = runs
+    refused = invoke("compare", "split/*", "weak/*")
+    assert refused.exit_code == 2 and "they share one test split: --across-data compares them" in refused.stderr
+    result = invoke("compare", "split/*", "weak/*", "--across-data", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert any("trained on different data" in w and "tested on the same test split" in w for w in report["warnings"])
+    assert "tested on the same test split" in result.stderr
