@@ -200,3 +200,15 @@ def test_across_data_pairs_runs_tested_on_one_test_split(runs):
     report = json.loads(result.stdout)
     assert any("trained on different data" in w and "tested on the same test split" in w for w in report["warnings"])
     assert "tested on the same test split" in result.stderr
+
+
+def test_the_per_seed_table_shows_each_pair(runs):
+    _, invoke = runs
+    result = invoke("compare", "weak/*", "strong/*", "--json")
+    report = json.loads(result.stdout)
+    assert "test_acc per seed" in result.stderr
+    for i, seed in enumerate(report["seeds"]):
+        row = next(line for line in result.stderr.splitlines() if line.strip().startswith(f"{seed} "))
+        assert f"{report['groups']['strong/*']['values'][i]:.4g}" in row
+    c = report["comparisons"][0]
+    assert (c["seeds_better"], c["seeds_equal"], c["seeds_worse"]) == (len(report["seeds"]), 0, 0)  # trained vs untrained
