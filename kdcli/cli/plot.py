@@ -52,7 +52,7 @@ def curves(
     """Train/validation loss and validation accuracy (or MSE) per epoch. Prints the report artifact id."""
 
     def figure(st: Store) -> dict:
-        from kdcli.stages.compare import resolve_group  # imported late: keeps `kdcli --help` fast
+        from kdcli.stages.groups import resolve_group  # imported late: keeps `kdcli --help` fast
         from kdcli.stages.visualize import training_curves  # imported late: keeps `kdcli --help` fast
 
         labelled = {}

@@ -1,12 +1,9 @@
 """Paired comparison of groups of runs across seeds (kdcli.stats), recorded as a report artifact.
 
-A group is a set of model or export artifacts named by `tag:TAG`, a ref-name glob (`demo/baseline-*`),
-`sweep:SWEEP_REF:POINT` or comma-separated refs; an export stands for its model with the exported
-graph's test metrics, file size and runtime latency, and `int8:SPEC` takes its post-training int8
-graph. Runs pair up by their manifest's seed. Groups whose seeds differ are refused; so are groups
-trained on different data, unless `across_data` is asked and every run records one test split (a
-data-free student against a real-data one, both tested on the teacher's real test split): those are
-compared, with a warning.
+A group is a set of model or export artifacts (kdcli.stages.groups resolves its spec). Runs pair up
+by their manifest's seed. Groups whose seeds differ are refused; so are groups trained on different
+data, unless `across_data` is asked and every run records one test split (a data-free student against
+a real-data one, both tested on the teacher's real test split): those are compared, with a warning.
 Groups whose configs differ in more than the method options (epochs, model, data options...) are
 compared with a warning naming those keys. An identical compare (same groups, same options) reuses
 its stored report.
@@ -22,7 +19,6 @@ baseline, i.e. a higher accuracy or a lower MSE (scipy's "less" on a - b for low
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -34,6 +30,7 @@ from kdcli import plots, stats
 from kdcli.errors import UsageError
 from kdcli.latency import measure_latency
 from kdcli.stages.configs import TrainConfig, check_choice
+from kdcli.stages.groups import resolve_group
 from kdcli.stages.visualize import record_report
 from kdcli.store import Artifact, CorruptArtifact, Store, canonical_json
 
@@ -61,77 +58,6 @@ def scipy_alternative(alternative: str, higher: bool) -> str:
     if higher or alternative == "two-sided":
         return alternative
     return "less" if alternative == "greater" else "greater"
-
-
-def sweep_point(store: Store, ref: str, point: str) -> list[str]:
-    """The run ids of one point of a sweep artifact."""
-    sweep = store.get(ref, kind="sweep")
-    rows = sweep.manifest["rows"]
-    ids = [row["id"] for row in rows if row["point"] == point]
-    if not ids:
-        points = ", ".join(dict.fromkeys(row["point"] for row in rows))
-        raise UsageError(f"sweep {ref!r} has no point {point!r}; its points are: {points}")
-    return ids
-
-
-@dataclass(frozen=True)
-class ExportedRun:
-    """An export artifact seen as a run of its model: the model's manifest (seed, config, data), with
-    the metrics, file size and latency of the exported graph as its runtime measured them on the CPU;
-    `int8`: of the post-training int8 graph beside it (export --int8)."""
-
-    id: str
-    manifest: dict
-
-
-def exported_run(store: Store, export: Artifact, int8: bool) -> ExportedRun:
-    m, latency = export.manifest.get("metrics") or {}, export.manifest.get("latency") or {}
-    if int8 and "int8_file_bytes" not in m:
-        raise UsageError(f"export {export.id[:12]} has no post-training int8 graph (exported without --int8, or "
-                         "trained with --quantize int8, whose graph is int8 itself); drop int8:")
-    model = store.get(export.manifest["parents"]["model"], kind="model")
-    prefix, timed = ("int8_", "int8") if int8 else ("", "runtime")
-    metrics = {key.removeprefix(prefix): value for key, value in m.items()
-               if key.startswith(prefix + "test_") and not key.endswith("_change")}
-    metrics.update(params=m.get("params"), size_bytes=m[prefix + "file_bytes"],
-                   latency_ms_per_batch64=latency.get(f"{timed}_b64"))
-    runtime = {"onnx": "onnxruntime", "torchscript": "torchscript"}.get(export.manifest.get("format"), "runtime")
-    return ExportedRun(export.id, {**model.manifest, "metrics": metrics, "device": f"cpu {runtime}"})
-
-
-def resolve_group(store: Store, spec: str) -> list[Artifact | ExportedRun]:
-    """[int8:]tag:TAG | sweep:REF:POINT | a ref-name glob | REF[,REF...] -> runs (each once): model
-    artifacts as they are, export artifacts as `ExportedRun`s; int8: takes exports' post-training int8 graphs."""
-    int8 = spec.startswith("int8:")
-    spec = spec.removeprefix("int8:")
-    if spec.startswith("tag:"):
-        ids = store.tagged(spec[4:])
-        if not ids:
-            raise UsageError(f"no artifacts tagged {spec[4:]!r}")
-    elif spec.startswith("sweep:"):
-        ref, sep, point = spec[6:].partition(":")
-        if not sep or not ref or not point:
-            raise UsageError(f"a sweep group is sweep:SWEEP_REF:POINT, got {spec!r}")
-        ids = sweep_point(store, ref, point)
-    elif any(ch in spec for ch in "*?["):
-        refs = store.refs()
-        ids = [target for name, target in refs.items() if fnmatch.fnmatchcase(name, spec)]
-        if not ids:
-            raise UsageError(f"no artifact names match {spec!r}")
-    else:
-        ids = [store.resolve(ref) for ref in spec.split(",") if ref.strip()]
-        if not ids:
-            raise UsageError(f"empty group {spec!r}")
-    runs = []
-    for artifact in (store.get(artifact_id) for artifact_id in dict.fromkeys(ids)):
-        if artifact.kind == "export":
-            runs.append(exported_run(store, artifact, int8))
-        elif artifact.kind == "model" and not int8:
-            runs.append(artifact)
-        else:
-            raise UsageError(f"{artifact.id[:12]} is a {artifact.kind} artifact; a group holds model or export "
-                             "artifacts" + (" (int8: takes export artifacts)" if int8 else ""))
-    return runs
 
 
 SELECTABLE = ("val_acc", "val_nll", "val_mse", "val_bpb")
@@ -200,10 +126,12 @@ def pair(groups: dict[str, list[Artifact]], metric: str,
         seed_sets[label], data[label] = set(seeds), prints.pop()
     first = next(iter(groups))
     for label in groups:
-        if data[label] != data[first] and not (across_data and same_test_split(groups[first] + groups[label])):
-            hint = ("; they share one test split: --across-data compares them" if same_test_split(
-                groups[first] + groups[label]) else ("; --across-data needs one recorded test split, which they "
-                                                     "do not share" if across_data else ""))
+        shared_test = same_test_split(groups[first] + groups[label])
+        if data[label] != data[first] and not (across_data and shared_test):
+            if shared_test:
+                hint = "; they share one test split: --across-data compares them"
+            else:
+                hint = "; --across-data needs one recorded test split, which they do not share" if across_data else ""
             raise UsageError(f"groups {first!r} and {label!r} were trained on different data ({str(data[first])[:12]} vs "
                              f"{str(data[label])[:12]}: another data set or --split-seed?); paired runs need the same "
                              f"data{hint}")

@@ -39,9 +39,9 @@ from kdcli.stages.compare import (
     kept_value,
     metric_bounds,
     reference_value,
-    resolve_group,
 )
 from kdcli.stages.configs import check_choice
+from kdcli.stages.groups import resolve_group
 from kdcli.stages.registry import STAGES
 from kdcli.stages.runner import run_cached
 from kdcli.stages.stage import Stage
