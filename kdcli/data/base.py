@@ -59,8 +59,12 @@ class DataSet:
 
     @functools.cached_property
     def test_fingerprint(self) -> str:
-        """sha256 of the test inputs and targets: runs trained on different data pair up on it (compare)."""
-        return fingerprint(self.x_test, self.y_test)
+        """sha256 of the test inputs and targets: runs trained on different data pair up on it (compare);
+        cached by file state like the pool's for data read from files."""
+        def full() -> str:
+            return fingerprint(self.x_test, self.y_test)
+
+        return cached_fingerprint(self, full, part="test") if self.sources else full()
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -57,11 +57,12 @@ def sample_digest(*tensors: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def cached_fingerprint(data, compute: Callable[[], str], root: Path | None = None) -> str:
-    """`compute()` (the full hash of `data`), or its cached value for the same files, shape and split."""
+def cached_fingerprint(data, compute: Callable[[], str], root: Path | None = None, part: str = "pool") -> str:
+    """`compute()` (the full hash of `data`'s `part`: its pool and split, or its test split), or its
+    cached value for the same files, shape and split."""
     recipe = {"files": file_state(data.sources), "name": data.name, "task": data.task,
               "pool": list(data.x_pool.shape), "test": list(data.x_test.shape),
-              "split": fingerprint(data.train_idx, data.val_idx)}
+              "split": fingerprint(data.train_idx, data.val_idx), **({"part": part} if part != "pool" else {})}
     key = hashlib.sha256(canonical_json(recipe).encode()).hexdigest()
     sample = sample_digest(data.x_pool, data.y_pool, data.x_test, data.y_test)
     if _MEMO.get(key + sample):

@@ -72,3 +72,12 @@ def test_no_store_no_cache_file(tmp_path, monkeypatch):
     fp._MEMO.clear()
     _data(source)
     assert not (tmp_path / "absent").exists()
+
+
+def test_the_test_split_fingerprint_is_cached_beside_the_pool_s(files, store):
+    data = _data(files)
+    assert data.test_fingerprint == fp.fingerprint(data.x_test, data.y_test) == _data(None).test_fingerprint
+    assert data.test_fingerprint != data.fingerprint
+    assert len(list((store.root / "cache" / "fingerprints").glob("*.json"))) == 2  # the pool's and the test's
+    fp._MEMO.clear()
+    assert _data(files).test_fingerprint == data.test_fingerprint
