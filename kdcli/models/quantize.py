@@ -22,7 +22,7 @@ from torch import nn
 from torch.ao.quantization import FusedMovingAvgObsFakeQuantize
 
 
-def exact_fake_quant(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int, quant_min: int,
+def exact_fake_quant(x: torch.Tensor, scale: float | torch.Tensor, zero_point: int | torch.Tensor, quant_min: int,
                      quant_max: int) -> torch.Tensor:
     """Per-tensor affine fake quantization as ONNX's QuantizeLinear / DequantizeLinear compute it:
     q = clamp(round(x / s) + z, qmin, qmax), rounded by a division with ties to even, then (q - z) * s.
@@ -41,7 +41,7 @@ class ExactFakeQuantize(FusedMovingAvgObsFakeQuantize):
         out = super().forward(x)
         if not self.fake_quant_enabled[0] or self.is_per_channel:
             return out
-        exact = exact_fake_quant(x, self.scale.reshape(()), int(self.zero_point.reshape(-1)[0]),
+        exact = exact_fake_quant(x, self.scale.reshape(()), self.zero_point.reshape(()),  # tensors: no device sync
                                  self.activation_post_process.quant_min, self.activation_post_process.quant_max)
         return out + (exact - out).detach()
 

@@ -125,7 +125,7 @@ def input_space_of(manifest: dict) -> InputSpace:
         data = data_of(manifest)
         recorded, fingerprint = data.input_space(), data.fingerprint
     else:
-        fingerprint = manifest.get("data_fingerprint") or manifest["data"].get("fingerprint", "")
+        fingerprint = manifest["data"]["fingerprint"]  # DataSet.describe() wrote both
     return InputSpace(tuple(manifest["model"]["input_shape"]), recorded["scale"], tuple(recorded["mean"]),
                       tuple(recorded["std"]), tuple(recorded["class_names"]), fingerprint)
 
